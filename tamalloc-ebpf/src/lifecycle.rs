@@ -1,0 +1,155 @@
+//! `sched` tracepoints: a forked child gets a copy of its parent's regions before it first
+//! runs; exec and exit drop a process's regions at once, so a reused address never counts.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_map_lookup_percpu_elem,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tamalloc_common::{
+    abi::{SYS_CLONE, SYS_CLONE3, SYS_VFORK},
+    trace::{DROP_CONTROL_EVENTS, Event, EventKind, MAX_CPUS, PidCounters},
+};
+
+use crate::{
+    maps::{COUNTERS, PENDING, TRACED, config, emit},
+    regions,
+    syscalls::{add_reserved, tracked},
+};
+
+const CLONE_VM: u64 = 0x100;
+const CLONE_VFORK: u64 = 0x4000;
+const CLONE_THREAD: u64 = 0x10000;
+
+#[inline(always)]
+fn lifecycle_event(kind: EventKind, tgid: u32, tid: u32, arg1: u64) {
+    emit(
+        &Event {
+            // SAFETY: helper without preconditions.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            addr: 0,
+            arg1,
+            arg2: 0,
+            arg3: 0,
+            pid: tgid,
+            tid,
+            kind: kind as u8,
+            detail: 0,
+            _pad: [0; 6],
+        },
+        DROP_CONTROL_EVENTS,
+    );
+}
+
+/// The clone flags of the syscall the current thread is in, from its `sys_enter` stash.
+#[inline(always)]
+fn clone_flags(pid_tgid: u64) -> u64 {
+    // SAFETY: plain-data map value read for this program run.
+    let Some(p) = (unsafe { PENDING.get(pid_tgid) }) else {
+        return 0;
+    };
+    match p.nr as i64 {
+        SYS_CLONE => p.args[0],
+        // struct clone_args starts with `__aligned_u64 flags`.
+        // SAFETY: bpf_probe_read_user copes with any user pointer.
+        SYS_CLONE3 => unsafe { bpf_probe_read_user(p.args[0] as *const u64) }.unwrap_or(0),
+        SYS_VFORK => CLONE_VM | CLONE_VFORK,
+        _ => 0,
+    }
+}
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let parent = (pid_tgid >> 32) as u32;
+    if !tracked(parent) {
+        return 0;
+    }
+    let flags = clone_flags(pid_tgid);
+    if flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let offset = (config().fork_child_pid_offset & 0xff) as usize;
+    // The offset is only known at run time, and direct context reads need a constant one.
+    // SAFETY: read_at copes with any offset (bpf_probe_read_kernel).
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(offset) }) else {
+        return 0;
+    };
+    let child = child as u32;
+    if child == 0 {
+        return 0;
+    }
+    // SAFETY: only the presence of the key is used.
+    if unsafe { TRACED.get(parent).is_some() } {
+        let _ = TRACED.insert(child, 1, 0);
+    }
+    if flags & CLONE_VM == 0 {
+        let bytes = regions::fork(parent, child);
+        add_reserved(child, bytes, false);
+    }
+    lifecycle_event(EventKind::Fork, parent, pid_tgid as u32, u64::from(child));
+    0
+}
+
+/// Brings `tgid`'s reserved bytes, summed over CPUs, back to zero.
+#[inline(always)]
+fn clear_reserved(tgid: u32) {
+    let ncpus = config().nr_cpus.min(MAX_CPUS);
+    let mut total = 0u64;
+    let mut cpu = 0u32;
+    while cpu < MAX_CPUS && cpu < ncpus {
+        // SAFETY: the helper returns NULL or a pointer to that CPU's value.
+        let p = unsafe {
+            bpf_map_lookup_percpu_elem(
+                &COUNTERS as *const _ as *mut _,
+                &tgid as *const u32 as *const _,
+                cpu,
+            )
+        } as *const PidCounters;
+        if !p.is_null() {
+            // SAFETY: non-null map value pointer.
+            total = total.wrapping_add(unsafe { (*p).reserved_bytes });
+        }
+        cpu += 1;
+    }
+    add_reserved(tgid, total.wrapping_neg(), false);
+}
+
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: only the presence of the key is used.
+    if unsafe { COUNTERS.get(tgid).is_none() } {
+        return 0;
+    }
+    regions::forget(tgid);
+    clear_reserved(tgid);
+    lifecycle_event(EventKind::Exec, tgid, pid_tgid as u32, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // Only the group leader's exit ends the address space's bookkeeping.
+    if tgid != pid_tgid as u32 {
+        return 0;
+    }
+    // SAFETY: only the presence of the key is used.
+    if unsafe { TRACED.get(tgid).is_some() } {
+        let _ = TRACED.remove(tgid);
+    }
+    // SAFETY: as above.
+    if unsafe { COUNTERS.get(tgid).is_none() } {
+        return 0;
+    }
+    regions::forget(tgid);
+    clear_reserved(tgid);
+    lifecycle_event(EventKind::Exit, tgid, pid_tgid as u32, 0);
+    0
+}

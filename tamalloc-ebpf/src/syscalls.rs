@@ -1,0 +1,389 @@
+//! `raw_syscalls:sys_enter` / `sys_exit`: learn regions from 554 (or the documented mmap
+//! fallback) and keep them true through munmap and mremap.
+//!
+//! Arguments are stashed per thread at `sys_enter` and acted on at `sys_exit`, once the
+//! kernel has said the call succeeded.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tamalloc_common::{
+    abi::{
+        ENOSYS, SYS_CLONE, SYS_CLONE3, SYS_FORK, SYS_MMAP, SYS_MREMAP, SYS_MUNMAP, SYS_TAMALLOC,
+        SYS_VFORK, TAMALLOC_MAP_FLAGS, TAMALLOC_PROT,
+    },
+    trace::{
+        CONFIG_FILTER_COMM, CONFIG_FILTER_PID, DROP_CONTROL_EVENTS, Event, EventKind, PAGE_SIZE,
+        Pending, REGION_FALLBACK, page_align,
+    },
+};
+
+use crate::{
+    maps::{
+        COUNTERS, EXIT_LEARN, EXIT_MREMAP, EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW,
+        EXIT_MREMAP_MOVE, EXIT_MREMAP_SHRINK, EXIT_MUNMAP, EXIT_PROGS, PENDING, TRACED, config,
+        counters, emit,
+    },
+    regions,
+};
+
+const ID_OFFSET: usize = 8;
+const ARGS_OFFSET: usize = 16;
+const RET_OFFSET: usize = 16;
+
+#[inline(always)]
+fn read_u64(ctx: &TracePointContext, offset: usize) -> u64 {
+    // SAFETY: tracepoint programs may read their record directly; callers pass offsets of
+    // fields of `raw_syscalls:sys_enter` / `sys_exit`.
+    unsafe { *((ctx.as_ptr() as *const u8).add(offset) as *const u64) }
+}
+
+/// A syscall return value that is an address, not `-errno`.
+#[inline(always)]
+fn is_addr(ret: u64) -> bool {
+    ret != 0 && ret < (-4095i64) as u64
+}
+
+/// Whether the process's own syscalls are worth stashing: it has (or had) regions.
+#[inline(always)]
+pub fn tracked(tgid: u32) -> bool {
+    // SAFETY: only the presence of the key is used.
+    unsafe { COUNTERS.get(tgid).is_some() || TRACED.get(tgid).is_some() }
+}
+
+/// Whether userspace asked to learn this process's regions.
+#[inline(always)]
+fn wanted(tgid: u32) -> bool {
+    let cfg = config();
+    if cfg.flags & (CONFIG_FILTER_PID | CONFIG_FILTER_COMM) == 0 {
+        return true;
+    }
+    // SAFETY: only the presence of the key is used.
+    if cfg.flags & CONFIG_FILTER_PID != 0 && unsafe { TRACED.get(tgid).is_some() } {
+        return true;
+    }
+    cfg.flags & CONFIG_FILTER_COMM != 0 && bpf_get_current_comm().is_ok_and(|c| c == cfg.comm)
+}
+
+#[tracepoint]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    let nr = read_u64(&ctx, ID_OFFSET) as i64;
+    match nr {
+        SYS_TAMALLOC | SYS_MMAP | SYS_MUNMAP | SYS_MREMAP | SYS_CLONE | SYS_CLONE3 | SYS_FORK
+        | SYS_VFORK => on_enter(&ctx, nr),
+        _ => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn args(ctx: &TracePointContext) -> [u64; 5] {
+    [
+        read_u64(ctx, ARGS_OFFSET),
+        read_u64(ctx, ARGS_OFFSET + 8),
+        read_u64(ctx, ARGS_OFFSET + 16),
+        read_u64(ctx, ARGS_OFFSET + 24),
+        read_u64(ctx, ARGS_OFFSET + 32),
+    ]
+}
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, nr: i64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if nr == SYS_MMAP {
+        // Only a thread armed by a 554 that failed with -ENOSYS cares about mmap.
+        let Some(p) = PENDING.get_ptr_mut(pid_tgid) else {
+            return;
+        };
+        // SAFETY: live map value of this thread only.
+        let p = unsafe { &mut *p };
+        let armed = p.fallback_len;
+        let a = args(ctx);
+        // The contract: mmap(NULL, same length, PROT_READ|PROT_WRITE,
+        // MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, 0), the thread's next mmap.
+        let fd = read_u64(ctx, ARGS_OFFSET + 32) as i32;
+        let matches = armed != 0
+            && a[0] == 0
+            && page_align(a[1]) == Some(armed)
+            && a[2] == TAMALLOC_PROT
+            && a[3] == TAMALLOC_MAP_FLAGS
+            && fd == -1;
+        p.nr = if matches { SYS_MMAP as u64 } else { 0 };
+        p.args = a;
+        if !matches {
+            p.fallback_len = 0;
+        }
+        return;
+    }
+    if nr != SYS_TAMALLOC && !tracked(tgid) {
+        return;
+    }
+    let pending = Pending {
+        nr: nr as u64,
+        args: args(ctx),
+        fallback_len: 0,
+    };
+    let _ = PENDING.insert(pid_tgid, pending, 0);
+}
+
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    let nr = read_u64(&ctx, ID_OFFSET) as i64;
+    let slot = match nr {
+        SYS_TAMALLOC | SYS_MMAP => EXIT_LEARN,
+        SYS_MUNMAP => EXIT_MUNMAP,
+        SYS_MREMAP => EXIT_MREMAP,
+        SYS_CLONE | SYS_CLONE3 | SYS_FORK | SYS_VFORK => {
+            // The fork tracepoint has used the flags by now.
+            let pid_tgid = bpf_get_current_pid_tgid();
+            // SAFETY: only the presence of the key is used.
+            if unsafe { PENDING.get(pid_tgid).is_some() } {
+                let _ = PENDING.remove(pid_tgid);
+            }
+            return 0;
+        }
+        _ => return 0,
+    };
+    // Each syscall's work is its own program, so the verifier walks each once.
+    // SAFETY: the slot holds a tracepoint program of the same type, or nothing (then the
+    // call falls through and we do nothing).
+    unsafe { EXIT_PROGS.tail_call(&ctx, slot) };
+    0
+}
+
+/// The stash of the syscall this thread is leaving, if it was stashed for `nr`.
+#[inline(always)]
+fn take_pending(nr: i64) -> Option<(u64, Pending)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain-data map value of this thread only, copied out.
+    let pending = unsafe { *PENDING.get(pid_tgid)? };
+    if pending.nr != nr as u64 {
+        return None;
+    }
+    Some((pid_tgid, pending))
+}
+
+#[tracepoint]
+pub fn exit_learn(ctx: TracePointContext) -> u32 {
+    let nr = read_u64(&ctx, ID_OFFSET) as i64;
+    let Some((pid_tgid, pending)) = take_pending(nr) else {
+        return 0;
+    };
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let ret = read_u64(&ctx, RET_OFFSET);
+    if nr == SYS_TAMALLOC {
+        let len = page_align(pending.args[0]).unwrap_or(0);
+        if ret as i64 == -ENOSYS && len != 0 {
+            // Arm the fallback: this thread's next matching mmap is the region.
+            let armed = Pending {
+                nr: 0,
+                args: pending.args,
+                fallback_len: len,
+            };
+            let _ = PENDING.insert(pid_tgid, armed, 0);
+            return 0;
+        }
+        if is_addr(ret) && len != 0 {
+            learn(tgid, tid, ret, len, 0);
+        }
+    } else if is_addr(ret) && pending.fallback_len != 0 {
+        learn(tgid, tid, ret, pending.fallback_len, REGION_FALLBACK);
+    }
+    let _ = PENDING.remove(pid_tgid);
+    0
+}
+
+#[tracepoint]
+pub fn exit_munmap(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, pending)) = take_pending(SYS_MUNMAP) else {
+        return 0;
+    };
+    let _ = PENDING.remove(pid_tgid);
+    if read_u64(&ctx, RET_OFFSET) != 0 {
+        return 0;
+    }
+    let Some(len) = page_align(pending.args[1]) else {
+        return 0;
+    };
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let addr = pending.args[0];
+    let gone = regions::remove(tgid, addr, len);
+    if gone != 0 {
+        add_reserved(tgid, gone.wrapping_neg(), false);
+        control(EventKind::Unmap, tgid, tid, addr, len, gone, 0, 0);
+    }
+    0
+}
+
+/// mremap(old, old_len, new_len, flags, new_addr) of a region page: pick the case and
+/// tail-call its program. The stash stays until the last program of the case is done.
+#[tracepoint]
+pub fn exit_mremap(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, p)) = take_pending(SYS_MREMAP) else {
+        return 0;
+    };
+    let ret = read_u64(&ctx, RET_OFFSET);
+    let tgid = (pid_tgid >> 32) as u32;
+    let slot = match (page_align(p.args[1]), page_align(p.args[2])) {
+        (Some(old_len), Some(new_len))
+            if is_addr(ret) && old_len != 0 && regions::is_region_page(tgid, p.args[0]) =>
+        {
+            if ret != p.args[0] {
+                EXIT_MREMAP_MOVE
+            } else if new_len < old_len {
+                EXIT_MREMAP_SHRINK
+            } else if new_len > old_len {
+                EXIT_MREMAP_GROW
+            } else {
+                u32::MAX
+            }
+        }
+        _ => u32::MAX,
+    };
+    if slot != u32::MAX {
+        // SAFETY: as in `sys_exit`.
+        unsafe { EXIT_PROGS.tail_call(&ctx, slot) };
+    }
+    let _ = PENDING.remove(pid_tgid);
+    0
+}
+
+/// The mremap stash and its page-aligned lengths, for the case programs.
+#[inline(always)]
+fn mremap_args() -> Option<(u64, u32, u32, u64, u64, u64)> {
+    let (pid_tgid, p) = take_pending(SYS_MREMAP)?;
+    let _ = PENDING.remove(pid_tgid);
+    Some((
+        pid_tgid,
+        (pid_tgid >> 32) as u32,
+        pid_tgid as u32,
+        p.args[0],
+        page_align(p.args[1])?,
+        page_align(p.args[2])?,
+    ))
+}
+
+#[tracepoint]
+pub fn exit_mremap_shrink(_ctx: TracePointContext) -> u32 {
+    let Some((_, tgid, tid, old, old_len, new_len)) = mremap_args() else {
+        return 0;
+    };
+    let gone = regions::remove(tgid, old + new_len, old_len - new_len);
+    add_reserved(tgid, gone.wrapping_neg(), false);
+    control(EventKind::Remap, tgid, tid, old, old_len, old, new_len, 0);
+    0
+}
+
+#[tracepoint]
+pub fn exit_mremap_grow(_ctx: TracePointContext) -> u32 {
+    let Some((_, tgid, tid, old, old_len, new_len)) = mremap_args() else {
+        return 0;
+    };
+    // The new pages continue the region of the last old page.
+    if let Some(last) = regions::region_at(tgid, old + old_len - PAGE_SIZE) {
+        let grown = regions::add(
+            tgid,
+            old + old_len,
+            new_len - old_len,
+            last.id,
+            last.index + 1,
+        );
+        add_reserved(tgid, grown, false);
+    }
+    control(EventKind::Remap, tgid, tid, old, old_len, old, new_len, 0);
+    0
+}
+
+#[tracepoint]
+pub fn exit_mremap_move(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, p)) = take_pending(SYS_MREMAP) else {
+        return 0;
+    };
+    let tgid = (pid_tgid >> 32) as u32;
+    let (old, new_addr) = (p.args[0], read_u64(&ctx, RET_OFFSET));
+    if let (Some(old_len), Some(new_len), Some(first)) = (
+        page_align(p.args[1]),
+        page_align(p.args[2]),
+        regions::region_at(tgid, old),
+    ) {
+        // The pages, and which of them map the zero page, go along.
+        let added = regions::add(tgid, new_addr, new_len, first.id, first.index);
+        add_reserved(tgid, added, false);
+        regions::copy_zero_bits(tgid, old, new_addr, old_len.min(new_len));
+        // SAFETY: as in `sys_exit`.
+        unsafe { EXIT_PROGS.tail_call(&ctx, EXIT_MREMAP_DROP_OLD) };
+    }
+    let _ = PENDING.remove(pid_tgid);
+    0
+}
+
+/// The old range of a moved region. With MREMAP_DONTUNMAP it stays mapped but empty; the
+/// tracer stops counting it (the moved pages are the region now).
+#[tracepoint]
+pub fn exit_mremap_drop_old(ctx: TracePointContext) -> u32 {
+    let Some((_, tgid, tid, old, old_len, new_len)) = mremap_args() else {
+        return 0;
+    };
+    let gone = regions::remove(tgid, old, old_len);
+    add_reserved(tgid, gone.wrapping_neg(), false);
+    let new_addr = read_u64(&ctx, RET_OFFSET);
+    control(
+        EventKind::Remap,
+        tgid,
+        tid,
+        old,
+        old_len,
+        new_addr,
+        new_len,
+        0,
+    );
+    0
+}
+
+#[inline(always)]
+fn control(kind: EventKind, tgid: u32, tid: u32, addr: u64, a1: u64, a2: u64, a3: u64, detail: u8) {
+    emit(
+        &Event {
+            // SAFETY: helper without preconditions.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            addr,
+            arg1: a1,
+            arg2: a2,
+            arg3: a3,
+            pid: tgid,
+            tid,
+            kind: kind as u8,
+            detail,
+            _pad: [0; 6],
+        },
+        DROP_CONTROL_EVENTS,
+    );
+}
+
+/// Adds `bytes` (two's complement for a decrease) to this CPU's reserved counter.
+#[inline(always)]
+pub fn add_reserved(tgid: u32, bytes: u64, new_region: bool) {
+    if let Some(c) = counters(tgid) {
+        // SAFETY: this CPU's copy of a per-CPU value: no other writer.
+        unsafe {
+            (*c).reserved_bytes = (*c).reserved_bytes.wrapping_add(bytes);
+            if new_region {
+                (*c).regions += 1;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn learn(tgid: u32, tid: u32, addr: u64, len: u64, detail: u8) {
+    if !wanted(tgid) {
+        return;
+    }
+    let bytes = regions::add(tgid, addr, len, addr, 0);
+    add_reserved(tgid, bytes, true);
+    control(EventKind::Region, tgid, tid, addr, len, 0, 0, detail);
+}

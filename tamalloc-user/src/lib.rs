@@ -1,0 +1,4 @@
+//! tamalloc: a lazy-zeroing allocator (syscall 554), its memory statistics (555/556), and a
+//! tracer that watches first-touch faults in tamalloc regions as they happen.
+
+pub mod tracer;

@@ -1,0 +1,1 @@
+//! Per-process state built from decoded events and counter snapshots.

@@ -1,0 +1,161 @@
+//! Ring-buffer records to typed events.
+
+use tamalloc_common::trace::{Event, EventKind, FaultKind};
+
+/// One decoded ring-buffer record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceEvent {
+    Fault {
+        ts_ns: u64,
+        pid: u32,
+        tid: u32,
+        kind: FaultKind,
+        addr: u64,
+        /// The region's first address when it was created (its identity).
+        region: u64,
+        /// The page's index in its region.
+        page: u64,
+        error_code: u64,
+    },
+    Region {
+        ts_ns: u64,
+        pid: u32,
+        tid: u32,
+        addr: u64,
+        len: u64,
+        fallback: bool,
+    },
+    Unmap {
+        ts_ns: u64,
+        pid: u32,
+        addr: u64,
+        len: u64,
+        region_bytes: u64,
+    },
+    Remap {
+        ts_ns: u64,
+        pid: u32,
+        old_addr: u64,
+        old_len: u64,
+        new_addr: u64,
+        new_len: u64,
+    },
+    Fork {
+        ts_ns: u64,
+        pid: u32,
+        child: u32,
+    },
+    Exec {
+        ts_ns: u64,
+        pid: u32,
+    },
+    Exit {
+        ts_ns: u64,
+        pid: u32,
+    },
+}
+
+/// Decodes one record. The ring gives no alignment guarantee for our type, so the bytes are
+/// copied out with `read_unaligned` before use. `None` for a short or unknown record.
+pub fn decode(bytes: &[u8]) -> Option<TraceEvent> {
+    if bytes.len() < size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: the length is checked above and `Event` is plain data valid for any bits.
+    let e: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+    let (ts_ns, pid) = (e.ts_ns, e.pid);
+    Some(match EventKind::from_u8(e.kind)? {
+        EventKind::Fault => TraceEvent::Fault {
+            ts_ns,
+            pid,
+            tid: e.tid,
+            kind: FaultKind::from_u8(e.detail)?,
+            addr: e.addr,
+            region: e.arg1,
+            page: e.arg2,
+            error_code: e.arg3,
+        },
+        EventKind::Region => TraceEvent::Region {
+            ts_ns,
+            pid,
+            tid: e.tid,
+            addr: e.addr,
+            len: e.arg1,
+            fallback: e.detail & tamalloc_common::trace::REGION_FALLBACK != 0,
+        },
+        EventKind::Unmap => TraceEvent::Unmap {
+            ts_ns,
+            pid,
+            addr: e.addr,
+            len: e.arg1,
+            region_bytes: e.arg2,
+        },
+        EventKind::Remap => TraceEvent::Remap {
+            ts_ns,
+            pid,
+            old_addr: e.addr,
+            old_len: e.arg1,
+            new_addr: e.arg2,
+            new_len: e.arg3,
+        },
+        EventKind::Fork => TraceEvent::Fork {
+            ts_ns,
+            pid,
+            child: u32::try_from(e.arg1).ok()?,
+        },
+        EventKind::Exec => TraceEvent::Exec { ts_ns, pid },
+        EventKind::Exit => TraceEvent::Exit { ts_ns, pid },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(e: &Event) -> Vec<u8> {
+        // SAFETY: `Event` is plain data; reading its bytes is fine.
+        unsafe { std::slice::from_raw_parts((e as *const Event).cast::<u8>(), size_of::<Event>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_fault_from_unaligned_bytes() {
+        let e = Event {
+            ts_ns: 7,
+            addr: 0x7000_1000,
+            arg1: 0x7000_0000,
+            arg2: 1,
+            arg3: 6,
+            pid: 42,
+            tid: 43,
+            kind: EventKind::Fault as u8,
+            detail: FaultKind::WriteZero as u8,
+            _pad: [0; 6],
+        };
+        let mut buf = vec![0u8];
+        buf.extend(bytes(&e));
+        assert_eq!(
+            decode(&buf[1..]),
+            Some(TraceEvent::Fault {
+                ts_ns: 7,
+                pid: 42,
+                tid: 43,
+                kind: FaultKind::WriteZero,
+                addr: 0x7000_1000,
+                region: 0x7000_0000,
+                page: 1,
+                error_code: 6,
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert_eq!(decode(&[0; 8]), None);
+        let e = Event {
+            kind: 200,
+            ..Event::default()
+        };
+        assert_eq!(decode(&bytes(&e)), None);
+    }
+}

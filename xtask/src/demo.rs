@@ -1,0 +1,6 @@
+//! `cargo xtask demo`: the README's main job.
+#[derive(clap::Args)]
+pub struct Args {}
+pub fn run(_args: &Args) -> anyhow::Result<()> {
+    crate::setup::run(&crate::setup::Args::default())
+}

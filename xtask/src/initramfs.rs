@@ -1,0 +1,1 @@
+//! The initramfs for the VM (owned by the VM harness work).

@@ -1,0 +1,49 @@
+//! Project tasks: `cargo xtask <task>`. See `cargo xtask --help`.
+
+mod demo;
+mod initramfs;
+mod kernel;
+mod setup;
+mod test;
+mod util;
+mod vm;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "tamalloc project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; quiet when all is there).
+    Setup(setup::Args),
+    /// The main job: build, then trace the demo workload live (needs root).
+    Demo(demo::Args),
+    /// Every test: fmt, clippy, unit, root BPF tests on the host, kernel tests under QEMU.
+    Test(test::Args),
+    /// Build the patched kernel (cached by the hash of patches and config).
+    Kernel(kernel::Args),
+    /// Boot the patched kernel under QEMU and run a command, or give a shell.
+    Vm(vm::Args),
+}
+
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("xtask: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup(args) => setup::run(&args),
+        Task::Demo(args) => demo::run(&args),
+        Task::Test(args) => test::run(&args),
+        Task::Kernel(args) => kernel::run(&args).map(|_| ()),
+        Task::Vm(args) => vm::run(&args),
+    }
+}

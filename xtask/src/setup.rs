@@ -1,0 +1,211 @@
+//! `cargo xtask setup`: install what building and testing need, on Debian 12 as root.
+//!
+//! Idempotent and quiet: every step checks first and does nothing when its result is there.
+//! Without root, or on another distribution, it prints what is missing and how to get it.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{self, is_root, output};
+
+#[derive(clap::Args, Default)]
+pub struct Args {
+    /// Print each check, not only what was installed.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// Debian packages, each with why it is needed.
+const PACKAGES: &[(&str, &str)] = &[
+    (
+        "rustc-web",
+        "a Rust compiler with the core library source, for the BPF target",
+    ),
+    (
+        "rust-web-src",
+        "the core library source for -Z build-std=core",
+    ),
+    ("cargo-web", "the cargo that goes with rustc-web"),
+    ("llvm-22-dev", "LLVM 22, which bpf-linker links against"),
+    (
+        "libpolly-22-dev",
+        "needed to link bpf-linker against LLVM 22",
+    ),
+    ("libzstd-dev", "needed to link bpf-linker against LLVM 22"),
+    ("zlib1g-dev", "needed to link bpf-linker against LLVM 22"),
+    ("gcc", "C compiler for the C API example and the kernel"),
+    ("make", "kernel build"),
+    ("flex", "kernel build"),
+    ("bison", "kernel build"),
+    ("bc", "kernel build"),
+    ("libelf-dev", "kernel build"),
+    ("libssl-dev", "kernel build"),
+    ("dwarves", "kernel build (pahole)"),
+    ("cpio", "initramfs"),
+    ("xz-utils", "unpacking the kernel source"),
+    ("linux-source-6.1", "the kernel the patch series applies to"),
+    ("qemu-system-x86", "booting the patched kernel"),
+    ("busybox-static", "the initramfs userland"),
+    ("bpftrace", "the peer tracer the benchmarks compare against"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13";
+/// The rustup name under which Debian's rustc-web is linked.
+pub const BPF_TOOLCHAIN: &str = "tamalloc-bpf";
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let debian12 = std::fs::read_to_string("/etc/os-release")
+        .map(|s| s.lines().any(|l| l == "ID=debian") && s.lines().any(|l| l == "VERSION_ID=\"12\""))
+        .unwrap_or(false);
+    let missing = missing_packages()?;
+    if !missing.is_empty() {
+        if !debian12 || !is_root() {
+            let why = if debian12 {
+                "not root"
+            } else {
+                "not Debian 12"
+            };
+            let mut msg = format!("missing packages ({why}, so not installing them):\n");
+            for (p, reason) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+                msg.push_str(&format!("  {p:<18} {reason}\n"));
+            }
+            msg.push_str(&format!(
+                "install them with: sudo apt-get install {}\n(or run `sudo cargo xtask setup`)",
+                missing.join(" ")
+            ));
+            bail!(msg);
+        }
+        util::step(&format!("Installing {}", missing.join(" ")));
+        util::run(
+            Command::new("apt-get")
+                .args(["update", "-qq"])
+                .stdout(Stdio::null()),
+        )
+        .context("apt-get update")?;
+        util::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null()),
+        )
+        .context("apt-get install")?;
+    } else if args.verbose {
+        eprintln!("setup: all {} packages present", PACKAGES.len());
+    }
+    link_toolchain(args)?;
+    install_bpf_linker(args)?;
+    ensure_tracefs(args)?;
+    Ok(())
+}
+
+fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
+    let names: Vec<&str> = PACKAGES.iter().map(|(p, _)| *p).collect();
+    // dpkg-query exits non-zero when some are unknown; its stdout still lists the known ones.
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${db:Status-Status}\n"])
+        .args(&names)
+        .stderr(Stdio::null())
+        .output();
+    let installed: Vec<String> = match out {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_suffix(" installed").map(str::to_owned))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    Ok(names
+        .into_iter()
+        .filter(|p| !installed.iter().any(|i| i == p))
+        .collect())
+}
+
+fn toolchain_has_core_source(toolchain: &str) -> bool {
+    output(Command::new("rustup").args(["run", toolchain, "rustc", "--print", "sysroot"]))
+        .map(|s| {
+            Path::new(s.trim())
+                .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+                .exists()
+        })
+        .unwrap_or(false)
+}
+
+/// Makes a toolchain with core's source available: nightly + rust-src where present, else
+/// Debian's rustc-web linked into rustup.
+fn link_toolchain(args: &Args) -> anyhow::Result<()> {
+    if toolchain_has_core_source("nightly") {
+        if args.verbose {
+            eprintln!("setup: BPF toolchain: nightly with rust-src");
+        }
+        return Ok(());
+    }
+    if toolchain_has_core_source(BPF_TOOLCHAIN) {
+        if args.verbose {
+            eprintln!("setup: BPF toolchain: {BPF_TOOLCHAIN} (Debian rustc-web)");
+        }
+        return Ok(());
+    }
+    util::step(&format!(
+        "Linking /usr (Debian rustc-web) as rustup toolchain {BPF_TOOLCHAIN}"
+    ));
+    util::run(Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]))?;
+    if !toolchain_has_core_source(BPF_TOOLCHAIN) {
+        bail!(
+            "{BPF_TOOLCHAIN} has no core library source under /usr/lib/rustlib/src/rust; \
+             is rust-web-src installed?"
+        );
+    }
+    Ok(())
+}
+
+fn install_bpf_linker(args: &Args) -> anyhow::Result<()> {
+    let have = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if have.contains(&format!(" {BPF_LINKER_VERSION}.")) {
+        if args.verbose {
+            eprintln!("setup: {}", have.trim());
+        }
+        return Ok(());
+    }
+    util::step(&format!(
+        "Building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+    ));
+    util::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                "--quiet",
+                "bpf-linker",
+                "--version",
+                &format!("~{BPF_LINKER_VERSION}"),
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
+    .context("installing bpf-linker")
+}
+
+/// The tracer reads tracepoint formats from tracefs; mount it when it is not there.
+pub fn ensure_tracefs(args: &Args) -> anyhow::Result<()> {
+    let events = Path::new("/sys/kernel/tracing/events");
+    if events.exists() {
+        if args.verbose {
+            eprintln!("setup: tracefs mounted");
+        }
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "tracefs is not mounted at /sys/kernel/tracing; as root run: \
+             mount -t tracefs nodev /sys/kernel/tracing"
+        );
+    }
+    util::step("Mounting tracefs at /sys/kernel/tracing");
+    util::run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+}
