@@ -1,0 +1,42 @@
+//! Command-line interface: one module per subcommand.
+
+mod compare;
+mod demo;
+mod global;
+mod stats;
+mod trace;
+
+use clap::{Parser, Subcommand};
+
+/// tamalloc: a lazy-zeroing allocator, its memory statistics, and a tracer of first-touch
+/// page faults in its regions.
+#[derive(Parser)]
+#[command(name = "tamalloc", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Trace first-touch faults in tamalloc regions, per process, live (needs root).
+    Trace(trace::Args),
+    /// Per-process memory statistics (syscall 555, or /proc without the kernel patch).
+    Stats(stats::Args),
+    /// System-wide totals (syscall 556, or /proc without the kernel patch).
+    Global(global::Args),
+    /// Allocate with tamalloc and touch the region slowly: watch VmRSS climb.
+    Demo(demo::Args),
+    /// Measure malloc, malloc+memset, calloc, mmap and tamalloc side by side.
+    Compare(compare::Args),
+}
+
+pub fn run() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Trace(args) => trace::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Global(args) => global::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Compare(args) => compare::run(args),
+    }
+}
