@@ -7,6 +7,7 @@ mod setup;
 mod test;
 mod util;
 mod vm;
+mod vmtest;
 
 use clap::{Parser, Subcommand};
 
