@@ -29,14 +29,36 @@ enum Command {
     Demo(demo::Args),
     /// Measure malloc, malloc+memset, calloc, mmap and tamalloc side by side.
     Compare(compare::Args),
+    /// One measurement of `compare`, in a fresh process (internal).
+    #[command(hide = true)]
+    CompareChild(compare::ChildArgs),
+}
+
+/// Help and version print as usual; a usage error is one line on stderr and exit status 2.
+fn parse_or_exit() -> Cli {
+    Cli::try_parse().unwrap_or_else(|e| {
+        if !e.use_stderr() {
+            e.exit()
+        }
+        let text = e.render().to_string();
+        let first: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        let msg = first.join(" ");
+        eprintln!("tamalloc: {} (see --help)", msg.trim_start_matches("error: "));
+        std::process::exit(2)
+    })
 }
 
 pub fn run() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    match parse_or_exit().command {
         Command::Trace(args) => trace::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Global(args) => global::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::CompareChild(args) => compare::run_child(args),
     }
 }

@@ -1,0 +1,691 @@
+//! Memory statistics: syscalls 555/556, or `/proc` on kernels without them.
+//!
+//! Every function tries the syscall first and falls back to `/proc` only when it answers
+//! `ENOSYS`; the record says which one it came from ([`Source`]). The `/proc` fallback reads:
+//!
+//! | field | from |
+//! | --- | --- |
+//! | `comm`, `vm_size_kib`, `vm_rss_kib`, `rss_anon_kib`, `rss_file_kib`, `rss_shmem_kib` | `/proc/PID/status` (`Name`, `VmSize`, `VmRSS`, `RssAnon`, `RssFile`, `RssShmem`) |
+//! | `oom_score`, `oom_score_adj` | `/proc/PID/oom_score`, `/proc/PID/oom_score_adj` |
+//! | `resident_permille` | `vm_rss_kib * 1000 / vm_size_kib` |
+//! | `tamalloc_regions`, `tamalloc_reserved_kib`, `tamalloc_resident_kib` | `/proc/PID/maps` entries named `[anon:tamalloc]`, and their `Size`/`Rss` in `/proc/PID/smaps` (read only when there is one) |
+//! | global `mem_*`, `committed_as_kib`, `commit_limit_kib` | `/proc/meminfo` |
+//! | global `nr_processes`, sums | every `/proc/PID` with a `VmSize` (kernel threads and zombies have none) |
+//!
+//! Fallback regions (plain `mmap`) carry no name, so they are not counted as tamalloc regions
+//! by `/proc`; only the patched kernel's `[anon:tamalloc]` VMAs are.
+
+use std::{io::Read as _, mem::size_of};
+
+use serde::Serialize;
+use tamalloc_common::abi::{
+    self, SYS_GET_GLOBAL_MEMORY_USAGE_STATS, SYS_GET_MEMORY_USAGE_STATS, TAMALLOC_COMM_LEN,
+};
+
+use crate::error::{Error, last_errno};
+
+/// Where a record came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Syscall 555 or 556 of the patched kernel.
+    Syscall,
+    /// `/proc`, on a kernel without the syscalls.
+    Procfs,
+}
+
+impl Source {
+    /// `"syscall"` or `"procfs"`, the JSON value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Syscall => "syscall",
+            Self::Procfs => "procfs",
+        }
+    }
+}
+
+/// One process's statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStats {
+    /// Exactly `struct tamalloc_proc_stats`.
+    pub raw: abi::ProcStats,
+    pub source: Source,
+}
+
+impl ProcStats {
+    pub fn pid(&self) -> u32 {
+        self.raw.pid as u32
+    }
+
+    /// The command name (lossy UTF-8).
+    pub fn comm(&self) -> String {
+        String::from_utf8_lossy(self.raw.comm_bytes()).into_owned()
+    }
+
+    /// The JSON form: the uapi field names, `comm` as a string, and `source`.
+    pub fn to_json(&self) -> ProcStatsJson {
+        let r = &self.raw;
+        ProcStatsJson {
+            pid: r.pid,
+            comm: self.comm(),
+            oom_score: r.oom_score,
+            oom_score_adj: r.oom_score_adj,
+            resident_permille: r.resident_permille,
+            vm_size_kib: r.vm_size_kib,
+            vm_rss_kib: r.vm_rss_kib,
+            rss_anon_kib: r.rss_anon_kib,
+            rss_file_kib: r.rss_file_kib,
+            rss_shmem_kib: r.rss_shmem_kib,
+            tamalloc_regions: r.tamalloc_regions,
+            tamalloc_reserved_kib: r.tamalloc_reserved_kib,
+            tamalloc_resident_kib: r.tamalloc_resident_kib,
+            source: self.source,
+        }
+    }
+}
+
+/// JSON record of `tamalloc stats --json`: the uapi names of `struct tamalloc_proc_stats`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcStatsJson {
+    pub pid: i32,
+    pub comm: String,
+    pub oom_score: u32,
+    pub oom_score_adj: i32,
+    pub resident_permille: u32,
+    pub vm_size_kib: u64,
+    pub vm_rss_kib: u64,
+    pub rss_anon_kib: u64,
+    pub rss_file_kib: u64,
+    pub rss_shmem_kib: u64,
+    pub tamalloc_regions: u64,
+    pub tamalloc_reserved_kib: u64,
+    pub tamalloc_resident_kib: u64,
+    pub source: Source,
+}
+
+/// System-wide statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlobalStats {
+    /// Exactly `struct tamalloc_global_stats`.
+    pub raw: abi::GlobalStats,
+    pub source: Source,
+}
+
+/// JSON record of `tamalloc global --json`: the uapi names of `struct tamalloc_global_stats`.
+#[derive(Clone, Debug, Serialize)]
+pub struct GlobalStatsJson {
+    pub nr_processes: u64,
+    pub vm_size_kib: u64,
+    pub vm_rss_kib: u64,
+    pub tamalloc_regions: u64,
+    pub tamalloc_reserved_kib: u64,
+    pub tamalloc_resident_kib: u64,
+    pub mem_total_kib: u64,
+    pub mem_available_kib: u64,
+    pub committed_as_kib: u64,
+    pub commit_limit_kib: u64,
+    pub source: Source,
+}
+
+impl GlobalStats {
+    pub fn to_json(&self) -> GlobalStatsJson {
+        let r = &self.raw;
+        GlobalStatsJson {
+            nr_processes: r.nr_processes,
+            vm_size_kib: r.vm_size_kib,
+            vm_rss_kib: r.vm_rss_kib,
+            tamalloc_regions: r.tamalloc_regions,
+            tamalloc_reserved_kib: r.tamalloc_reserved_kib,
+            tamalloc_resident_kib: r.tamalloc_resident_kib,
+            mem_total_kib: r.mem_total_kib,
+            mem_available_kib: r.mem_available_kib,
+            committed_as_kib: r.committed_as_kib,
+            commit_limit_kib: r.commit_limit_kib,
+            source: self.source,
+        }
+    }
+}
+
+const PROC_STATS_SIZE: usize = size_of::<abi::ProcStats>();
+
+/// `get_memory_usage_stats(pid, buf, count, sizeof *buf, 0)`; `Err(errno)` on failure.
+fn sys_proc_stats(pid: i32, buf: &mut [abi::ProcStats]) -> Result<usize, i32> {
+    let count = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+    let ptr = if buf.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr()
+    };
+    // SAFETY: the kernel writes at most `count` records of PROC_STATS_SIZE bytes into `buf`,
+    // which has room for them; abi::ProcStats is plain data valid for any bytes.
+    let r = unsafe {
+        libc::syscall(
+            SYS_GET_MEMORY_USAGE_STATS as libc::c_long,
+            pid as libc::c_long,
+            ptr,
+            count as libc::c_long,
+            PROC_STATS_SIZE,
+            0 as libc::c_long,
+        )
+    };
+    if r < 0 {
+        Err(last_errno())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// The statistics of process `pid` (syscall 555, else `/proc`).
+///
+/// A pid that does not exist (or has exited) is [`Error::NoSuchProcess`] (`ESRCH`).
+pub fn proc_stats(pid: u32) -> Result<ProcStats, Error> {
+    let Ok(spid) = i32::try_from(pid) else {
+        return Err(Error::NoSuchProcess { pid });
+    };
+    if spid == 0 {
+        return Err(Error::os("get_memory_usage_stats", Some(0), libc::EINVAL));
+    }
+    let mut one = [abi::ProcStats::default()];
+    match sys_proc_stats(spid, &mut one) {
+        Ok(_) => Ok(ProcStats {
+            raw: one[0],
+            source: Source::Syscall,
+        }),
+        Err(libc::ENOSYS) => proc_stats_procfs(pid),
+        Err(libc::ESRCH) => Err(Error::NoSuchProcess { pid }),
+        Err(e) => Err(Error::os("get_memory_usage_stats", Some(pid.into()), e)),
+    }
+}
+
+/// Every process of the caller's pid namespace, by pid (syscall 555 with pid 0, else `/proc`;
+/// kernel threads are left out by both).
+pub fn all_proc_stats() -> Result<Vec<ProcStats>, Error> {
+    let mut buf: Vec<abi::ProcStats> = Vec::new();
+    for _ in 0..16 {
+        match sys_proc_stats(0, &mut buf) {
+            Ok(n) if n <= buf.len() => {
+                buf.truncate(n);
+                let mut out: Vec<ProcStats> = buf
+                    .into_iter()
+                    .map(|raw| ProcStats {
+                        raw,
+                        source: Source::Syscall,
+                    })
+                    .collect();
+                out.sort_by_key(|p| p.raw.pid);
+                return Ok(out);
+            }
+            // More processes than room: grow with some slack and ask again.
+            Ok(n) => buf = vec![abi::ProcStats::default(); n + n / 8 + 16],
+            Err(libc::ENOSYS) => return all_proc_stats_procfs(),
+            Err(e) => return Err(Error::os("get_memory_usage_stats", Some(0), e)),
+        }
+    }
+    Err(Error::os("get_memory_usage_stats", Some(0), libc::EAGAIN))
+}
+
+/// System-wide statistics (syscall 556, else `/proc`).
+pub fn global_stats() -> Result<GlobalStats, Error> {
+    let mut raw = abi::GlobalStats::default();
+    // SAFETY: the kernel writes at most `usize` = sizeof(raw) bytes into `raw`, plain data.
+    let r = unsafe {
+        libc::syscall(
+            SYS_GET_GLOBAL_MEMORY_USAGE_STATS as libc::c_long,
+            &raw mut raw,
+            size_of::<abi::GlobalStats>(),
+            0 as libc::c_long,
+        )
+    };
+    if r >= 0 {
+        return Ok(GlobalStats {
+            raw,
+            source: Source::Syscall,
+        });
+    }
+    match last_errno() {
+        libc::ENOSYS => global_stats_procfs(),
+        e => Err(Error::os("get_global_memory_usage_stats", None, e)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+
+/// Reads a whole (small) /proc file into `buf`.
+fn read_into(path: &str, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    std::fs::File::open(path)?.read_to_end(buf)?;
+    Ok(())
+}
+
+fn is_gone(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH))
+}
+
+fn is_denied(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM))
+}
+
+/// Parses the leading unsigned number of `s` (after blanks); `None` without digits.
+fn leading_u64(s: &[u8]) -> Option<u64> {
+    let mut i = 0;
+    while i < s.len() && (s[i] == b' ' || s[i] == b'\t') {
+        i += 1;
+    }
+    let start = i;
+    let mut v: u64 = 0;
+    while i < s.len() && s[i].is_ascii_digit() {
+        v = v.checked_mul(10)?.checked_add(u64::from(s[i] - b'0'))?;
+        i += 1;
+    }
+    (i > start).then_some(v)
+}
+
+/// Parses a signed decimal (an `oom_score_adj`), ignoring blanks and the trailing newline.
+fn parse_i64(s: &[u8]) -> Option<i64> {
+    let s = s.trim_ascii();
+    let (neg, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = leading_u64(digits)?;
+    let v = i64::try_from(v).ok()?;
+    Some(if neg { -v } else { v })
+}
+
+/// The fields of `/proc/PID/status` that matter here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub name: [u8; TAMALLOC_COMM_LEN],
+    /// `None` for kernel threads and zombies (no `VmSize:` line).
+    pub vm_size_kib: Option<u64>,
+    pub vm_rss_kib: u64,
+    pub rss_anon_kib: u64,
+    pub rss_file_kib: u64,
+    pub rss_shmem_kib: u64,
+}
+
+/// Parses `/proc/PID/status` with one pass over its lines.
+pub fn parse_status(bytes: &[u8]) -> Status {
+    let mut st = Status::default();
+    for line in bytes.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (key, value) = (&line[..colon], &line[colon + 1..]);
+        match key {
+            b"Name" => {
+                let name = value.trim_ascii();
+                let n = name.len().min(TAMALLOC_COMM_LEN - 1);
+                st.name[..n].copy_from_slice(&name[..n]);
+            }
+            b"VmSize" => st.vm_size_kib = leading_u64(value),
+            b"VmRSS" => st.vm_rss_kib = leading_u64(value).unwrap_or(0),
+            b"RssAnon" => st.rss_anon_kib = leading_u64(value).unwrap_or(0),
+            b"RssFile" => st.rss_file_kib = leading_u64(value).unwrap_or(0),
+            b"RssShmem" => {
+                st.rss_shmem_kib = leading_u64(value).unwrap_or(0);
+                // The last field we need; the rest of the file is signal and cpu masks.
+                break;
+            }
+            _ => {}
+        }
+    }
+    st
+}
+
+/// Tamalloc VMAs of one process: (regions, reserved KiB, resident KiB).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TamallocVmas {
+    pub regions: u64,
+    pub reserved_kib: u64,
+    pub resident_kib: u64,
+}
+
+const TAMALLOC_VMA_TAG: &[u8] = b"[anon:tamalloc]";
+
+fn is_tamalloc_vma(header: &[u8]) -> bool {
+    header.trim_ascii_end().ends_with(TAMALLOC_VMA_TAG)
+}
+
+/// Counts `[anon:tamalloc]` entries of `/proc/PID/maps`: (regions, reserved KiB).
+pub fn parse_maps_tamalloc(bytes: &[u8]) -> (u64, u64) {
+    let mut regions = 0;
+    let mut kib = 0;
+    for line in bytes.split(|&b| b == b'\n') {
+        if !is_tamalloc_vma(line) {
+            continue;
+        }
+        let range = line.split(|&b| b == b' ').next().unwrap_or_default();
+        let mut parts = range.split(|&b| b == b'-');
+        let (Some(a), Some(b)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Some(a), Some(b)) = (parse_hex(a), parse_hex(b)) else {
+            continue;
+        };
+        regions += 1;
+        kib += b.saturating_sub(a) / 1024;
+    }
+    (regions, kib)
+}
+
+fn parse_hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    let mut v = 0u64;
+    for &c in s {
+        v = (v << 4) | u64::from((c as char).to_digit(16)?);
+    }
+    Some(v)
+}
+
+/// Sums `Size`/`Rss` of the `[anon:tamalloc]` entries of `/proc/PID/smaps`.
+pub fn parse_smaps_tamalloc(bytes: &[u8]) -> TamallocVmas {
+    let mut t = TamallocVmas::default();
+    let mut inside = false;
+    for line in bytes.split(|&b| b == b'\n') {
+        let first = line.split(|&b| b == b' ').next().unwrap_or_default();
+        if first.ends_with(b":") {
+            if !inside {
+                continue;
+            }
+            match first {
+                b"Size:" => t.reserved_kib += leading_u64(&line[first.len()..]).unwrap_or(0),
+                b"Rss:" => t.resident_kib += leading_u64(&line[first.len()..]).unwrap_or(0),
+                _ => {}
+            }
+        } else if first.contains(&b'-') {
+            // A VMA header line: "start-end perms offset dev inode [name]".
+            inside = is_tamalloc_vma(line);
+            if inside {
+                t.regions += 1;
+            }
+        }
+    }
+    t
+}
+
+/// The tamalloc VMAs of `pid` from `/proc`: `maps` first (cheap), `smaps` only when it shows
+/// one. Processes whose maps we may not read count as none.
+fn tamalloc_vmas_procfs(pid: &str, buf: &mut Vec<u8>) -> Result<TamallocVmas, std::io::Error> {
+    match read_into(&format!("/proc/{pid}/maps"), buf) {
+        Ok(()) => {}
+        Err(e) if is_denied(&e) => return Ok(TamallocVmas::default()),
+        Err(e) => return Err(e),
+    }
+    let (regions, _) = parse_maps_tamalloc(buf);
+    if regions == 0 {
+        return Ok(TamallocVmas::default());
+    }
+    match read_into(&format!("/proc/{pid}/smaps"), buf) {
+        Ok(()) => Ok(parse_smaps_tamalloc(buf)),
+        Err(e) if is_denied(&e) => Ok(TamallocVmas::default()),
+        Err(e) => Err(e),
+    }
+}
+
+fn permille(rss: u64, size: u64) -> u32 {
+    if size == 0 {
+        0
+    } else {
+        u32::try_from(rss.saturating_mul(1000) / size).unwrap_or(u32::MAX)
+    }
+}
+
+/// Reads one process from `/proc`. `Ok(None)` for a kernel thread or zombie (no `VmSize`)
+/// when `skip_kernel` is set; with it unset those get zero memory fields.
+fn read_proc(pid: u32, skip_kernel: bool, buf: &mut Vec<u8>) -> Result<Option<ProcStats>, Error> {
+    let gone = |e: &std::io::Error| is_gone(e);
+    let dir = pid.to_string();
+    let path = format!("/proc/{dir}/status");
+    match read_into(&path, buf) {
+        Ok(()) => {}
+        Err(e) if gone(&e) => return Err(Error::NoSuchProcess { pid }),
+        Err(e) => return Err(Error::io(path, e)),
+    }
+    let st = parse_status(buf);
+    if st.vm_size_kib.is_none() && skip_kernel {
+        return Ok(None);
+    }
+    let mut raw = abi::ProcStats {
+        pid: pid as i32,
+        comm: st.name,
+        vm_size_kib: st.vm_size_kib.unwrap_or(0),
+        vm_rss_kib: st.vm_rss_kib,
+        rss_anon_kib: st.rss_anon_kib,
+        rss_file_kib: st.rss_file_kib,
+        rss_shmem_kib: st.rss_shmem_kib,
+        ..Default::default()
+    };
+    raw.resident_permille = permille(raw.vm_rss_kib, raw.vm_size_kib);
+    for (file, signed) in [("oom_score", false), ("oom_score_adj", true)] {
+        let path = format!("/proc/{dir}/{file}");
+        match read_into(&path, buf) {
+            Ok(()) => {}
+            Err(e) if gone(&e) => return Err(Error::NoSuchProcess { pid }),
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        let Some(v) = parse_i64(buf) else {
+            return Err(Error::Procfs {
+                path,
+                reason: "not a number",
+            });
+        };
+        if signed {
+            raw.oom_score_adj = v.clamp(i32::MIN.into(), i32::MAX.into()) as i32;
+        } else {
+            raw.oom_score = v.clamp(0, u32::MAX.into()) as u32;
+        }
+    }
+    if st.vm_size_kib.is_some() {
+        let t = match tamalloc_vmas_procfs(&dir, buf) {
+            Ok(t) => t,
+            Err(e) if gone(&e) => return Err(Error::NoSuchProcess { pid }),
+            Err(e) => return Err(Error::io(format!("/proc/{dir}/maps"), e)),
+        };
+        raw.tamalloc_regions = t.regions;
+        raw.tamalloc_reserved_kib = t.reserved_kib;
+        raw.tamalloc_resident_kib = t.resident_kib;
+    }
+    Ok(Some(ProcStats {
+        raw,
+        source: Source::Procfs,
+    }))
+}
+
+/// [`proc_stats`] from `/proc` only (whatever the kernel has). A kernel thread or zombie gets
+/// zero memory fields.
+pub fn proc_stats_procfs(pid: u32) -> Result<ProcStats, Error> {
+    let mut buf = Vec::with_capacity(2048);
+    match read_proc(pid, false, &mut buf)? {
+        Some(p) => Ok(p),
+        None => Err(Error::NoSuchProcess { pid }),
+    }
+}
+
+/// The numeric entries of /proc, sorted.
+fn proc_pids() -> Result<Vec<u32>, Error> {
+    let dir = std::fs::read_dir("/proc").map_err(|e| Error::io("/proc", e))?;
+    let mut pids: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+/// [`all_proc_stats`] from `/proc` only. Processes that exit meanwhile are left out.
+pub fn all_proc_stats_procfs() -> Result<Vec<ProcStats>, Error> {
+    let mut buf = Vec::with_capacity(2048);
+    let mut out = Vec::new();
+    for pid in proc_pids()? {
+        match read_proc(pid, true, &mut buf) {
+            Ok(Some(p)) => out.push(p),
+            Ok(None) | Err(Error::NoSuchProcess { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The fields of `/proc/meminfo` that matter here, in KiB.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemInfo {
+    pub mem_total_kib: u64,
+    pub mem_available_kib: u64,
+    pub committed_as_kib: u64,
+    pub commit_limit_kib: u64,
+}
+
+pub fn parse_meminfo(bytes: &[u8]) -> MemInfo {
+    let mut m = MemInfo::default();
+    for line in bytes.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let v = leading_u64(&line[colon + 1..]).unwrap_or(0);
+        match &line[..colon] {
+            b"MemTotal" => m.mem_total_kib = v,
+            b"MemAvailable" => m.mem_available_kib = v,
+            b"CommitLimit" => m.commit_limit_kib = v,
+            b"Committed_AS" => m.committed_as_kib = v,
+            _ => {}
+        }
+    }
+    m
+}
+
+/// [`global_stats`] from `/proc` only.
+pub fn global_stats_procfs() -> Result<GlobalStats, Error> {
+    let mut buf = Vec::with_capacity(4096);
+    read_into("/proc/meminfo", &mut buf).map_err(|e| Error::io("/proc/meminfo", e))?;
+    let m = parse_meminfo(&buf);
+    let mut raw = abi::GlobalStats {
+        mem_total_kib: m.mem_total_kib,
+        mem_available_kib: m.mem_available_kib,
+        committed_as_kib: m.committed_as_kib,
+        commit_limit_kib: m.commit_limit_kib,
+        ..Default::default()
+    };
+    for p in all_proc_stats_procfs()? {
+        raw.nr_processes += 1;
+        raw.vm_size_kib += p.raw.vm_size_kib;
+        raw.vm_rss_kib += p.raw.vm_rss_kib;
+        raw.tamalloc_regions += p.raw.tamalloc_regions;
+        raw.tamalloc_reserved_kib += p.raw.tamalloc_reserved_kib;
+        raw.tamalloc_resident_kib += p.raw.tamalloc_resident_kib;
+    }
+    Ok(GlobalStats {
+        raw,
+        source: Source::Procfs,
+    })
+}
+
+/// `(VmSize, VmRSS)` of the calling process in KiB, straight from `/proc/self/status`.
+pub fn self_vm_kib() -> Result<(u64, u64), Error> {
+    let mut buf = Vec::with_capacity(2048);
+    read_into("/proc/self/status", &mut buf).map_err(|e| Error::io("/proc/self/status", e))?;
+    let st = parse_status(&buf);
+    Ok((st.vm_size_kib.unwrap_or(0), st.vm_rss_kib))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &[u8] =
+        b"Name:\tsome-very-long-process-name\nUmask:\t0022\nState:\tS (sleeping)\n\
+Tgid:\t42\nVmPeak:\t   10000 kB\nVmSize:\t    8000 kB\nVmLck:\t       0 kB\nVmRSS:\t    2000 kB\n\
+RssAnon:\t     500 kB\nRssFile:\t    1400 kB\nRssShmem:\t     100 kB\nThreads:\t1\n";
+
+    #[test]
+    fn status_fields_parse() {
+        let st = parse_status(STATUS);
+        assert_eq!(&st.name, b"some-very-long-\0");
+        assert_eq!(st.vm_size_kib, Some(8000));
+        assert_eq!(st.vm_rss_kib, 2000);
+        assert_eq!(st.rss_anon_kib, 500);
+        assert_eq!(st.rss_file_kib, 1400);
+        assert_eq!(st.rss_shmem_kib, 100);
+    }
+
+    #[test]
+    fn kernel_thread_has_no_vmsize() {
+        let st = parse_status(b"Name:\tkthreadd\nState:\tS (sleeping)\nThreads:\t1\n");
+        assert_eq!(st.vm_size_kib, None);
+        assert_eq!(st.vm_rss_kib, 0);
+    }
+
+    #[test]
+    fn numbers_parse() {
+        assert_eq!(parse_i64(b"-1000\n"), Some(-1000));
+        assert_eq!(parse_i64(b"667\n"), Some(667));
+        assert_eq!(parse_i64(b"x\n"), None);
+        assert_eq!(parse_i64(b"-\n"), None);
+        assert_eq!(leading_u64(b"  12 kB"), Some(12));
+        assert_eq!(leading_u64(b" kB"), None);
+        assert_eq!(permille(2000, 8000), 250);
+        assert_eq!(permille(5, 0), 0);
+    }
+
+    #[test]
+    fn maps_and_smaps_count_only_tamalloc_vmas() {
+        let maps = b"55d0c0000000-55d0c0021000 r--p 00000000 08:01 123 /usr/bin/x\n\
+7f0000000000-7f0000a00000 rw-p 00000000 00:00 0 [anon:tamalloc]\n\
+7f0001000000-7f0001001000 rw-p 00000000 00:00 0 \n\
+7f0002000000-7f0002004000 rw-p 00000000 00:00 0                          [anon:tamalloc]\n";
+        assert_eq!(parse_maps_tamalloc(maps), (2, 10240 + 16));
+        let smaps = b"7f0000000000-7f0000a00000 rw-p 00000000 00:00 0 [anon:tamalloc]\n\
+Size:              10240 kB\nKernelPageSize:        4 kB\nRss:                 400 kB\nPss:   400 kB\n\
+VmFlags: rd wr mr mw me ac\n\
+7f0001000000-7f0001001000 rw-p 00000000 00:00 0 \nSize:  4 kB\nRss:   4 kB\n\
+7f0002000000-7f0002004000 rw-p 00000000 00:00 0 [anon:tamalloc]\nSize:  16 kB\nRss:   8 kB\n";
+        assert_eq!(
+            parse_smaps_tamalloc(smaps),
+            TamallocVmas {
+                regions: 2,
+                reserved_kib: 10256,
+                resident_kib: 408
+            }
+        );
+    }
+
+    #[test]
+    fn meminfo_parses() {
+        let m = parse_meminfo(
+            b"MemTotal:       24000000 kB\nMemFree:  1 kB\nMemAvailable:   20000000 kB\n\
+CommitLimit:    12000000 kB\nCommitted_AS:    3000000 kB\n",
+        );
+        assert_eq!(
+            m,
+            MemInfo {
+                mem_total_kib: 24_000_000,
+                mem_available_kib: 20_000_000,
+                committed_as_kib: 3_000_000,
+                commit_limit_kib: 12_000_000,
+            }
+        );
+    }
+
+    #[test]
+    fn json_uses_uapi_names() {
+        let mut raw = abi::ProcStats {
+            pid: 7,
+            ..Default::default()
+        };
+        raw.comm[..3].copy_from_slice(b"abc");
+        let p = ProcStats {
+            raw,
+            source: Source::Procfs,
+        };
+        let v = serde_json::to_value(p.to_json()).unwrap();
+        assert_eq!(v["pid"], 7);
+        assert_eq!(v["comm"], "abc");
+        assert_eq!(v["source"], "procfs");
+        assert!(v.get("tamalloc_resident_kib").is_some());
+    }
+}
