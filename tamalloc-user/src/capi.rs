@@ -57,7 +57,7 @@ pub unsafe extern "C" fn tafree(ptr: *mut c_void, size: usize) -> libc::c_int {
         let Some(p) = NonNull::new(ptr.cast::<u8>()) else {
             return Err(Error::os("tafree", Some(0), libc::EINVAL));
         };
-        if size == 0 || (p.as_ptr() as usize) % 4096 != 0 {
+        if size == 0 || !(p.as_ptr() as usize).is_multiple_of(4096) {
             return Err(Error::os("tafree", Some(size as u64), libc::EINVAL));
         }
         // SAFETY: the caller promises ptr/size come from tamalloc(size) and are not freed; the

@@ -430,11 +430,9 @@ fn tamalloc_vmas_procfs(pid: &str, buf: &mut Vec<u8>) -> Result<TamallocVmas, st
 }
 
 fn permille(rss: u64, size: u64) -> u32 {
-    if size == 0 {
-        0
-    } else {
-        u32::try_from(rss.saturating_mul(1000) / size).unwrap_or(u32::MAX)
-    }
+    rss.saturating_mul(1000)
+        .checked_div(size)
+        .map_or(0, |p| u32::try_from(p).unwrap_or(u32::MAX))
 }
 
 /// Reads one process from `/proc`. `Ok(None)` for a kernel thread or zombie (no `VmSize`)

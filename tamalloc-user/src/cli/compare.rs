@@ -223,7 +223,9 @@ pub fn run_child(args: ChildArgs) -> anyhow::Result<()> {
 
     let base = a.ptr();
     let pages = args.size.div_ceil(PAGE);
-    let touched = usize::try_from(args.touch.of(pages as u64)).unwrap_or(pages).min(pages);
+    let touched = usize::try_from(args.touch.of(pages as u64))
+        .unwrap_or(pages)
+        .min(pages);
     let t1 = Instant::now();
     for i in 0..touched {
         // SAFETY: i * PAGE < size: inside the allocation. Writing 0 keeps it zero-filled for

@@ -157,7 +157,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let base = region.as_mut_ptr();
     let len = region.len();
     let pages = len / PAGE;
-    let touched = usize::try_from(args.touch.of(pages as u64)).unwrap_or(pages).min(pages);
+    let touched = usize::try_from(args.touch.of(pages as u64))
+        .unwrap_or(pages)
+        .min(pages);
     let order = touch_order(pages, touched, args.pattern, args.seed);
     let rate = if args.rate == 0 {
         "as fast as possible".to_owned()

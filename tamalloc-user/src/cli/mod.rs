@@ -47,7 +47,10 @@ fn parse_or_exit() -> Cli {
             .take_while(|l| !l.is_empty())
             .collect();
         let msg = first.join(" ");
-        eprintln!("tamalloc: {} (see --help)", msg.trim_start_matches("error: "));
+        eprintln!(
+            "tamalloc: {} (see --help)",
+            msg.trim_start_matches("error: ")
+        );
         std::process::exit(2)
     })
 }
