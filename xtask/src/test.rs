@@ -1,6 +1,60 @@
-//! `cargo xtask test`: every test.
+//! `cargo xtask test`: the README's test command, and what CI runs.
+//!
+//! Stages run in order and stop at the first failure: set-up, fmt, clippy, the eBPF crate's
+//! own clippy, unit + host integration tests (the tracer tests load BPF, so root), then the
+//! patched kernels under QEMU (normal and debug config).
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{self, is_root};
+
 #[derive(clap::Args)]
-pub struct Args {}
-pub fn run(_args: &Args) -> anyhow::Result<()> {
-    crate::setup::run(&crate::setup::Args::default())
+pub struct Args {
+    /// Skip building and booting the patched kernels (host tests only).
+    #[arg(long)]
+    pub no_vm: bool,
+    /// Skip the debug-config kernel (lockdep, DEBUG_VM, KASAN).
+    #[arg(long)]
+    pub no_debug_kernel: bool,
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(util::workspace_root());
+    c
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the test suite loads eBPF programs into the kernel and needs root: \
+             run `sudo -E cargo xtask test` (or as root)"
+        );
+    }
+    crate::setup::run(&crate::setup::Args::default()).context("set-up")?;
+    let mut passed = 0;
+    let mut stage = |name: &str, cmd: &mut Command| -> anyhow::Result<()> {
+        util::step(name);
+        util::run(cmd).with_context(|| format!("stage `{name}` failed"))?;
+        passed += 1;
+        Ok(())
+    };
+    stage("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    stage(
+        "clippy",
+        cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    stage("test", cargo().args(["test", "--", "--test-threads=1"]))?;
+    if !args.no_vm {
+        crate::vmtest::run_vm_tests(false).context("tests in the patched kernel")?;
+        passed += 1;
+        if !args.no_debug_kernel {
+            crate::vmtest::run_vm_tests(true).context("tests in the debug kernel")?;
+            passed += 1;
+        }
+    }
+    println!("xtask test: {passed} passed, 0 failed");
+    Ok(())
 }

@@ -18,16 +18,14 @@ use tamalloc::{
 
 const PAGE: usize = 4096;
 
-/// Allocate the same size with malloc, malloc+memset, calloc, mmap and tamalloc, each in a
-/// fresh child process, and measure VmSize/VmRSS (from /proc/self/status) and time right
-/// after the allocation and after touching a share of the pages, then check the memory reads
-/// as zero.
-///
-/// ZERO-INIT says whether the method promises zeroed memory (✔/❌) and what was read. VMSIZE
-/// and VMRSS "at once" are ✔ when the allocation itself grew them by at least 90% of the size.
-/// glibc serves large malloc/calloc requests (above M_MMAP_THRESHOLD, 128 KiB to 32 MiB) with
-/// a fresh mmap, whose pages are zero-filled lazily by the kernel: such a calloc is lazy too.
+/// The long help of the command (the subcommand's one-line doc in cli/mod.rs is its summary).
+const HELP: &str = "Allocate the same size with malloc, malloc+memset, calloc, mmap and tamalloc, each in a fresh child process, and measure VmSize/VmRSS (from /proc/self/status) and time right after the allocation and after touching a share of the pages, then check the memory reads as zero.\n\
+\n\
+ZERO-INIT says whether the method promises zeroed memory (✔/❌) and what was read. VMSIZE and VMRSS \"at once\" are ✔ when the allocation itself grew them by at least 90% of the size. glibc serves large malloc/calloc requests (above M_MMAP_THRESHOLD, 128 KiB to 32 MiB) with a fresh mmap, whose pages are zero-filled lazily by the kernel: such a calloc is lazy too.";
+
+/// Arguments of `tamalloc compare`; [`HELP`] explains the output.
 #[derive(clap::Args)]
+#[command(after_help = HELP)]
 pub struct Args {
     /// Size of each allocation: 4096, 512k, 256MiB, 1G.
     #[arg(long, default_value = "256MiB", value_parser = arg::size)]
@@ -160,6 +158,9 @@ fn allocate(method: Method, size: usize) -> anyhow::Result<Allocation> {
             // SAFETY: as above.
             let a = heap(unsafe { libc::malloc(size) }, "malloc")?;
             if let Allocation::Heap(p) = a {
+                // black_box: otherwise LLVM folds malloc + memset(0) into calloc, and the
+                // release build measures calloc twice.
+                let p = std::hint::black_box(p);
                 // SAFETY: p points to size writable bytes.
                 unsafe { libc::memset(p.cast(), 0, size) };
             }

@@ -20,16 +20,14 @@ use tamalloc::{
 
 const PAGE: usize = 4096;
 
-/// Allocate a region with tamalloc and touch its pages at a given rate, printing elapsed time,
-/// touched pages, VmSize and VmRSS as it goes.
-///
-/// THP is disabled for the process first, so every touched page is one fault. Each selected
-/// page gets one volatile byte write (with --read-first: one volatile read, then the write).
-/// The last line is one JSON object: {"type":"demo","pid","path","addr","len","pages",
-/// "read_zero","write_zero","cow_zero","cow","other"}: the faults the touching caused (each
-/// plain write is one write_zero; with --read-first each page is one read_zero and one
-/// cow_zero).
+/// The long help of the command (the subcommand's one-line doc in cli/mod.rs is its summary).
+const HELP: &str = "Allocate a region with tamalloc and touch its pages at a given rate, printing elapsed time, touched pages, VmSize and VmRSS as it goes.\n\
+\n\
+THP is disabled for the process first, so every touched page is one fault. Each selected page gets one volatile byte write (with --read-first: one volatile read, then the write). The last line is one JSON object: {\"type\":\"demo\",\"pid\",\"path\",\"addr\",\"len\",\"pages\", \"read_zero\",\"write_zero\",\"cow_zero\",\"cow\",\"other\"}: the faults the touching caused (each plain write is one write_zero; with --read-first each page is one read_zero and one cow_zero).";
+
+/// Arguments of `tamalloc demo`; [`HELP`] explains the output.
 #[derive(clap::Args)]
+#[command(after_help = HELP)]
 pub struct Args {
     /// Size of the region, rounded up to whole pages: 4096, 512k, 10MiB, 4G.
     #[arg(long, default_value = "10MiB", value_parser = arg::size)]

@@ -8,13 +8,14 @@ use tamalloc::{
     stats::{self, Source},
 };
 
-/// System-wide totals: syscall 556, or /proc on a kernel without it.
-///
-/// With --json, one object with the uapi names of struct tamalloc_global_stats (nr_processes,
-/// vm_size_kib, vm_rss_kib, tamalloc_regions, tamalloc_reserved_kib, tamalloc_resident_kib,
-/// mem_total_kib, mem_available_kib, committed_as_kib, commit_limit_kib) plus "source":
-/// "syscall" or "procfs".
+/// The long help of the command (the subcommand's one-line doc in cli/mod.rs is its summary).
+const HELP: &str = "System-wide totals: syscall 556, or /proc on a kernel without it.\n\
+\n\
+With --json, one object with the uapi names of struct tamalloc_global_stats (nr_processes, vm_size_kib, vm_rss_kib, tamalloc_regions, tamalloc_reserved_kib, tamalloc_resident_kib, mem_total_kib, mem_available_kib, committed_as_kib, commit_limit_kib) plus \"source\": \"syscall\" or \"procfs\".";
+
+/// Arguments of `tamalloc global`; [`HELP`] explains the output.
 #[derive(clap::Args)]
+#[command(after_help = HELP)]
 pub struct Args {
     /// One JSON object instead of the table.
     #[arg(long)]

@@ -5,6 +5,7 @@ mod demo;
 mod global;
 mod stats;
 mod trace;
+mod workload;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +33,16 @@ enum Command {
     /// One measurement of `compare`, in a fresh process (internal).
     #[command(hide = true)]
     CompareChild(compare::ChildArgs),
+    /// A workload that knows the faults it causes (for testing the tracer).
+    #[command(hide = true)]
+    Workload(workload::Args),
+    /// Internal: wait for the tracer's gate on FD, then exec CMD (see `trace -- CMD`).
+    #[command(hide = true)]
+    ExecGated {
+        fd: i32,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// Help and version print as usual; a usage error is one line on stderr and exit status 2.
@@ -63,5 +74,10 @@ pub fn run() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Compare(args) => compare::run(args),
         Command::CompareChild(args) => compare::run_child(args),
+        Command::Workload(args) => workload::run(args),
+        Command::ExecGated { fd, command } => {
+            let err = tamalloc::tracer::session::exec_gated(fd, &command);
+            Err(anyhow::Error::new(err).context(format!("cannot run `{}`", command[0])))
+        }
     }
 }

@@ -8,17 +8,16 @@ use tamalloc::{
     stats::{self, ProcStats, Source},
 };
 
-/// Per-process memory statistics: syscall 555, or /proc on a kernel without it.
-///
-/// Columns: PID, COMM, VSZ (VmSize), RSS (VmRSS), ANON/FILE/SHMEM (RssAnon/RssFile/RssShmem),
-/// OOM (oom_score), ADJ (oom_score_adj), RES% (RSS / VSZ), TA-REGIONS, TA-RESERVED and
-/// TA-RESIDENT (the tamalloc VMAs: count, size, resident part).
-///
-/// With --json, one object per line with the uapi names of struct tamalloc_proc_stats
-/// (pid, comm, oom_score, oom_score_adj, resident_permille, vm_size_kib, vm_rss_kib,
-/// rss_anon_kib, rss_file_kib, rss_shmem_kib, tamalloc_regions, tamalloc_reserved_kib,
-/// tamalloc_resident_kib) plus "source": "syscall" or "procfs".
+/// The long help of the command (the subcommand's one-line doc in cli/mod.rs is its summary).
+const HELP: &str = "Per-process memory statistics: syscall 555, or /proc on a kernel without it.\n\
+\n\
+Columns: PID, COMM, VSZ (VmSize), RSS (VmRSS), ANON/FILE/SHMEM (RssAnon/RssFile/RssShmem), OOM (oom_score), ADJ (oom_score_adj), RES% (RSS / VSZ), TA-REGIONS, TA-RESERVED and TA-RESIDENT (the tamalloc VMAs: count, size, resident part).\n\
+\n\
+With --json, one object per line with the uapi names of struct tamalloc_proc_stats (pid, comm, oom_score, oom_score_adj, resident_permille, vm_size_kib, vm_rss_kib, rss_anon_kib, rss_file_kib, rss_shmem_kib, tamalloc_regions, tamalloc_reserved_kib, tamalloc_resident_kib) plus \"source\": \"syscall\" or \"procfs\".";
+
+/// Arguments of `tamalloc stats`; [`HELP`] explains the output.
 #[derive(clap::Args)]
+#[command(after_help = HELP)]
 pub struct Args {
     /// Processes to show (default: every process of this pid namespace).
     #[arg(value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]

@@ -1,16 +1,117 @@
-//! `tamalloc trace`.
+//! `tamalloc trace`: the live first-touch fault tracer.
 
-use anyhow::Context as _;
-use tamalloc::tracer::{Probe, ProbeOptions};
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, bail};
+use tamalloc::{
+    export::{self, Format},
+    tracer::{
+        ProbeOptions,
+        session::{self, TraceOptions},
+        view,
+    },
+};
 
 #[derive(clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:\n  \
+    sudo tamalloc trace -- tamalloc demo --size 64MiB --rate 16MiB/s\n  \
+    sudo tamalloc trace -p 1234 --interval 2s\n  \
+    sudo tamalloc trace --events --output trace.jsonl -- ./my-program")]
+pub struct Args {
+    /// Follow this process and the processes it forks (repeatable).
+    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pids: Vec<u32>,
+    /// Follow processes with this command name (as /proc/PID/comm shows it, at most 15 bytes).
+    #[arg(long, value_parser = parse_comm)]
+    comm: Option<String>,
+    /// Stop after this long (e.g. 500ms, 10s, 2m).
+    #[arg(short, long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Refresh the view and sample memory stats this often.
+    #[arg(short, long, default_value = "1s", value_parser = parse_interval)]
+    interval: Duration,
+    /// Print every fault as it happens: time, pid, tid, kind, region, page.
+    #[arg(short, long)]
+    events: bool,
+    /// Write the trace to FILE (faults are streamed, not only counted).
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Format of --output.
+    #[arg(short, long, value_enum, default_value_t, requires = "output")]
+    format: Format,
+    /// Ring buffer for streamed events, in bytes (a power of two of at least 4KiB).
+    #[arg(long, default_value = "4MiB", value_parser = parse_ring_size)]
+    ring_size: u32,
+    /// Print only the summary at the end, no live view.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Command to run and follow, with its descendants; the trace ends when it exits.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    let probe = Probe::load(&ProbeOptions::default()).context("starting the tracer")?;
-    std::thread::sleep(std::time::Duration::from_secs(5));
-    for (pid, c) in probe.counters()? {
-        println!("{pid} {c:?}");
+pub fn run(args: Args) -> anyhow::Result<()> {
+    for pid in &args.pids {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("process {pid} not found");
+        }
     }
+    let stream = args.events || args.output.is_some();
+    let opts = TraceOptions {
+        probe: ProbeOptions {
+            stream_faults: stream,
+            ring_bytes: args.ring_size,
+            pids: args.pids.clone(),
+            comm: args.comm.clone(),
+            filter_pids: !args.command.is_empty(),
+        },
+        command: args.command.clone(),
+        duration: args.duration,
+        interval: args.interval,
+    };
+    let sink = match &args.output {
+        Some(path) => Some(
+            export::open(path, args.format)
+                .with_context(|| format!("cannot write the trace to {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let view = view::for_stdout(args.events, args.quiet);
+    runtime
+        .block_on(session::run(opts, sink, view))
+        .context("tracing failed")?;
     Ok(())
+}
+
+fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err("a command name has 1 to 15 bytes (the kernel keeps 15)".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    tamalloc::size::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err("the interval must be at least 10ms".into());
+    }
+    Ok(d)
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let bytes = tamalloc::size::parse_size(s).map_err(|e| e.to_string())?;
+    match u32::try_from(bytes) {
+        Ok(b) if b >= 4096 && b.is_power_of_two() => Ok(b),
+        _ => Err(format!(
+            "{s} is not a power of two between 4KiB and 2GiB (e.g. 4KiB, 1MiB, 4MiB)"
+        )),
+    }
 }

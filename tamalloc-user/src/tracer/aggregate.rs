@@ -1,1 +1,221 @@
 //! Per-process state built from decoded events and counter snapshots.
+//!
+//! The eBPF side counts (exact, never dropped); the events add what counters cannot say:
+//! which regions exist, who forked whom, when a process ended. A process's final counters
+//! are taken from the map when its `Exit` event arrives, so the summary stays exact even for
+//! processes that end long before the trace does.
+
+use std::collections::BTreeMap;
+
+use tamalloc_common::trace::{FAULT_KINDS, FaultKind, PidCounters};
+
+use super::decode::TraceEvent;
+
+/// What the tracer knows about one process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcState {
+    pub comm: String,
+    /// Counters as last read (summed over CPUs).
+    pub counters: PidCounters,
+    /// Live regions seen through events: address -> length (after unmaps and remaps).
+    pub regions: BTreeMap<u64, u64>,
+    /// The process has exited; `counters` are final.
+    pub exited: bool,
+    pub parent: Option<u32>,
+    /// VmRSS at the previous refresh, for the change column.
+    pub last_rss_kib: Option<u64>,
+}
+
+impl ProcState {
+    pub fn faults(&self, kind: FaultKind) -> u64 {
+        self.counters.faults[kind as usize]
+    }
+
+    /// Pages made resident by faults we saw: every kind but `read_zero` and `other`.
+    pub fn pages_made_resident(&self) -> u64 {
+        self.faults(FaultKind::WriteZero) + self.faults(FaultKind::CowZero)
+    }
+
+    /// Bytes of live region pages (as the eBPF counters say).
+    pub fn reserved_bytes(&self) -> u64 {
+        self.counters.reserved_bytes
+    }
+}
+
+/// All processes, keyed by pid.
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    procs: BTreeMap<u32, ProcState>,
+    /// Fault events seen per kind (only with streaming), to cross-check the counters.
+    pub streamed: [u64; FAULT_KINDS],
+}
+
+impl Aggregator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn procs(&self) -> impl Iterator<Item = (&u32, &ProcState)> {
+        self.procs.iter()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&ProcState> {
+        self.procs.get(&pid)
+    }
+
+    pub fn get_mut(&mut self, pid: u32) -> &mut ProcState {
+        self.procs.entry(pid).or_default()
+    }
+
+    pub fn live_pids(&self) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter(|(_, p)| !p.exited)
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
+    /// Applies one event. Counter values are not derived from events (they may be dropped);
+    /// they come from [`Aggregator::set_counters`].
+    pub fn apply(&mut self, ev: &TraceEvent) {
+        match *ev {
+            TraceEvent::Fault { kind, .. } => self.streamed[kind as usize] += 1,
+            TraceEvent::Region { pid, addr, len, .. } => {
+                self.get_mut(pid).regions.insert(addr, len);
+            }
+            TraceEvent::Unmap { pid, addr, len, .. } => {
+                trim(
+                    &mut self.get_mut(pid).regions,
+                    addr,
+                    addr.saturating_add(len),
+                );
+            }
+            TraceEvent::Remap {
+                pid,
+                old_addr,
+                old_len,
+                new_addr,
+                new_len,
+                ..
+            } => {
+                let regions = &mut self.get_mut(pid).regions;
+                trim(regions, old_addr, old_addr.saturating_add(old_len));
+                regions.insert(new_addr, new_len);
+            }
+            TraceEvent::Fork { pid, child, .. } => {
+                let parent = self.get_mut(pid);
+                let (comm, regions) = (parent.comm.clone(), parent.regions.clone());
+                let c = self.get_mut(child);
+                c.parent = Some(pid);
+                c.regions = regions;
+                if c.comm.is_empty() {
+                    c.comm = comm;
+                }
+            }
+            TraceEvent::Exec { pid, .. } => {
+                let p = self.get_mut(pid);
+                p.regions.clear();
+                // The command name changes with exec; the next refresh reads it again.
+                p.comm.clear();
+            }
+            TraceEvent::Exit { pid, .. } => {
+                let p = self.get_mut(pid);
+                p.exited = true;
+                p.regions.clear();
+            }
+        }
+    }
+
+    /// Stores a counter snapshot for `pid` (ignored for processes whose counters are final).
+    pub fn set_counters(&mut self, pid: u32, counters: PidCounters) {
+        let p = self.get_mut(pid);
+        if !p.exited {
+            p.counters = counters;
+        }
+    }
+
+    /// Stores the final counters of an exited process.
+    pub fn finish(&mut self, pid: u32, counters: PidCounters) {
+        let p = self.get_mut(pid);
+        p.counters = counters;
+        p.exited = true;
+    }
+}
+
+/// Removes `[start, end)` from a set of disjoint ranges, splitting where needed.
+fn trim(regions: &mut BTreeMap<u64, u64>, start: u64, end: u64) {
+    let hit: Vec<(u64, u64)> = regions
+        .range(..end)
+        .filter(|&(&a, &l)| a.saturating_add(l) > start)
+        .map(|(&a, &l)| (a, l))
+        .collect();
+    for (a, l) in hit {
+        regions.remove(&a);
+        let e = a.saturating_add(l);
+        if a < start {
+            regions.insert(a, start - a);
+        }
+        if e > end {
+            regions.insert(end, e - end);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmap_splits_and_trims_regions() {
+        let mut agg = Aggregator::new();
+        agg.apply(&TraceEvent::Region {
+            ts_ns: 0,
+            pid: 1,
+            tid: 1,
+            addr: 0x10000,
+            len: 0x10000,
+            fallback: true,
+        });
+        agg.apply(&TraceEvent::Unmap {
+            ts_ns: 1,
+            pid: 1,
+            addr: 0x14000,
+            len: 0x2000,
+            region_bytes: 0x2000,
+        });
+        let r: Vec<_> = agg
+            .get(1)
+            .map(|p| p.regions.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        assert_eq!(r, vec![(0x10000, 0x4000), (0x16000, 0xa000)]);
+    }
+
+    #[test]
+    fn fork_copies_regions_and_exit_freezes_counters() {
+        let mut agg = Aggregator::new();
+        agg.get_mut(1).comm = "parent".into();
+        agg.apply(&TraceEvent::Region {
+            ts_ns: 0,
+            pid: 1,
+            tid: 1,
+            addr: 0x1000,
+            len: 0x1000,
+            fallback: false,
+        });
+        agg.apply(&TraceEvent::Fork {
+            ts_ns: 1,
+            pid: 1,
+            child: 2,
+        });
+        assert_eq!(agg.get(2).map(|p| p.regions.len()), Some(1));
+        assert_eq!(agg.get(2).and_then(|p| p.parent), Some(1));
+        let mut c = PidCounters::default();
+        c.faults[FaultKind::WriteZero as usize] = 3;
+        agg.finish(2, c);
+        agg.set_counters(2, PidCounters::default());
+        assert_eq!(agg.get(2).map(|p| p.faults(FaultKind::WriteZero)), Some(3));
+        assert_eq!(agg.live_pids(), vec![1]);
+    }
+}

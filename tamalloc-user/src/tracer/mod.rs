@@ -4,6 +4,9 @@
 pub mod aggregate;
 pub mod decode;
 pub mod probe;
+pub mod record;
+pub mod session;
+pub mod view;
 
 pub use probe::{Drops, Probe, ProbeOptions};
 
@@ -14,10 +17,8 @@ pub enum TraceError {
         "tracing needs root (or CAP_BPF and CAP_PERFMON): run it with sudo, e.g. `sudo tamalloc trace ...`"
     )]
     NotPrivileged,
-    #[error(
-        "tracefs is not mounted at /sys/kernel/tracing; as root run: mount -t tracefs nodev /sys/kernel/tracing"
-    )]
-    NoTracefs,
+    #[error("tracefs is not mounted at {0}; as root run: mount -t tracefs nodev {0}")]
+    NoTracefs(String),
     #[error("tracepoint {name} is not available: {why}")]
     Tracepoint { name: String, why: String },
     #[error("the kernel refused the eBPF object")]

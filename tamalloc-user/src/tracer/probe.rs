@@ -3,7 +3,7 @@
 //! A [`Probe`] owns the loaded object: dropping it detaches every program and frees every
 //! map (aya's links are RAII), so an early return or a panic never leaves probes behind.
 
-use std::{collections::HashMap, fs, io, path::Path};
+use std::{collections::HashMap, fs, io};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -18,6 +18,14 @@ use tamalloc_common::trace::{
 use super::TraceError;
 
 const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Where tracefs is: `/sys/kernel/tracing`, or `$TAMALLOC_TRACEFS` (for tests and for
+/// systems that mount it elsewhere).
+fn tracefs() -> std::path::PathBuf {
+    std::env::var_os("TAMALLOC_TRACEFS")
+        .map(Into::into)
+        .unwrap_or_else(|| TRACEFS.into())
+}
 
 /// Every tracepoint the tracer attaches to: (program, category, name).
 const ATTACHMENTS: &[(&str, &str, &str)] = &[
@@ -106,7 +114,7 @@ impl Probe {
         }
 
         let mut ebpf = EbpfLoader::new()
-            .set_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("EVENTS", opts.ring_bytes)
             .load(OBJECT)
             .map_err(|e| TraceError::Load(Box::new(e)))?;
 
@@ -304,25 +312,28 @@ fn check_privileges() -> Result<(), TraceError> {
 
 /// Mounts tracefs when it is missing and we may; otherwise says how.
 fn ensure_tracefs() -> Result<(), TraceError> {
-    let events = Path::new(TRACEFS).join("events");
+    let root = tracefs();
+    let events = root.join("events");
     if events.is_dir() {
         return Ok(());
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tracefs", "nodev", TRACEFS])
+            .args(["-t", "tracefs", "nodev"])
+            .arg(&root)
+            .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if ok && events.is_dir() {
             return Ok(());
         }
     }
-    Err(TraceError::NoTracefs)
+    Err(TraceError::NoTracefs(root.display().to_string()))
 }
 
 fn tracepoint_format(category: &str, name: &str) -> Result<String, TraceError> {
-    let path = Path::new(TRACEFS)
+    let path = tracefs()
         .join("events")
         .join(category)
         .join(name)

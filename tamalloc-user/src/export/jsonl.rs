@@ -1,0 +1,51 @@
+//! JSON lines: one [`Record`] per line, buffered (no flush per line) and flushed at the end.
+
+use std::io::{self, BufWriter, Write};
+
+use crate::tracer::record::Record;
+
+use super::Sink;
+
+pub struct JsonLines<W: Write> {
+    out: BufWriter<W>,
+}
+
+impl<W: Write> JsonLines<W> {
+    pub fn new(w: W) -> Self {
+        Self {
+            out: BufWriter::with_capacity(1 << 16, w),
+        }
+    }
+}
+
+impl<W: Write> Sink for JsonLines<W> {
+    fn record(&mut self, r: &Record) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, r)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_one_complete_line_per_record() {
+        let mut buf = Vec::new();
+        {
+            let mut sink = JsonLines::new(&mut buf);
+            for pid in 1..=3 {
+                sink.record(&Record::Exit { ts_ns: 5, pid }).ok();
+            }
+            sink.finish().ok();
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2], r#"{"type":"exit","ts_ns":5,"pid":3}"#);
+    }
+}

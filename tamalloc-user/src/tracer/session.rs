@@ -1,0 +1,412 @@
+//! One tracing session: load the probe, optionally spawn the command to follow, then pump
+//! ring-buffer events and periodic counter/stat snapshots into the aggregator, the view and
+//! the exporter until the command ends, the duration passes, or SIGINT/SIGTERM arrives.
+//! Every way out goes through the same final drain, so the export is always complete.
+
+use std::{
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    process::ExitStatus,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::unix::AsyncFd,
+    process::{Child, Command},
+    signal::unix::{SignalKind, signal},
+};
+
+use tamalloc_common::trace::FaultKind;
+
+use super::{
+    Drops, Probe, ProbeOptions, TraceError,
+    aggregate::Aggregator,
+    decode::{TraceEvent, decode},
+    record::{Record, SCHEMA_VERSION, stats_record},
+};
+use crate::{export::Sink, stats};
+
+/// Ring records handled per wake-up before yielding, so timers and signals stay timely.
+const DRAIN_BATCH: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct TraceOptions {
+    pub probe: ProbeOptions,
+    /// A command to spawn and follow (with its descendants); the trace ends when it exits.
+    pub command: Vec<String>,
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+}
+
+/// One row of the live view.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub pid: u32,
+    pub state: super::aggregate::ProcState,
+    pub stats: Option<tamalloc_common::abi::ProcStats>,
+    /// VmRSS change since the previous refresh, in KiB.
+    pub rss_delta_kib: Option<i64>,
+}
+
+/// What a view shows at each refresh and at the end.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub elapsed: Duration,
+    pub rows: Vec<Row>,
+    pub global: Option<tamalloc_common::abi::GlobalStats>,
+    pub drops: Drops,
+    /// `syscall` or `procfs`.
+    pub stats_source: &'static str,
+    pub command_status: Option<ExitStatus>,
+}
+
+/// Where a session shows itself.
+pub trait View {
+    /// A decoded event (faults only arrive when streaming was asked for).
+    fn event(&mut self, ev: &TraceEvent);
+    fn refresh(&mut self, snap: &Snapshot);
+    fn finish(&mut self, snap: &Snapshot);
+}
+
+struct Session {
+    probe: Probe,
+    agg: Aggregator,
+    sink: Option<Box<dyn Sink + Send>>,
+    view: Box<dyn View>,
+    started: Instant,
+    stats_source: &'static str,
+    command_status: Option<ExitStatus>,
+    sink_error: Option<std::io::Error>,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so stats records and
+/// events share one time line.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// Runs a session to its end and returns the final snapshot.
+pub async fn run(
+    opts: TraceOptions,
+    sink: Option<Box<dyn Sink + Send>>,
+    view: Box<dyn View>,
+) -> Result<Snapshot, TraceError> {
+    let mut probe = Probe::load(&opts.probe)?;
+    let ring = probe.take_events()?;
+    // SAFETY: the ring owns its map fd and keeps it open for as long as the AsyncFd lives.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| TraceError::Io {
+            what: "polling the event ring buffer".into(),
+            source: e.into_parts().1,
+        })?;
+    let stats_source = match stats::global_stats() {
+        Ok(g) if g.source == stats::Source::Syscall => "syscall",
+        _ => "procfs",
+    };
+    let mut s = Session {
+        probe,
+        agg: Aggregator::new(),
+        sink,
+        view,
+        started: Instant::now(),
+        stats_source,
+        command_status: None,
+        sink_error: None,
+    };
+    s.emit(&Record::Meta {
+        version: SCHEMA_VERSION,
+        tool: format!("tamalloc {}", env!("CARGO_PKG_VERSION")),
+        kernel: kernel_release(),
+        stats_source: stats_source.to_owned(),
+        events: opts.probe.stream_faults,
+    });
+
+    let mut child = match opts.command.split_first() {
+        Some((program, args)) => Some(spawn_followed(&mut s.probe, program, args)?),
+        None => None,
+    };
+    let io_err = |what: &str| {
+        let what = what.to_owned();
+        move |e| TraceError::Io { what, source: e }
+    };
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io_err("handling SIGINT"))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io_err("handling SIGTERM"))?;
+    let mut tick = tokio::time::interval(opts.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let sleep_until = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep_until);
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(io_err("polling the event ring buffer"))?;
+                let n = s.drain(guard.get_inner_mut(), DRAIN_BATCH)?;
+                if n < DRAIN_BATCH {
+                    guard.clear_ready();
+                }
+            }
+            _ = tick.tick() => {
+                s.refresh(false)?;
+            }
+            status = wait_child(&mut child) => {
+                s.command_status = status.ok();
+                break;
+            }
+            _ = &mut sleep_until => break,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    // Whatever ended the trace, everything already in the ring is still delivered.
+    s.drain(ring.get_mut(), usize::MAX)?;
+    let snap = s.refresh(true)?;
+    let summaries: Vec<Record> = s
+        .agg
+        .procs()
+        .map(|(pid, p)| {
+            let f = |k: FaultKind| p.faults(k);
+            Record::Summary {
+                pid: *pid,
+                comm: p.comm.clone(),
+                read_zero: f(FaultKind::ReadZero),
+                write_zero: f(FaultKind::WriteZero),
+                cow_zero: f(FaultKind::CowZero),
+                cow: f(FaultKind::Cow),
+                other: f(FaultKind::Other),
+                regions: p.counters.regions,
+            }
+        })
+        .collect();
+    for rec in &summaries {
+        s.emit(rec);
+    }
+    s.emit(&Record::Drops {
+        count: snap.drops.total(),
+        fault_events: snap.drops.fault_events,
+        control_events: snap.drops.control_events,
+        map_full: snap.drops.map_full,
+    });
+    if let Some(sink) = s.sink.as_mut()
+        && let Err(e) = sink.finish()
+    {
+        s.sink_error.get_or_insert(e);
+    }
+    s.view.finish(&snap);
+    if let Some(e) = s.sink_error {
+        return Err(TraceError::Io {
+            what: "writing the trace output".into(),
+            source: e,
+        });
+    }
+    Ok(snap)
+}
+
+async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    fn emit(&mut self, r: &Record) {
+        if let Some(sink) = self.sink.as_mut()
+            && let Err(e) = sink.record(r)
+        {
+            // Keep tracing; report the first write error at the end.
+            self.sink_error.get_or_insert(e);
+            self.sink = None;
+        }
+    }
+
+    /// Handles up to `max` ring records; returns how many there were.
+    fn drain(
+        &mut self,
+        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        max: usize,
+    ) -> Result<usize, TraceError> {
+        let mut n = 0;
+        while n < max {
+            let Some(item) = ring.next() else { break };
+            let ev = decode(&item);
+            drop(item);
+            n += 1;
+            let Some(ev) = ev else { continue };
+            self.agg.apply(&ev);
+            match ev {
+                TraceEvent::Exit { pid, .. } => {
+                    if let Some(c) = self.probe.take_counters(pid)? {
+                        self.agg.finish(pid, c);
+                    }
+                }
+                TraceEvent::Region { pid, .. } | TraceEvent::Fork { child: pid, .. } => {
+                    fill_comm(&mut self.agg, pid);
+                }
+                _ => {}
+            }
+            self.emit(&Record::from_event(&ev));
+            self.view.event(&ev);
+        }
+        Ok(n)
+    }
+
+    /// Reads counters and stats, records them, and refreshes the view.
+    fn refresh(&mut self, last: bool) -> Result<Snapshot, TraceError> {
+        let ts = monotonic_ns();
+        for (pid, c) in self.probe.counters()? {
+            self.agg.set_counters(pid, c);
+            fill_comm(&mut self.agg, pid);
+        }
+        let mut rows = Vec::new();
+        let pids: Vec<u32> = self.agg.procs().map(|(p, _)| *p).collect();
+        for pid in pids {
+            let mut stats = None;
+            let mut rss_delta_kib = None;
+            let exited = self.agg.get(pid).is_none_or(|p| p.exited);
+            if !exited {
+                match stats::proc_stats(pid) {
+                    Ok(s) => {
+                        let p = self.agg.get_mut(pid);
+                        rss_delta_kib = p
+                            .last_rss_kib
+                            .map(|prev| s.raw.vm_rss_kib as i64 - prev as i64);
+                        p.last_rss_kib = Some(s.raw.vm_rss_kib);
+                        let counters = p.counters;
+                        self.emit(&stats_record(ts, &s.raw, &counters, self.stats_source));
+                        stats = Some(s.raw);
+                    }
+                    // Gone without an exit event (it may have been dropped): final counters.
+                    Err(_) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                        if let Some(c) = self.probe.take_counters(pid)? {
+                            self.agg.finish(pid, c);
+                        } else {
+                            self.agg.get_mut(pid).exited = true;
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+            if let Some(state) = self.agg.get(pid) {
+                rows.push(Row {
+                    pid,
+                    state: state.clone(),
+                    stats,
+                    rss_delta_kib,
+                });
+            }
+        }
+        let global = stats::global_stats().ok().map(|g| g.raw);
+        if let Some(g) = &global {
+            self.emit(&Record::global(ts, g, self.stats_source));
+        }
+        let snap = Snapshot {
+            elapsed: self.started.elapsed(),
+            rows,
+            global,
+            drops: self.probe.drops()?,
+            stats_source: self.stats_source,
+            command_status: self.command_status,
+        };
+        if !last {
+            self.view.refresh(&snap);
+        }
+        Ok(snap)
+    }
+}
+
+fn fill_comm(agg: &mut Aggregator, pid: u32) {
+    let p = agg.get_mut(pid);
+    if p.comm.is_empty()
+        && let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+    {
+        p.comm = c.trim_end().to_owned();
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Spawns `program` held at a gate until the probe follows its pid, so not one of its
+/// regions is missed. `std` only returns from spawn once the child has exec'd, so the child
+/// is first our own binary (`tamalloc exec-gated FD -- CMD`), which waits on the gate and
+/// then execs CMD under the same pid.
+fn spawn_followed(probe: &mut Probe, program: &str, args: &[String]) -> Result<Child, TraceError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| TraceError::Io { what, source }
+    };
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid two-int array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io("creating the start gate pipe")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: pipe2 just returned these two fresh descriptors; we own them.
+    let (gate_r, gate_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let r = gate_r.as_raw_fd();
+    let me = std::env::current_exe().map_err(io("locating the tamalloc binary"))?;
+    let mut cmd = Command::new(me);
+    cmd.arg("exec-gated")
+        .arg(r.to_string())
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .kill_on_drop(true);
+    // SAFETY: fcntl is async-signal-safe; it lets the gate's read end survive the exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(r, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let child = cmd.spawn().map_err(io(&format!("starting `{program}`")))?;
+    drop(gate_r);
+    let pid = child
+        .id()
+        .ok_or_else(|| TraceError::Internal("spawned command has no pid".into()))?;
+    probe.follow(pid)?;
+    // SAFETY: writing one byte from a valid buffer to our own pipe.
+    if unsafe { libc::write(gate_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
+        return Err(io("releasing the followed command")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(child)
+}
+
+/// The child side of [`spawn_followed`]: wait for the gate on `fd`, then exec `command`.
+/// Returns only on failure.
+pub fn exec_gated(fd: i32, command: &[String]) -> std::io::Error {
+    use std::os::unix::process::CommandExt as _;
+    let mut b = 0u8;
+    loop {
+        // SAFETY: reading one byte into a valid buffer from the inherited gate.
+        let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
+        if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    // SAFETY: the gate is ours and no longer needed.
+    unsafe { libc::close(fd) };
+    let Some((program, args)) = command.split_first() else {
+        return std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command");
+    };
+    std::process::Command::new(program).args(args).exec()
+}

@@ -1,0 +1,259 @@
+//! How a session shows itself: a live table redrawn in place on a terminal (like `top`),
+//! plain timestamped blocks otherwise (and with `--events`, one line per fault, bpftrace
+//! style). Output is buffered and flushed once per batch, never per line.
+
+use std::io::{self, IsTerminal as _, Write};
+
+use tamalloc_common::trace::FaultKind;
+
+use super::{
+    decode::TraceEvent,
+    session::{Row, Snapshot, View},
+};
+
+/// KiB as a short human size (1023K, 1.5M, 12G).
+pub fn kib(v: u64) -> String {
+    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
+    let mut x = v as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 || x >= 100.0 {
+        format!("{x:.0}{}", UNITS[u])
+    } else {
+        format!("{x:.1}{}", UNITS[u])
+    }
+}
+
+fn header(snap: &Snapshot) -> String {
+    let source = match snap.stats_source {
+        "syscall" => "stats: syscall 555/556",
+        _ => "stats: /proc (kernel without the tamalloc patch)",
+    };
+    format!(
+        "tamalloc trace  {:>6.1}s  {source}",
+        snap.elapsed.as_secs_f64()
+    )
+}
+
+const COLUMNS: &str = "    PID COMM             REGIONS RESERVED READ_ZERO WRITE_ZERO COW_ZERO      COW  OTHER    VmRSS     dRSS  OOM  RES‰";
+
+fn row_line(r: &Row) -> String {
+    let p = &r.state;
+    let f = |k| p.faults(k);
+    let (rss, oom, res) = match &r.stats {
+        Some(s) => (
+            kib(s.vm_rss_kib),
+            s.oom_score.to_string(),
+            s.resident_permille.to_string(),
+        ),
+        None if p.exited => ("exited".into(), "-".into(), "-".into()),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    let delta = match r.rss_delta_kib {
+        Some(0) | None => "".to_owned(),
+        Some(d) if d > 0 => format!("+{}", kib(d as u64)),
+        Some(d) => format!("-{}", kib(d.unsigned_abs())),
+    };
+    format!(
+        "{:>7} {:<16} {:>7} {:>8} {:>9} {:>10} {:>8} {:>8} {:>6} {:>8} {:>8} {:>4} {:>5}",
+        r.pid,
+        truncate(&p.comm, 16),
+        p.counters.regions,
+        kib(p.reserved_bytes() / 1024),
+        f(FaultKind::ReadZero),
+        f(FaultKind::WriteZero),
+        f(FaultKind::CowZero),
+        f(FaultKind::Cow),
+        f(FaultKind::Other),
+        rss,
+        delta,
+        oom,
+        res,
+    )
+}
+
+fn footer(snap: &Snapshot) -> String {
+    let mut s = String::new();
+    if let Some(g) = &snap.global {
+        s.push_str(&format!(
+            "global: {} processes  VmSize {}  VmRSS {}  tamalloc {} reserved / {} resident  MemAvailable {} of {}  Committed_AS {} / CommitLimit {}\n",
+            g.nr_processes,
+            kib(g.vm_size_kib),
+            kib(g.vm_rss_kib),
+            kib(g.tamalloc_reserved_kib),
+            kib(g.tamalloc_resident_kib),
+            kib(g.mem_available_kib),
+            kib(g.mem_total_kib),
+            kib(g.committed_as_kib),
+            kib(g.commit_limit_kib),
+        ));
+    }
+    let d = &snap.drops;
+    s.push_str(&format!(
+        "drops: {} (fault events {}, control events {}, map full {})",
+        d.total(),
+        d.fault_events,
+        d.control_events,
+        d.map_full
+    ));
+    s
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The table of a snapshot, as text.
+pub fn table(snap: &Snapshot) -> String {
+    let mut out = String::new();
+    out.push_str(&header(snap));
+    out.push('\n');
+    out.push_str(COLUMNS);
+    out.push('\n');
+    for r in &snap.rows {
+        out.push_str(&row_line(r));
+        out.push('\n');
+    }
+    out.push_str(&footer(snap));
+    out.push('\n');
+    out
+}
+
+fn event_line(ev: &TraceEvent) -> Option<String> {
+    match ev {
+        TraceEvent::Fault {
+            ts_ns,
+            pid,
+            tid,
+            kind,
+            addr,
+            region,
+            page,
+            ..
+        } => Some(format!(
+            "{:>14.6} {pid:>7} {tid:>7} {:<10} region {region:#x} page {page:<8} addr {addr:#x}",
+            *ts_ns as f64 / 1e9,
+            kind.name(),
+        )),
+        _ => None,
+    }
+}
+
+/// Restores the terminal (main screen, visible cursor) when dropped, however we leave.
+struct AltScreen;
+
+impl AltScreen {
+    fn enter(out: &mut impl Write) -> io::Result<Self> {
+        out.write_all(b"\x1b[?1049h\x1b[?25l")?;
+        out.flush()?;
+        Ok(Self)
+    }
+}
+
+impl Drop for AltScreen {
+    fn drop(&mut self) {
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(b"\x1b[?25h\x1b[?1049l");
+        let _ = out.flush();
+    }
+}
+
+/// Redraws the table in place on a terminal.
+pub struct LiveView {
+    screen: Option<AltScreen>,
+}
+
+/// Prints timestamped tables, and fault lines with `--events`.
+pub struct PlainView {
+    out: io::BufWriter<io::Stdout>,
+    print_faults: bool,
+    quiet: bool,
+}
+
+/// The view that suits stdout: live on a terminal unless faults are printed.
+pub fn for_stdout(print_faults: bool, quiet: bool) -> Box<dyn View> {
+    if !print_faults && !quiet && io::stdout().is_terminal() {
+        let screen = AltScreen::enter(&mut io::stdout().lock()).ok();
+        Box::new(LiveView { screen })
+    } else {
+        Box::new(PlainView {
+            out: io::BufWriter::with_capacity(1 << 16, io::stdout()),
+            print_faults,
+            quiet,
+        })
+    }
+}
+
+impl View for LiveView {
+    fn event(&mut self, _ev: &TraceEvent) {}
+
+    fn refresh(&mut self, snap: &Snapshot) {
+        let mut out = io::stdout().lock();
+        let _ = write!(out, "\x1b[H\x1b[2J{}", table(snap).replace('\n', "\r\n"));
+        let _ = writeln!(out, "\r\nCtrl-C to stop");
+        let _ = out.flush();
+    }
+
+    fn finish(&mut self, snap: &Snapshot) {
+        self.screen = None;
+        print_summary(&mut io::stdout().lock(), snap);
+    }
+}
+
+impl View for PlainView {
+    fn event(&mut self, ev: &TraceEvent) {
+        if self.print_faults
+            && let Some(line) = event_line(ev)
+        {
+            let _ = writeln!(self.out, "{line}");
+        }
+    }
+
+    fn refresh(&mut self, snap: &Snapshot) {
+        if !self.quiet {
+            let _ = writeln!(self.out, "{}", table(snap));
+        }
+        let _ = self.out.flush();
+    }
+
+    fn finish(&mut self, snap: &Snapshot) {
+        print_summary(&mut self.out, snap);
+        let _ = self.out.flush();
+    }
+}
+
+/// The closing summary, as bpftrace prints its maps at the end.
+fn print_summary(out: &mut impl Write, snap: &Snapshot) {
+    let _ = writeln!(out, "\nSummary after {:.1}s:", snap.elapsed.as_secs_f64());
+    let _ = write!(
+        out,
+        "{}",
+        table(snap).split_once('\n').map_or("", |(_, t)| t)
+    );
+    if let Some(status) = snap.command_status
+        && !status.success()
+    {
+        let _ = writeln!(out, "command: {status}");
+    }
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_kib() {
+        assert_eq!(kib(0), "0K");
+        assert_eq!(kib(1023), "1023K");
+        assert_eq!(kib(1536), "1.5M");
+        assert_eq!(kib(10 * 1024 * 1024), "10.0G");
+        assert_eq!(kib(200 * 1024), "200M");
+    }
+}

@@ -1,0 +1,318 @@
+//! The tracer against workloads that know their own faults, on the host kernel.
+//!
+//! These tests load eBPF programs, so they need root (CI runs as root); without it they
+//! fail with that message rather than pass silently. The kernel here has no syscall 554,
+//! so the workloads use the documented mmap fallback.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tamalloc")
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test loads eBPF programs and needs root: run `sudo -E cargo test`"
+    );
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("tamalloc-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn json_lines(path: &Path) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+fn by_type<'a>(records: &'a [Value], ty: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["type"] == ty).collect()
+}
+
+fn trace(args: &[&str], command: &[&str]) -> Output {
+    let out = Command::new(bin())
+        .arg("trace")
+        .args(args)
+        .arg("--")
+        .args(command)
+        .output()
+        .expect("run tamalloc trace");
+    assert!(
+        out.status.success(),
+        "tamalloc trace failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+const KINDS: [&str; 6] = [
+    "read_zero",
+    "write_zero",
+    "cow_zero",
+    "cow",
+    "other",
+    "regions",
+];
+
+/// Every process the workload reports must have a summary with exactly its counts.
+fn assert_exact(expect: &[Value], trace: &[Value]) {
+    let summaries: HashMap<u64, &Value> = by_type(trace, "summary")
+        .into_iter()
+        .map(|s| (s["pid"].as_u64().expect("pid"), s))
+        .collect();
+    assert!(!expect.is_empty(), "the workload reported nothing");
+    for e in expect {
+        let pid = e["pid"].as_u64().expect("pid");
+        let s = summaries
+            .get(&pid)
+            .unwrap_or_else(|| panic!("no summary for pid {pid}; summaries: {summaries:?}"));
+        for k in KINDS {
+            assert_eq!(
+                s[k], e[k],
+                "pid {pid}: {k} traced {} but the workload did {}",
+                s[k], e[k]
+            );
+        }
+    }
+}
+
+#[test]
+fn trace_counts_every_kind_exactly_across_fork_munmap_and_mremap() {
+    require_root();
+    let dir = TempDir::new("exact");
+    let (out, report) = (dir.path("trace.jsonl"), dir.path("expect.jsonl"));
+    trace(
+        &["--quiet", "--output", out.to_str().expect("utf-8 path")],
+        &[
+            bin(),
+            "workload",
+            "--seed",
+            "7",
+            "--report",
+            report.to_str().expect("utf-8"),
+        ],
+    );
+    let expect = json_lines(&report);
+    let records = json_lines(&out);
+    assert_eq!(expect.len(), 2, "parent and child report");
+    assert_exact(&expect, &records);
+
+    // The streamed fault records agree with the counters (nothing was dropped here).
+    let drops = by_type(&records, "drops");
+    assert_eq!(drops.len(), 1);
+    assert_eq!(drops[0]["count"], 0, "{:?}", drops[0]);
+    for e in &expect {
+        let pid = &e["pid"];
+        for k in &KINDS[..5] {
+            let n = by_type(&records, "fault")
+                .iter()
+                .filter(|f| &f["pid"] == pid && f["kind"] == *k)
+                .count() as u64;
+            assert_eq!(
+                Some(n),
+                e[*k].as_u64(),
+                "pid {pid}: fault records of kind {k}"
+            );
+        }
+    }
+    // Regions are reported with the fallback flag, and every fault names its region.
+    let regions = by_type(&records, "region");
+    assert_eq!(regions.len(), 2);
+    assert!(regions.iter().all(|r| r["fallback"] == true));
+    let first = &records[0];
+    assert_eq!(first["type"], "meta");
+    assert_eq!(
+        records.last().map(|r| &r["type"]),
+        Some(&Value::from("drops"))
+    );
+}
+
+#[test]
+fn trace_keeps_two_processes_apart() {
+    require_root();
+    let dir = TempDir::new("two");
+    let (out, report) = (dir.path("trace.jsonl"), dir.path("expect.jsonl"));
+    let script = format!(
+        "{b} workload --seed 3 --report {r} & {b} workload --seed 11 --pages 512 --report {r}; wait",
+        b = bin(),
+        r = report.display()
+    );
+    trace(
+        &["--quiet", "--output", out.to_str().expect("utf-8")],
+        &["sh", "-c", &script],
+    );
+    let expect = json_lines(&report);
+    assert_eq!(expect.len(), 4, "two parents and two children");
+    assert_exact(&expect, &json_lines(&out));
+}
+
+#[test]
+fn trace_counts_stay_exact_when_a_tiny_ring_drops_events() {
+    require_root();
+    let dir = TempDir::new("drops");
+    let (out, report) = (dir.path("trace.jsonl"), dir.path("expect.jsonl"));
+    trace(
+        &[
+            "--quiet",
+            "--ring-size",
+            "4KiB",
+            "--output",
+            out.to_str().expect("utf-8"),
+        ],
+        &[
+            bin(),
+            "workload",
+            "--pages",
+            "65536",
+            "--report",
+            report.to_str().expect("utf-8"),
+        ],
+    );
+    let records = json_lines(&out);
+    let drops = by_type(&records, "drops");
+    assert_eq!(drops.len(), 1);
+    let lost = drops[0]["fault_events"].as_u64().expect("fault_events");
+    assert!(
+        lost > 0,
+        "a 4 KiB ring cannot hold the events of 65536 pages: {:?}",
+        drops[0]
+    );
+    assert_eq!(
+        drops[0]["count"].as_u64(),
+        Some(
+            lost + drops[0]["control_events"].as_u64().unwrap_or(0)
+                + drops[0]["map_full"].as_u64().unwrap_or(0)
+        )
+    );
+    // Counting never depends on the ring.
+    assert_exact(&json_lines(&report), &records);
+    let stderr_or_summary = by_type(&records, "summary");
+    assert!(!stderr_or_summary.is_empty());
+}
+
+#[test]
+fn trace_summary_is_printed_without_output_file() {
+    require_root();
+    let dir = TempDir::new("plain");
+    let report = dir.path("expect.jsonl");
+    let out = trace(
+        &["--interval", "50ms"],
+        &[
+            bin(),
+            "workload",
+            "--report",
+            report.to_str().expect("utf-8"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Summary after"), "{stdout}");
+    assert!(stdout.contains("READ_ZERO"), "{stdout}");
+    for e in json_lines(&report) {
+        let pid = e["pid"].to_string();
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(pid.as_str())),
+            "no row for pid {pid} in:\n{stdout}"
+        );
+    }
+}
+
+fn trace_error(envs: &[(&str, &str)], args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .arg("trace")
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run tamalloc trace");
+    assert!(!out.status.success(), "expected a failure");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one clear line, got:\n{err}"
+    );
+    err
+}
+
+#[test]
+fn trace_errors_are_one_clear_line() {
+    require_root();
+    // Not root: drop to nobody.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args([bin(), "trace", "--duration", "1s"])
+        .output()
+        .expect("run setpriv");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs root"), "{err}");
+
+    let dir = TempDir::new("errors");
+    // tracefs missing where it is expected (and not mountable there).
+    let missing = dir.path("no-such-dir");
+    let err = trace_error(
+        &[("TAMALLOC_TRACEFS", missing.to_str().expect("utf-8"))],
+        &["-d", "1s"],
+    );
+    assert!(err.contains("tracefs is not mounted"), "{err}");
+    // A tracefs without the tracepoints we need.
+    std::fs::create_dir_all(dir.path("fake/events")).expect("mkdir");
+    let err = trace_error(
+        &[(
+            "TAMALLOC_TRACEFS",
+            dir.path("fake").to_str().expect("utf-8"),
+        )],
+        &["-d", "1s"],
+    );
+    assert!(
+        err.contains("tracepoint raw_syscalls:sys_enter is not available"),
+        "{err}"
+    );
+    // An output file that cannot be written.
+    let err = trace_error(&[], &["-d", "1s", "--output", "/proc/version/trace.jsonl"]);
+    assert!(
+        err.contains("cannot write the trace to /proc/version/trace.jsonl"),
+        "{err}"
+    );
+    // A pid that does not exist.
+    let err = trace_error(&[], &["-p", "999999999"]);
+    assert!(err.contains("process 999999999 not found"), "{err}");
+    // Bad values are refused by the parser.
+    let err = trace_error(&[], &["--ring-size", "3000"]);
+    assert!(err.contains("power of two"), "{err}");
+}
