@@ -25,11 +25,17 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let g = stats::global_stats().context("reading the global statistics")?;
     let mut out = std::io::stdout().lock();
-    if args.json {
-        let line = serde_json::to_string(&g.to_json()).context("encoding JSON")?;
-        writeln!(out, "{line}").context("writing to stdout")?;
-        return Ok(());
-    }
+    let written = if args.json {
+        serde_json::to_string(&g.to_json())
+            .map_err(std::io::Error::from)
+            .and_then(|line| writeln!(out, "{line}"))
+    } else {
+        write_table(&mut out, &g)
+    };
+    super::stats::ok_unless_broken_pipe(written)
+}
+
+fn write_table(out: &mut impl std::io::Write, g: &stats::GlobalStats) -> std::io::Result<()> {
     let r = &g.raw;
     let source = match g.source {
         Source::Syscall => "syscall 556 (get_global_memory_usage_stats)",
@@ -49,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("CommitLimit", format_kib(r.commit_limit_kib)),
     ];
     for (name, value) in rows {
-        writeln!(out, "{:<18} {value}", format!("{name}:")).context("writing to stdout")?;
+        writeln!(out, "{:<18} {value}", format!("{name}:"))?;
     }
     Ok(())
 }
