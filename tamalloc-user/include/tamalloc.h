@@ -25,8 +25,11 @@
 extern "C" {
 #endif
 
-/* The same layouts as include/uapi/linux/tamalloc.h of the kernel patch. */
-#ifndef _UAPI_LINUX_TAMALLOC_H
+/*
+ * The same layouts as include/uapi/linux/tamalloc.h of the kernel patch (its guard is
+ * _UAPI_LINUX_TAMALLOC_H in the tree and _LINUX_TAMALLOC_H once installed).
+ */
+#if !defined(_UAPI_LINUX_TAMALLOC_H) && !defined(_LINUX_TAMALLOC_H)
 #define TAMALLOC_COMM_LEN 16
 
 /* One process (syscall 555). 96 bytes. */
@@ -59,7 +62,7 @@ struct tamalloc_global_stats {
 	uint64_t committed_as_kib;
 	uint64_t commit_limit_kib;
 };
-#endif /* _UAPI_LINUX_TAMALLOC_H */
+#endif /* !_UAPI_LINUX_TAMALLOC_H && !_LINUX_TAMALLOC_H */
 
 _Static_assert(sizeof(struct tamalloc_proc_stats) == 96,
 	       "struct tamalloc_proc_stats must match the uapi (96 bytes)");

@@ -170,7 +170,8 @@ impl Region {
     /// `ptr..ptr + PAGE_ALIGN(len)` must be one mapping made by [`alloc`] (or the C API) that
     /// nothing else owns or will unmap; `path` only labels it.
     pub unsafe fn from_raw(ptr: NonNull<u8>, len: usize, path: Path) -> Region {
-        let len = page_align(len as u64).map_or(usize::MAX & !4095, |l| l as usize);
+        // No overflow: the mapping of this length exists (the caller's contract).
+        let len = page_align(len as u64).map_or(len, |l| l as usize);
         Region { ptr, len, path }
     }
 

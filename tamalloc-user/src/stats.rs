@@ -177,7 +177,8 @@ fn sys_proc_stats(pid: i32, buf: &mut [abi::ProcStats]) -> Result<usize, i32> {
 
 /// The statistics of process `pid` (syscall 555, else `/proc`).
 ///
-/// A pid that does not exist (or has exited) is [`Error::NoSuchProcess`] (`ESRCH`).
+/// A pid that is not a user process (does not exist, has exited, is a kernel thread or a
+/// thread id that is not a process id) is [`Error::NoSuchProcess`] (`ESRCH`), as in 555.
 pub fn proc_stats(pid: u32) -> Result<ProcStats, Error> {
     let Ok(spid) = i32::try_from(pid) else {
         return Err(Error::NoSuchProcess { pid });
@@ -300,6 +301,8 @@ fn parse_i64(s: &[u8]) -> Option<i64> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Status {
     pub name: [u8; TAMALLOC_COMM_LEN],
+    /// The thread group (process) id: differs from the pid of a `/proc/TID` thread entry.
+    pub tgid: Option<u64>,
     /// `None` for kernel threads and zombies (no `VmSize:` line).
     pub vm_size_kib: Option<u64>,
     pub vm_rss_kib: u64,
@@ -322,6 +325,7 @@ pub fn parse_status(bytes: &[u8]) -> Status {
                 let n = name.len().min(TAMALLOC_COMM_LEN - 1);
                 st.name[..n].copy_from_slice(&name[..n]);
             }
+            b"Tgid" => st.tgid = leading_u64(value),
             b"VmSize" => st.vm_size_kib = leading_u64(value),
             b"VmRSS" => st.vm_rss_kib = leading_u64(value).unwrap_or(0),
             b"RssAnon" => st.rss_anon_kib = leading_u64(value).unwrap_or(0),
@@ -435,9 +439,9 @@ fn permille(rss: u64, size: u64) -> u32 {
         .map_or(0, |p| u32::try_from(p).unwrap_or(u32::MAX))
 }
 
-/// Reads one process from `/proc`. `Ok(None)` for a kernel thread or zombie (no `VmSize`)
-/// when `skip_kernel` is set; with it unset those get zero memory fields.
-fn read_proc(pid: u32, skip_kernel: bool, buf: &mut Vec<u8>) -> Result<Option<ProcStats>, Error> {
+/// Reads one process from `/proc`. Like syscall 555, only user processes count: a kernel
+/// thread or zombie (no `VmSize`) or a thread id that is not a process id is `ESRCH`.
+fn read_proc(pid: u32, buf: &mut Vec<u8>) -> Result<ProcStats, Error> {
     let gone = |e: &std::io::Error| is_gone(e);
     let dir = pid.to_string();
     let path = format!("/proc/{dir}/status");
@@ -447,13 +451,13 @@ fn read_proc(pid: u32, skip_kernel: bool, buf: &mut Vec<u8>) -> Result<Option<Pr
         Err(e) => return Err(Error::io(path, e)),
     }
     let st = parse_status(buf);
-    if st.vm_size_kib.is_none() && skip_kernel {
-        return Ok(None);
+    if st.vm_size_kib.is_none() || st.tgid != Some(u64::from(pid)) {
+        return Err(Error::NoSuchProcess { pid });
     }
     let mut raw = abi::ProcStats {
         pid: pid as i32,
         comm: st.name,
-        vm_size_kib: st.vm_size_kib.unwrap_or(0),
+        vm_size_kib: st.vm_size_kib.unwrap_or_default(),
         vm_rss_kib: st.vm_rss_kib,
         rss_anon_kib: st.rss_anon_kib,
         rss_file_kib: st.rss_file_kib,
@@ -480,30 +484,23 @@ fn read_proc(pid: u32, skip_kernel: bool, buf: &mut Vec<u8>) -> Result<Option<Pr
             raw.oom_score = v.clamp(0, u32::MAX.into()) as u32;
         }
     }
-    if st.vm_size_kib.is_some() {
-        let t = match tamalloc_vmas_procfs(&dir, buf) {
-            Ok(t) => t,
-            Err(e) if gone(&e) => return Err(Error::NoSuchProcess { pid }),
-            Err(e) => return Err(Error::io(format!("/proc/{dir}/maps"), e)),
-        };
-        raw.tamalloc_regions = t.regions;
-        raw.tamalloc_reserved_kib = t.reserved_kib;
-        raw.tamalloc_resident_kib = t.resident_kib;
-    }
-    Ok(Some(ProcStats {
+    let t = match tamalloc_vmas_procfs(&dir, buf) {
+        Ok(t) => t,
+        Err(e) if gone(&e) => return Err(Error::NoSuchProcess { pid }),
+        Err(e) => return Err(Error::io(format!("/proc/{dir}/maps"), e)),
+    };
+    raw.tamalloc_regions = t.regions;
+    raw.tamalloc_reserved_kib = t.reserved_kib;
+    raw.tamalloc_resident_kib = t.resident_kib;
+    Ok(ProcStats {
         raw,
         source: Source::Procfs,
-    }))
+    })
 }
 
-/// [`proc_stats`] from `/proc` only (whatever the kernel has). A kernel thread or zombie gets
-/// zero memory fields.
+/// [`proc_stats`] from `/proc` only (whatever the kernel has).
 pub fn proc_stats_procfs(pid: u32) -> Result<ProcStats, Error> {
-    let mut buf = Vec::with_capacity(2048);
-    match read_proc(pid, false, &mut buf)? {
-        Some(p) => Ok(p),
-        None => Err(Error::NoSuchProcess { pid }),
-    }
+    read_proc(pid, &mut Vec::with_capacity(2048))
 }
 
 /// The numeric entries of /proc, sorted.
@@ -521,9 +518,9 @@ pub fn all_proc_stats_procfs() -> Result<Vec<ProcStats>, Error> {
     let mut buf = Vec::with_capacity(2048);
     let mut out = Vec::new();
     for pid in proc_pids()? {
-        match read_proc(pid, true, &mut buf) {
-            Ok(Some(p)) => out.push(p),
-            Ok(None) | Err(Error::NoSuchProcess { .. }) => {}
+        match read_proc(pid, &mut buf) {
+            Ok(p) => out.push(p),
+            Err(Error::NoSuchProcess { .. }) => {}
             Err(e) => return Err(e),
         }
     }
@@ -605,6 +602,7 @@ RssAnon:\t     500 kB\nRssFile:\t    1400 kB\nRssShmem:\t     100 kB\nThreads:\t
         let st = parse_status(STATUS);
         assert_eq!(&st.name, b"some-very-long-\0");
         assert_eq!(st.vm_size_kib, Some(8000));
+        assert_eq!(st.tgid, Some(42));
         assert_eq!(st.vm_rss_kib, 2000);
         assert_eq!(st.rss_anon_kib, 500);
         assert_eq!(st.rss_file_kib, 1400);

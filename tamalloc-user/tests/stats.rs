@@ -76,6 +76,29 @@ fn unknown_pid_is_esrch() {
 }
 
 #[test]
+fn kernel_threads_and_thread_ids_are_esrch() {
+    // A thread of this process has a /proc/TID entry but is not a process.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tx.send(unsafe { libc::gettid() }).expect("send");
+        let _ = done_rx.recv();
+    });
+    let tid = rx.recv().expect("tid") as u32;
+    let e = proc_stats(tid).expect_err("a thread id is not a process");
+    assert_eq!(e.errno(), Some(libc::ESRCH), "{e}");
+    done_tx.send(()).expect("send");
+    t.join().expect("join");
+    // kthreadd is pid 2 in the initial pid namespace; elsewhere pid 2 may be a user process.
+    let comm = std::fs::read_to_string("/proc/2/comm").unwrap_or_default();
+    if comm.trim() == "kthreadd" {
+        let e = proc_stats(2).expect_err("a kernel thread is not a user process");
+        assert_eq!(e.errno(), Some(libc::ESRCH), "{e}");
+    }
+}
+
+#[test]
 fn all_processes_include_this_one() {
     let all = all_proc_stats().expect("every process");
     let me = std::process::id();
