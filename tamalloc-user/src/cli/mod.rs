@@ -36,6 +36,9 @@ enum Command {
     /// A workload that knows the faults it causes (for testing the tracer).
     #[command(hide = true)]
     Workload(workload::Args),
+    /// Compare a workload's expectations with a trace's summaries (for testing the tracer).
+    #[command(hide = true)]
+    CheckTrace(workload::CheckArgs),
     /// Internal: wait for the tracer's gate on FD, then exec CMD (see `trace -- CMD`).
     #[command(hide = true)]
     ExecGated {
@@ -75,6 +78,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Compare(args) => compare::run(args),
         Command::CompareChild(args) => compare::run_child(args),
         Command::Workload(args) => workload::run(args),
+        Command::CheckTrace(args) => workload::check(args),
         Command::ExecGated { fd, command } => {
             let err = tamalloc::tracer::session::exec_gated(fd, &command);
             Err(anyhow::Error::new(err).context(format!("cannot run `{}`", command[0])))

@@ -1,0 +1,26 @@
+#!/bin/sh
+# The tracer inside the patched kernel: regions come from the real syscall 554 (not the
+# fallback), counts match the workload exactly, and stats come from syscall 555/556.
+set -eu
+cd /tmp
+rm -f trace.jsonl expect.jsonl demo.jsonl
+tamalloc trace --quiet --output trace.jsonl -- tamalloc workload --report expect.jsonl
+tamalloc check-trace --expect expect.jsonl --trace trace.jsonl
+grep -q '"stats_source":"syscall"' trace.jsonl
+if grep '"type":"region"' trace.jsonl | grep -q '"fallback":true'; then
+	echo "trace: a region came from the fallback although syscall 554 exists"
+	exit 1
+fi
+test "$(grep -c '"type":"region"' trace.jsonl)" -eq 2
+
+# Stats from 555 beside the counts: after the demo touched all 1024 pages, its tamalloc
+# region is 4 MiB reserved and 4 MiB resident.
+tamalloc trace --quiet --interval 200ms --output demo.jsonl -- \
+	tamalloc demo --size 4MiB --rate 16MiB/s --read-first --hold 2s >/dev/null
+grep '"type":"stats"' demo.jsonl | grep '"source":"syscall"' | tail -n 1 >last.json
+cat last.json
+grep -q '"tamalloc_reserved_kib":4096,' last.json
+grep -q '"tamalloc_resident_kib":4096,' last.json
+grep -q '"read_zero":1024,' last.json
+grep -q '"cow_zero":1024,' last.json
+echo "trace: ok"
