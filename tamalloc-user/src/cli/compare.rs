@@ -21,7 +21,7 @@ const PAGE: usize = 4096;
 /// The long help of the command (the subcommand's one-line doc in cli/mod.rs is its summary).
 const HELP: &str = "Allocate the same size with malloc, malloc+memset, calloc, mmap and tamalloc, each in a fresh child process, and measure VmSize/VmRSS (from /proc/self/status) and time right after the allocation and after touching a share of the pages, then check the memory reads as zero.\n\
 \n\
-ZERO-INIT says whether the method promises zeroed memory (✔/❌) and what was read. VMSIZE and VMRSS \"at once\" are ✔ when the allocation itself grew them by at least 90% of the size. glibc serves large malloc/calloc requests (above M_MMAP_THRESHOLD, 128 KiB to 32 MiB) with a fresh mmap, whose pages are zero-filled lazily by the kernel: such a calloc is lazy too.";
+ZERO-INITIALISED says whether the method promises zeroed memory (✔/❌) and what was read. VMSIZE and VMRSS \"at once\" are ✔ when the allocation itself grew them by at least 90% of the size. glibc serves large malloc/calloc requests (above M_MMAP_THRESHOLD, 128 KiB to 32 MiB) with a fresh mmap, whose pages are zero-filled lazily by the kernel: such a calloc is lazy too.";
 
 /// Arguments of `tamalloc compare`; [`HELP`] explains the output.
 #[derive(clap::Args)]
@@ -296,6 +296,11 @@ fn format_ns(ns: u64) -> String {
     }
 }
 
+/// Terminal columns of `s`: ❌ is a wide character, the rest here are narrow.
+fn display_width(s: &str) -> usize {
+    s.chars().map(|c| if c == '❌' { 2 } else { 1 }).sum()
+}
+
 fn mark(yes: bool) -> &'static str {
     if yes { "✔" } else { "❌" }
 }
@@ -324,14 +329,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let header = [
         "METHOD".to_owned(),
-        "ZERO-INIT".to_owned(),
+        "ZERO-INITIALISED".to_owned(),
         "VMSIZE AT ONCE".to_owned(),
         "VMRSS AT ONCE".to_owned(),
         "ALLOC TIME".to_owned(),
-        format!("TOUCH {} TIME", args.touch),
-        "ΔVMRSS AFTER TOUCH".to_owned(),
+        format!("TOUCH {}: ΔVMSIZE", args.touch),
+        "ΔVMRSS".to_owned(),
+        "TIME".to_owned(),
     ];
-    let rows: Vec<[String; 7]> = results
+    let rows: Vec<[String; 8]> = results
         .iter()
         .map(|r| {
             let name = match &r.path {
@@ -356,15 +362,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     format_kib_delta(r.vm_rss_alloc_kib)
                 ),
                 format_ns(r.alloc_ns),
-                format_ns(r.touch_ns),
+                format_kib_delta(r.vm_size_touch_kib),
                 format_kib_delta(r.vm_rss_touch_kib),
+                format_ns(r.touch_ns),
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.chars().count());
+    let mut widths = header.clone().map(|h| display_width(&h));
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
+            *w = (*w).max(display_width(c));
         }
     }
     for r in std::iter::once(&header).chain(&rows) {
@@ -375,15 +382,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             line.push_str(c);
             if i + 1 < r.len() {
-                line.extend(std::iter::repeat_n(' ', w - c.chars().count()));
+                line.extend(std::iter::repeat_n(' ', w - display_width(c)));
             }
         }
         writeln!(out, "{line}")?;
     }
     writeln!(
         out,
-        "✔ in ZERO-INIT: the API promises zeros; VMSIZE/VMRSS AT ONCE ✔: the allocation alone \
-         grew it by ≥90% of the size."
+        "ZERO-INITIALISED ✔: the API promises zeros (in brackets: what was read); VMSIZE/VMRSS \
+         AT ONCE ✔: the allocation alone grew it by ≥90% of the size."
     )?;
     Ok(())
 }
