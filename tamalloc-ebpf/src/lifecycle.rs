@@ -123,11 +123,14 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: only the presence of the key is used.
-    if unsafe { COUNTERS.get(tgid).is_none() } {
+    if unsafe { COUNTERS.get(tgid).is_some() } {
+        regions::forget(tgid);
+        clear_reserved(tgid);
+    } else if !tracked(tgid) {
         return 0;
     }
-    regions::forget(tgid);
-    clear_reserved(tgid);
+    // Followed processes report exec even without regions (a vfork child, say): their
+    // command name changes.
     lifecycle_event(EventKind::Exec, tgid, pid_tgid as u32, 0);
     0
 }

@@ -24,6 +24,9 @@ pub struct ProcState {
     pub parent: Option<u32>,
     /// VmRSS at the previous refresh, for the change column.
     pub last_rss_kib: Option<u64>,
+    /// The probe has counters for it: it has (or had) regions. Others are only known
+    /// from fork/exec events and are not shown.
+    pub counted: bool,
 }
 
 impl ProcState {
@@ -55,8 +58,9 @@ impl Aggregator {
         Self::default()
     }
 
+    /// The processes the probe counted (had regions), by pid.
     pub fn procs(&self) -> impl Iterator<Item = (&u32, &ProcState)> {
-        self.procs.iter()
+        self.procs.iter().filter(|(_, p)| p.counted)
     }
 
     pub fn get(&self, pid: u32) -> Option<&ProcState> {
@@ -68,8 +72,7 @@ impl Aggregator {
     }
 
     pub fn live_pids(&self) -> Vec<u32> {
-        self.procs
-            .iter()
+        self.procs()
             .filter(|(_, p)| !p.exited)
             .map(|(pid, _)| *pid)
             .collect()
@@ -129,6 +132,7 @@ impl Aggregator {
     /// Stores a counter snapshot for `pid` (ignored for processes whose counters are final).
     pub fn set_counters(&mut self, pid: u32, counters: PidCounters) {
         let p = self.get_mut(pid);
+        p.counted = true;
         if !p.exited {
             p.counters = counters;
         }
@@ -138,6 +142,7 @@ impl Aggregator {
     pub fn finish(&mut self, pid: u32, counters: PidCounters) {
         let p = self.get_mut(pid);
         p.counters = counters;
+        p.counted = true;
         p.exited = true;
     }
 }
@@ -216,6 +221,9 @@ mod tests {
         agg.finish(2, c);
         agg.set_counters(2, PidCounters::default());
         assert_eq!(agg.get(2).map(|p| p.faults(FaultKind::WriteZero)), Some(3));
+        // Only processes the probe counted are listed.
+        assert_eq!(agg.live_pids(), Vec::<u32>::new());
+        agg.set_counters(1, PidCounters::default());
         assert_eq!(agg.live_pids(), vec![1]);
     }
 }

@@ -65,6 +65,8 @@ pub trait View {
     fn event(&mut self, ev: &TraceEvent);
     fn refresh(&mut self, snap: &Snapshot);
     fn finish(&mut self, snap: &Snapshot);
+    /// The end of a batch of events: a view that buffers its output writes it out now.
+    fn flush(&mut self) {}
 }
 
 struct Session {
@@ -258,6 +260,9 @@ impl Session {
             self.emit(&Record::from_event(&ev));
             self.view.event(&ev);
         }
+        if n > 0 {
+            self.view.flush();
+        }
         Ok(n)
     }
 
@@ -266,7 +271,6 @@ impl Session {
         let ts = monotonic_ns();
         for (pid, c) in self.probe.counters()? {
             self.agg.set_counters(pid, c);
-            fill_comm(&mut self.agg, pid);
         }
         let mut rows = Vec::new();
         let pids: Vec<u32> = self.agg.procs().map(|(p, _)| *p).collect();
@@ -278,6 +282,8 @@ impl Session {
                 match stats::proc_stats(pid) {
                     Ok(s) => {
                         let p = self.agg.get_mut(pid);
+                        // exec and prctl(PR_SET_NAME) change it.
+                        p.comm = s.comm();
                         rss_delta_kib = p
                             .last_rss_kib
                             .map(|prev| s.raw.vm_rss_kib as i64 - prev as i64);
