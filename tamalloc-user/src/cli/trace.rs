@@ -1,13 +1,13 @@
 //! `tamalloc trace`: the live first-touch fault tracer.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tamalloc::{
     export::{self, Format},
     tracer::{
-        ProbeOptions,
-        session::{self, TraceOptions},
+        ProbeOptions, prometheus,
+        session::{self, TraceOptions, View},
         view,
     },
 };
@@ -16,7 +16,9 @@ use tamalloc::{
 #[command(after_help = "Examples:\n  \
     sudo tamalloc trace -- tamalloc demo --size 64MiB --rate 16MiB/s\n  \
     sudo tamalloc trace -p 1234 --interval 2s\n  \
-    sudo tamalloc trace --events --output trace.jsonl -- ./my-program")]
+    sudo tamalloc trace --events --output trace.jsonl -- ./my-program\n  \
+    sudo tamalloc trace --output trace.json --format perfetto -- ./my-program\n  \
+    sudo tamalloc trace --prometheus 127.0.0.1:9464 -p 1234")]
 pub struct Args {
     /// Follow this process and the processes it forks (repeatable).
     #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
@@ -30,15 +32,20 @@ pub struct Args {
     /// Refresh the view and sample memory stats this often.
     #[arg(short, long, default_value = "1s", value_parser = parse_interval)]
     interval: Duration,
-    /// Print every fault as it happens: time, pid, tid, kind, region, page.
+    /// Print every fault as it happens, one line each: seconds (CLOCK_MONOTONIC), pid, tid,
+    /// kind, `region` ADDR, `page` N, `addr` ADDR.
     #[arg(short, long)]
     events: bool,
     /// Write the trace to FILE (faults are streamed, not only counted).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Format of --output.
+    /// Format of --output: jsonl, perfetto (Chrome JSON trace events for ui.perfetto.dev) or
+    /// csv.
     #[arg(short, long, value_enum, default_value_t, requires = "output")]
     format: Format,
+    /// Serve Prometheus metrics at http://ADDR/metrics while tracing (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    prometheus: Option<SocketAddr>,
     /// Ring buffer for streamed events, in bytes (a power of two of at least 4KiB).
     #[arg(long, default_value = "4MiB", value_parser = parse_ring_size)]
     ring_size: u32,
@@ -80,7 +87,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let view = view::for_stdout(args.events, args.quiet);
+    // Bound before tracing starts, so a busy port is one clear error and nothing else.
+    let listener = match args.prometheus {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let mut view = view::for_stdout(args.events, args.quiet);
+    if let Some(listener) = listener {
+        let (metrics, registry) = prometheus::metrics();
+        let _entered = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .context("serving the Prometheus endpoint")?;
+        // Runs on the current-thread runtime whenever `block_on` below waits.
+        runtime.spawn(prometheus::serve(listener, registry));
+        view = Box::new(view::Tee::new(vec![
+            view,
+            Box::new(metrics) as Box<dyn View>,
+        ]));
+    }
     runtime
         .block_on(session::run(opts, sink, view))
         .context("tracing failed")?;

@@ -1,7 +1,9 @@
 //! Trace exporters. Each takes [`Record`]s in order and must leave a complete, valid file
 //! when [`Sink::finish`] runs, including after Ctrl-C.
 
+pub mod csv;
 pub mod jsonl;
+pub mod perfetto;
 
 use std::{fs::File, io, path::Path};
 
@@ -20,6 +22,10 @@ pub enum Format {
     /// One JSON object per line (the documented schema).
     #[default]
     Jsonl,
+    /// Chrome JSON trace events: open in https://ui.perfetto.dev or chrome://tracing.
+    Perfetto,
+    /// A header row, then one row per record: `type`, then every field (see README).
+    Csv,
 }
 
 /// Opens `path` for a trace in `format`, failing with the path in the message.
@@ -27,5 +33,7 @@ pub fn open(path: &Path, format: Format) -> io::Result<Box<dyn Sink + Send>> {
     let file = File::create(path)?;
     Ok(match format {
         Format::Jsonl => Box::new(jsonl::JsonLines::new(file)),
+        Format::Perfetto => Box::new(self::perfetto::Perfetto::new(file)),
+        Format::Csv => Box::new(self::csv::Csv::new(file)),
     })
 }

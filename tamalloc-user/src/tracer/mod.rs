@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod decode;
 pub mod probe;
+pub mod prometheus;
 pub mod record;
 pub mod session;
 pub mod view;

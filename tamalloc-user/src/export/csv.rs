@@ -1,0 +1,277 @@
+//! CSV: a header row, then one row per [`Record`]: its `type` first, then the fixed union of
+//! every record's fields ([`COLUMNS`]), empty where a record has no such field. A field with
+//! the same name means the same thing in every record that has it.
+
+use std::io::{self, Write};
+
+use serde_json::Value;
+
+use crate::tracer::record::Record;
+
+use super::Sink;
+
+/// The columns, in order. README's "CSV" section documents them.
+pub const COLUMNS: &[&str] = &[
+    "type",
+    "ts_ns",
+    "pid",
+    "tid",
+    "comm",
+    "kind",
+    "addr",
+    "len",
+    "region",
+    "page",
+    "fallback",
+    "region_bytes",
+    "old_addr",
+    "old_len",
+    "new_addr",
+    "new_len",
+    "child",
+    "vm_size_kib",
+    "vm_rss_kib",
+    "rss_anon_kib",
+    "rss_file_kib",
+    "rss_shmem_kib",
+    "oom_score",
+    "oom_score_adj",
+    "resident_permille",
+    "tamalloc_regions",
+    "tamalloc_reserved_kib",
+    "tamalloc_resident_kib",
+    "read_zero",
+    "write_zero",
+    "cow_zero",
+    "cow",
+    "other",
+    "reserved_bytes",
+    "regions",
+    "nr_processes",
+    "mem_total_kib",
+    "mem_available_kib",
+    "committed_as_kib",
+    "commit_limit_kib",
+    "source",
+    "count",
+    "fault_events",
+    "control_events",
+    "map_full",
+    "version",
+    "tool",
+    "kernel",
+    "stats_source",
+    "events",
+];
+
+pub struct Csv<W: Write> {
+    out: ::csv::Writer<W>,
+    header: bool,
+}
+
+impl<W: Write> Csv<W> {
+    pub fn new(w: W) -> Self {
+        Self {
+            out: ::csv::WriterBuilder::new()
+                .buffer_capacity(1 << 16)
+                .from_writer(w),
+            header: false,
+        }
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        if !self.header {
+            self.header = true;
+            self.out.write_record(COLUMNS)?;
+        }
+        Ok(())
+    }
+}
+
+fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+    }
+}
+
+impl<W: Write> Sink for Csv<W> {
+    fn record(&mut self, r: &Record) -> io::Result<()> {
+        self.header()?;
+        let Value::Object(fields) = serde_json::to_value(r)? else {
+            return Err(io::Error::other("a record is not a JSON object"));
+        };
+        self.out
+            .write_record(COLUMNS.iter().map(|c| cell(fields.get(*c))))?;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.header()?;
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One record of every type, with every field set.
+    pub(crate) fn every_record() -> Vec<Record> {
+        vec![
+            Record::Meta {
+                version: 1,
+                tool: "tamalloc 0.1.0".into(),
+                kernel: "6.1".into(),
+                stats_source: "procfs".into(),
+                events: true,
+            },
+            Record::Region {
+                ts_ns: 1,
+                pid: 2,
+                tid: 3,
+                addr: 4,
+                len: 5,
+                fallback: true,
+            },
+            Record::Unmap {
+                ts_ns: 1,
+                pid: 2,
+                addr: 4,
+                len: 5,
+                region_bytes: 6,
+            },
+            Record::Remap {
+                ts_ns: 1,
+                pid: 2,
+                old_addr: 3,
+                old_len: 4,
+                new_addr: 5,
+                new_len: 6,
+            },
+            Record::Fork {
+                ts_ns: 1,
+                pid: 2,
+                child: 3,
+            },
+            Record::Exec { ts_ns: 1, pid: 2 },
+            Record::Exit { ts_ns: 1, pid: 2 },
+            Record::Fault {
+                ts_ns: 1,
+                pid: 2,
+                tid: 3,
+                kind: "write_zero".into(),
+                addr: 4,
+                region: 5,
+                page: 6,
+            },
+            Record::Stats {
+                ts_ns: 1,
+                pid: 2,
+                comm: "a, \"b\"".into(),
+                vm_size_kib: 3,
+                vm_rss_kib: 4,
+                rss_anon_kib: 5,
+                rss_file_kib: 6,
+                rss_shmem_kib: 7,
+                oom_score: 8,
+                oom_score_adj: -9,
+                resident_permille: 10,
+                tamalloc_regions: 11,
+                tamalloc_reserved_kib: 12,
+                tamalloc_resident_kib: 13,
+                read_zero: 14,
+                write_zero: 15,
+                cow_zero: 16,
+                cow: 17,
+                other: 18,
+                reserved_bytes: 19,
+                source: "procfs".into(),
+            },
+            Record::Global {
+                ts_ns: 1,
+                nr_processes: 2,
+                vm_size_kib: 3,
+                vm_rss_kib: 4,
+                tamalloc_regions: 5,
+                tamalloc_reserved_kib: 6,
+                tamalloc_resident_kib: 7,
+                mem_total_kib: 8,
+                mem_available_kib: 9,
+                committed_as_kib: 10,
+                commit_limit_kib: 11,
+                source: "procfs".into(),
+            },
+            Record::Summary {
+                pid: 2,
+                comm: "demo".into(),
+                read_zero: 1,
+                write_zero: 2,
+                cow_zero: 3,
+                cow: 4,
+                other: 5,
+                regions: 6,
+            },
+            Record::Drops {
+                count: 1,
+                fault_events: 1,
+                control_events: 0,
+                map_full: 0,
+            },
+        ]
+    }
+
+    #[test]
+    fn columns_cover_every_field_of_every_record() {
+        for r in every_record() {
+            let Ok(Value::Object(m)) = serde_json::to_value(&r) else {
+                panic!("{r:?} is not an object");
+            };
+            for k in m.keys() {
+                assert!(COLUMNS.contains(&k.as_str()), "no column for {k} of {r:?}");
+            }
+        }
+        let mut unique = COLUMNS.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), COLUMNS.len(), "a column is listed twice");
+    }
+
+    #[test]
+    fn rows_read_back_with_the_same_values() {
+        let mut buf = Vec::new();
+        {
+            let mut sink = Csv::new(&mut buf);
+            for r in every_record() {
+                sink.record(&r).expect("record");
+            }
+            sink.finish().expect("finish");
+        }
+        let mut rd = ::csv::Reader::from_reader(buf.as_slice());
+        let header: Vec<String> = rd
+            .headers()
+            .expect("header")
+            .iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(header, COLUMNS);
+        let rows: Vec<::csv::StringRecord> = rd.records().map(|r| r.expect("row")).collect();
+        assert_eq!(rows.len(), every_record().len());
+        let col = |name: &str| COLUMNS.iter().position(|c| *c == name).expect("column");
+        let stats = &rows[8];
+        assert_eq!(&stats[0], "stats");
+        assert_eq!(&stats[col("comm")], "a, \"b\"");
+        assert_eq!(&stats[col("oom_score_adj")], "-9");
+        assert_eq!(&stats[col("tid")], "");
+        assert_eq!(&rows[1][col("fallback")], "true");
+        assert_eq!(&rows[7][col("kind")], "write_zero");
+    }
+
+    #[test]
+    fn an_empty_trace_still_has_the_header() {
+        let mut buf = Vec::new();
+        Csv::new(&mut buf).finish().expect("finish");
+        assert_eq!(String::from_utf8_lossy(&buf).trim_end(), COLUMNS.join(","));
+    }
+}
