@@ -16,6 +16,7 @@ mod atomics;
 mod faults;
 mod lifecycle;
 mod maps;
+mod reference;
 mod regions;
 mod syscalls;
 
