@@ -85,8 +85,9 @@ pub struct Probe {
     nr_cpus: usize,
 }
 
-/// The embedded eBPF object, built by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tamalloc"));
+/// The embedded eBPF object, built by build.rs (public for benchmarks, which also load its
+/// `page_fault_reference` program).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tamalloc"));
 
 impl Probe {
     /// Checks the environment, loads, configures and attaches everything.
@@ -229,6 +230,11 @@ impl Probe {
 
     pub fn nr_cpus(&self) -> usize {
         self.nr_cpus
+    }
+
+    /// The loaded object, for benchmarks that read program statistics.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 }
 
