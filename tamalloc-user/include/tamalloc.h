@@ -13,6 +13,8 @@
  * Every function returns NULL or -1 and sets errno on failure.
  *
  * Link with -ltamalloc (target/<profile>/libtamalloc.so of the tamalloc-user crate).
+ * In C++, write `struct tamalloc_proc_stats`: the function of the same name hides the bare
+ * type name (as with stat(2)).
  */
 #ifndef TAMALLOC_H
 #define TAMALLOC_H
@@ -64,10 +66,15 @@ struct tamalloc_global_stats {
 };
 #endif /* !_UAPI_LINUX_TAMALLOC_H && !_LINUX_TAMALLOC_H */
 
-_Static_assert(sizeof(struct tamalloc_proc_stats) == 96,
-	       "struct tamalloc_proc_stats must match the uapi (96 bytes)");
-_Static_assert(sizeof(struct tamalloc_global_stats) == 80,
-	       "struct tamalloc_global_stats must match the uapi (80 bytes)");
+#ifdef __cplusplus
+#define TAMALLOC_STATIC_ASSERT static_assert
+#else
+#define TAMALLOC_STATIC_ASSERT _Static_assert
+#endif
+TAMALLOC_STATIC_ASSERT(sizeof(struct tamalloc_proc_stats) == 96,
+		       "struct tamalloc_proc_stats must match the uapi (96 bytes)");
+TAMALLOC_STATIC_ASSERT(sizeof(struct tamalloc_global_stats) == 80,
+		       "struct tamalloc_global_stats must match the uapi (80 bytes)");
 
 /*
  * A zero-filled region of PAGE_ALIGN(size) bytes, page aligned.

@@ -68,8 +68,8 @@ fn c_example_builds_and_runs() {
 }
 
 #[test]
-fn header_matches_the_uapi_sizes_in_cpp_too() {
-    // The _Static_asserts in the header are the check; compiling it is the test.
+fn header_matches_the_uapi_offsets() {
+    // The _Static_asserts here and in the header are the check; compiling is the test.
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tamalloc-header-check.o");
     let src = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tamalloc-header-check.c");
     std::fs::write(
@@ -94,4 +94,35 @@ fn header_matches_the_uapi_sizes_in_cpp_too() {
         ],
         &out,
     );
+}
+
+#[test]
+fn header_compiles_as_cpp() {
+    let Ok(cxx) = which("c++") else {
+        eprintln!("no c++ compiler: skipped");
+        return;
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let src = dir.join("tamalloc-header-check.cpp");
+    std::fs::write(
+        &src,
+        "#include \"tamalloc.h\"\n\
+         long f(struct tamalloc_proc_stats *s) { return tamalloc_proc_stats(0, s, 1); }\n",
+    )
+    .expect("writing the check");
+    let status = Command::new(cxx)
+        .args(["-std=c++11", "-Wall", "-Werror", "-fsyntax-only", "-I"])
+        .arg(crate_dir().join("include"))
+        .arg(&src)
+        .status()
+        .expect("running c++");
+    assert!(status.success(), "tamalloc.h does not compile as C++");
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
 }
