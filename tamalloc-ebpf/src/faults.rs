@@ -49,7 +49,7 @@ fn on_fault(ctx: &TracePointContext) {
         _pad: 0,
         chunk,
     };
-    let Some(ch) = CHUNKS.get_ptr_mut(&key) else {
+    let Some(ch) = CHUNKS.get_ptr_mut(key) else {
         return;
     };
     let page = (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1);

@@ -24,7 +24,7 @@ const MAX_CHUNK_LOOPS: u64 = 1 << 23;
 #[inline(always)]
 fn word_mask(w: u64, lo: u64, hi: u64) -> u64 {
     let first = w * 64;
-    let a = if lo > first { lo - first } else { 0 };
+    let a = lo.saturating_sub(first);
     let b = if hi < first + 64 {
         hi.saturating_sub(first)
     } else {
@@ -59,15 +59,15 @@ fn marker_key(tgid: u32, page_addr: u64) -> MarkerKey {
 #[inline(always)]
 fn chunk_ptr(tgid: u32, chunk: u64, create: bool) -> Option<*mut Chunk> {
     let key = chunk_key(tgid, chunk);
-    if let Some(p) = CHUNKS.get_ptr_mut(&key) {
+    if let Some(p) = CHUNKS.get_ptr_mut(key) {
         return Some(p);
     }
     if !create {
         return None;
     }
     // BPF_NOEXIST: a concurrent creator wins and we use its entry.
-    let _ = CHUNKS.insert(&key, &Chunk::default(), 1);
-    let p = CHUNKS.get_ptr_mut(&key);
+    let _ = CHUNKS.insert(key, Chunk::default(), 1);
+    let p = CHUNKS.get_ptr_mut(key);
     if p.is_none() {
         count_drop(DROP_MAP_FULL);
     }
@@ -96,7 +96,7 @@ pub fn resolve(ch: &Chunk, tgid: u32, chunk: u64, page: u64) -> RegionRef {
             let start_page = w64 * 64 + 63 - u64::from(bits.leading_zeros());
             let addr = (chunk << CHUNK_SHIFT) + (start_page << PAGE_SHIFT);
             // SAFETY: plain-data map value read for this program run.
-            return match unsafe { MARKERS.get(&marker_key(tgid, addr)) } {
+            return match unsafe { MARKERS.get(marker_key(tgid, addr)) } {
                 Some(r) => RegionRef {
                     id: r.id,
                     index: r.index + (page - start_page),
@@ -116,7 +116,7 @@ pub fn resolve(ch: &Chunk, tgid: u32, chunk: u64, page: u64) -> RegionRef {
 pub fn region_at(tgid: u32, addr: u64) -> Option<RegionRef> {
     let chunk = addr >> CHUNK_SHIFT;
     // SAFETY: plain-data map value read for this program run.
-    let ch = unsafe { CHUNKS.get(&chunk_key(tgid, chunk)) }?;
+    let ch = unsafe { CHUNKS.get(chunk_key(tgid, chunk)) }?;
     let page = (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1);
     if ch.in_region[((page >> 6) & 7) as usize] & (1 << (page & 63)) == 0 {
         return None;
@@ -128,7 +128,7 @@ pub fn region_at(tgid: u32, addr: u64) -> Option<RegionRef> {
 #[inline(always)]
 pub fn is_region_page(tgid: u32, addr: u64) -> bool {
     // SAFETY: plain-data map value read for this program run.
-    match unsafe { CHUNKS.get(&chunk_key(tgid, addr >> CHUNK_SHIFT)) } {
+    match unsafe { CHUNKS.get(chunk_key(tgid, addr >> CHUNK_SHIFT)) } {
         Some(ch) => {
             let page = (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1);
             ch.in_region[((page >> 6) & 7) as usize] & (1 << (page & 63)) != 0
@@ -143,7 +143,7 @@ fn set_marker(tgid: u32, page_addr: u64, r: &RegionRef) -> bool {
     let Some(ch) = chunk_ptr(tgid, page_addr >> CHUNK_SHIFT, false) else {
         return false;
     };
-    if MARKERS.insert(&marker_key(tgid, page_addr), r, 0).is_err() {
+    if MARKERS.insert(marker_key(tgid, page_addr), r, 0).is_err() {
         count_drop(DROP_MAP_FULL);
         return false;
     }
@@ -173,11 +173,7 @@ impl RangeCtx {
     fn chunk_span(&self, i: u64) -> (u64, u64, u64) {
         let chunk = (self.first_page >> 9) + i;
         let base = chunk << 9;
-        let lo = if self.first_page > base {
-            self.first_page - base
-        } else {
-            0
-        };
+        let lo = self.first_page.saturating_sub(base);
         let hi = if self.end_page < base + CHUNK_PAGES {
             self.end_page - base
         } else {
@@ -270,7 +266,7 @@ extern "C" fn sweep_marker(i: u64, ctx: *mut c_void) -> i64 {
     let w = ((i >> 6) & 7) as usize;
     if ctx.starts[w] & (1 << (i & 63)) != 0 {
         let addr = (ctx.chunk << CHUNK_SHIFT) + ((i & (CHUNK_PAGES - 1)) << PAGE_SHIFT);
-        let _ = MARKERS.remove(&marker_key(ctx.tgid, addr));
+        let _ = MARKERS.remove(marker_key(ctx.tgid, addr));
     }
     0
 }
@@ -327,7 +323,7 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
     }
     ctx.bytes += removed * PAGE_SIZE;
     if left == 0 {
-        let _ = CHUNKS.remove(&chunk_key(ctx.tgid, chunk));
+        let _ = CHUNKS.remove(chunk_key(ctx.tgid, chunk));
     }
     0
 }
@@ -379,7 +375,7 @@ extern "C" fn copy_zero_page(i: u64, ctx: *mut c_void) -> i64 {
     let src = ctx.src_page + i;
     let dst = ctx.dst_page + i;
     // SAFETY: plain-data map value read for this program run.
-    let Some(s) = (unsafe { CHUNKS.get(&chunk_key(ctx.tgid, src >> 9)) }) else {
+    let Some(s) = (unsafe { CHUNKS.get(chunk_key(ctx.tgid, src >> 9)) }) else {
         return 0;
     };
     let sp = src & (CHUNK_PAGES - 1);
@@ -442,7 +438,7 @@ extern "C" fn fork_chunk(
     };
     if key.tgid == ctx.from {
         if CHUNKS
-            .insert(&chunk_key(ctx.to, key.chunk), value, 0)
+            .insert(chunk_key(ctx.to, key.chunk), value, 0)
             .is_err()
         {
             count_drop(DROP_MAP_FULL);
@@ -472,7 +468,7 @@ extern "C" fn fork_marker(
     };
     if key.tgid == ctx.from
         && MARKERS
-            .insert(&marker_key(ctx.to, key.page_addr), value, 0)
+            .insert(marker_key(ctx.to, key.page_addr), value, 0)
             .is_err()
     {
         count_drop(DROP_MAP_FULL);

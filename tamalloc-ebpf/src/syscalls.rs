@@ -214,7 +214,7 @@ pub fn exit_munmap(ctx: TracePointContext) -> u32 {
     let gone = regions::remove(tgid, addr, len);
     if gone != 0 {
         add_reserved(tgid, gone.wrapping_neg(), false);
-        control(EventKind::Unmap, tgid, tid, addr, len, gone, 0, 0);
+        control(EventKind::Unmap, tgid, tid, addr, [len, gone, 0], 0);
     }
     0
 }
@@ -274,7 +274,7 @@ pub fn exit_mremap_shrink(_ctx: TracePointContext) -> u32 {
     };
     let gone = regions::remove(tgid, old + new_len, old_len - new_len);
     add_reserved(tgid, gone.wrapping_neg(), false);
-    control(EventKind::Remap, tgid, tid, old, old_len, old, new_len, 0);
+    control(EventKind::Remap, tgid, tid, old, [old_len, old, new_len], 0);
     0
 }
 
@@ -294,7 +294,7 @@ pub fn exit_mremap_grow(_ctx: TracePointContext) -> u32 {
         );
         add_reserved(tgid, grown, false);
     }
-    control(EventKind::Remap, tgid, tid, old, old_len, old, new_len, 0);
+    control(EventKind::Remap, tgid, tid, old, [old_len, old, new_len], 0);
     0
 }
 
@@ -336,24 +336,23 @@ pub fn exit_mremap_drop_old(ctx: TracePointContext) -> u32 {
         tgid,
         tid,
         old,
-        old_len,
-        new_addr,
-        new_len,
+        [old_len, new_addr, new_len],
         0,
     );
     0
 }
 
 #[inline(always)]
-fn control(kind: EventKind, tgid: u32, tid: u32, addr: u64, a1: u64, a2: u64, a3: u64, detail: u8) {
+/// Emits a control event; `args` fill `arg1..arg3` (their meaning depends on `kind`).
+fn control(kind: EventKind, tgid: u32, tid: u32, addr: u64, args: [u64; 3], detail: u8) {
     emit(
         &Event {
             // SAFETY: helper without preconditions.
             ts_ns: unsafe { bpf_ktime_get_ns() },
             addr,
-            arg1: a1,
-            arg2: a2,
-            arg3: a3,
+            arg1: args[0],
+            arg2: args[1],
+            arg3: args[2],
             pid: tgid,
             tid,
             kind: kind as u8,
@@ -385,5 +384,5 @@ fn learn(tgid: u32, tid: u32, addr: u64, len: u64, detail: u8) {
     }
     let bytes = regions::add(tgid, addr, len, addr, 0);
     add_reserved(tgid, bytes, true);
-    control(EventKind::Region, tgid, tid, addr, len, 0, 0, detail);
+    control(EventKind::Region, tgid, tid, addr, [len, 0, 0], detail);
 }

@@ -30,6 +30,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "the core library source for -Z build-std=core",
     ),
     ("cargo-web", "the cargo that goes with rustc-web"),
+    ("rust-web-clippy", "linting the eBPF crate with the BPF toolchain"),
     ("llvm-22-dev", "LLVM 22, which bpf-linker links against"),
     (
         "libpolly-22-dev",
@@ -132,6 +133,17 @@ fn toolchain_has_core_source(toolchain: &str) -> bool {
                 .exists()
         })
         .unwrap_or(false)
+}
+
+/// The rustup toolchain that builds (and lints) the eBPF crate, as build.rs chooses it.
+pub fn bpf_toolchain() -> anyhow::Result<&'static str> {
+    if toolchain_has_core_source("nightly") {
+        Ok("nightly")
+    } else if toolchain_has_core_source(BPF_TOOLCHAIN) {
+        Ok(BPF_TOOLCHAIN)
+    } else {
+        bail!("no toolchain with the core library source; run `cargo xtask setup`")
+    }
 }
 
 /// Makes a toolchain with core's source available: nightly + rust-src where present, else

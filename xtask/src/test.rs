@@ -46,6 +46,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "clippy",
         cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
     )?;
+    // The eBPF crate only builds for the BPF target, with the toolchain build.rs uses.
+    let toolchain = crate::setup::bpf_toolchain()?;
+    let mut ebpf_clippy = Command::new("rustup");
+    ebpf_clippy
+        .current_dir(util::workspace_root())
+        .args(["run", toolchain, "cargo", "clippy", "--package", "tamalloc-ebpf", "--bins"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        .env("CARGO_TARGET_DIR", util::workspace_root().join("target/ebpf-clippy"))
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    if toolchain != "nightly" {
+        ebpf_clippy.env("RUSTC_BOOTSTRAP", "1");
+    }
+    stage("clippy (eBPF)", &mut ebpf_clippy)?;
     stage("test", cargo().args(["test", "--", "--test-threads=1"]))?;
     if !args.no_vm {
         crate::vmtest::run_vm_tests(false).context("tests in the patched kernel")?;
