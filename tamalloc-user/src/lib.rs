@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod capi;
 pub mod error;
 pub mod export;
+pub mod report;
 pub mod size;
 pub mod stats;
 pub mod tracer;

@@ -1,8 +1,12 @@
 //! Command-line interface: one module per subcommand.
 
+mod bench_bpf;
+mod bench_faults;
+mod bench_stats;
 mod compare;
 mod demo;
 mod global;
+mod report;
 mod stats;
 mod trace;
 mod workload;
@@ -28,6 +32,8 @@ enum Command {
     Global(global::Args),
     /// Allocate with tamalloc and touch the region slowly: watch VmRSS climb.
     Demo(demo::Args),
+    /// Draw a trace (JSON lines) as an SVG: reserved vs resident bytes vs pages first touched.
+    Report(report::Args),
     /// Measure malloc, malloc+memset, calloc, mmap and tamalloc side by side.
     Compare(compare::Args),
     /// One measurement of `compare`, in a fresh process (internal).
@@ -39,6 +45,15 @@ enum Command {
     /// Compare a workload's expectations with a trace's summaries (for testing the tracer).
     #[command(hide = true)]
     CheckTrace(workload::CheckArgs),
+    /// Benchmark workload: first-touch faults, timed (for `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchFaults(bench_faults::Args),
+    /// Per-run cost of the BPF programs, ours and peers' (for `cargo xtask bench`; root).
+    #[command(hide = true)]
+    BenchBpf(bench_bpf::Args),
+    /// Syscalls 555/554 against /proc and mmap (for `cargo xtask bench`, patched kernel).
+    #[command(hide = true)]
+    BenchStats(bench_stats::Args),
     /// Internal: wait for the tracer's gate on FD, then exec CMD (see `trace -- CMD`).
     #[command(hide = true)]
     ExecGated {
@@ -75,10 +90,14 @@ pub fn run() -> anyhow::Result<()> {
         Command::Stats(args) => stats::run(args),
         Command::Global(args) => global::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Report(args) => report::run(args),
         Command::Compare(args) => compare::run(args),
         Command::CompareChild(args) => compare::run_child(args),
         Command::Workload(args) => workload::run(args),
         Command::CheckTrace(args) => workload::check(args),
+        Command::BenchFaults(args) => bench_faults::run(args),
+        Command::BenchBpf(args) => bench_bpf::run(args),
+        Command::BenchStats(args) => bench_stats::run(args),
         Command::ExecGated { fd, command } => {
             let err = tamalloc::tracer::session::exec_gated(fd, &command);
             Err(anyhow::Error::new(err).context(format!("cannot run `{}`", command[0])))

@@ -102,7 +102,8 @@ impl<W: Write> Perfetto<W> {
         self.write(&Event {
             name,
             ph: "M",
-            ts: None,
+            // Optional for metadata, but some consumers want every event to have one.
+            ts: Some(0.0),
             pid,
             tid,
             s: None,
