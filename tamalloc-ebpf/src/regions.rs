@@ -199,15 +199,14 @@ extern "C" fn add_chunk(i: u64, ctx: *mut c_void) -> i64 {
         return 1;
     };
     let mut added = 0u64;
+    // Branch-free per word (a zero mask changes nothing), so the verifier walks one path.
     for i in 0..CHUNK_WORDS {
         let m = word_mask(i as u64, lo, hi);
-        if m != 0 {
-            // SAFETY: `ch` is a live map value; the field pointers are in bounds.
-            let (inr, zero) = unsafe { (&raw mut (*ch).in_region[i], &raw mut (*ch).zero[i]) };
-            let before = fetch_or(inr, m);
-            added += u64::from((m & !before).count_ones());
-            fetch_and(zero, !m);
-        }
+        // SAFETY: `ch` is a live map value; the field pointers are in bounds.
+        let (inr, zero) = unsafe { (&raw mut (*ch).in_region[i], &raw mut (*ch).zero[i]) };
+        let before = fetch_or(inr, m);
+        added += u64::from((m & !before).count_ones());
+        fetch_and(zero, !m);
     }
     ctx.bytes += added * PAGE_SIZE;
     if i > 0 {
@@ -287,6 +286,7 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
     let mut removed = 0u64;
     let mut left = 0u64;
     let mut any_start = 0u64;
+    // Branch-free per word (a zero mask changes nothing), so the verifier walks one path.
     for w in 0..CHUNK_WORDS {
         let m = word_mask(w as u64, lo, hi);
         // SAFETY: `ch` is a live map value; the field pointers are in bounds.
@@ -297,18 +297,13 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
                 &raw mut (*ch).start[w],
             )
         };
-        if m != 0 {
-            let before = fetch_and(inr, !m);
-            removed += u64::from((before & m).count_ones());
-            left |= before & !m;
-            fetch_and(zero, !m);
-            let starts = fetch_and(start, !m) & m;
-            sweep.starts[w] = starts;
-            any_start |= starts;
-        } else {
-            // SAFETY: as above.
-            left |= unsafe { *inr };
-        }
+        let before = fetch_and(inr, !m);
+        removed += u64::from((before & m).count_ones());
+        left |= before & !m;
+        fetch_and(zero, !m);
+        let starts = fetch_and(start, !m) & m;
+        sweep.starts[w] = starts;
+        any_start |= starts;
     }
     if any_start != 0 {
         // SAFETY: `sweep_marker` matches bpf_loop's callback ABI; `sweep` outlives the call.

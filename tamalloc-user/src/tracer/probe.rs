@@ -115,6 +115,8 @@ impl Probe {
         }
 
         let mut ebpf = EbpfLoader::new()
+            // No CO-RE relocations in our programs: skip parsing the kernel's BTF (~0.5 s).
+            .btf(None)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(OBJECT)
             .map_err(|e| TraceError::Load(Box::new(e)))?;
@@ -230,6 +232,11 @@ impl Probe {
 
     pub fn nr_cpus(&self) -> usize {
         self.nr_cpus
+    }
+
+    /// How many tracepoints the programs are attached to.
+    pub fn attachments(&self) -> usize {
+        ATTACHMENTS.len()
     }
 
     /// The loaded object, for benchmarks that read program statistics.

@@ -98,6 +98,7 @@ pub async fn run(
     sink: Option<Box<dyn Sink + Send>>,
     view: Box<dyn View>,
 ) -> Result<Snapshot, TraceError> {
+    let started = Instant::now();
     let mut probe = Probe::load(&opts.probe)?;
     let ring = probe.take_events()?;
     // SAFETY: the ring owns its map fd and keeps it open for as long as the AsyncFd lives.
@@ -111,11 +112,11 @@ pub async fn run(
         _ => "procfs",
     };
     let mut s = Session {
+        started,
         probe,
         agg: Aggregator::new(),
         sink,
         view,
-        started: Instant::now(),
         stats_source,
         command_status: None,
         sink_error: None,
@@ -128,6 +129,16 @@ pub async fn run(
         events: opts.probe.stream_faults,
     });
 
+    // As bpftrace does: one line on stderr once every probe is in place.
+    eprintln!(
+        "Attached {} tracepoints in {} ms. Tracing{}... Hit Ctrl-C to end.",
+        s.probe.attachments(),
+        s.started.elapsed().as_millis(),
+        match opts.command.first() {
+            Some(c) => format!(" `{c}`"),
+            None => String::new(),
+        }
+    );
     let mut child = match opts.command.split_first() {
         Some((program, args)) => Some(spawn_followed(&mut s.probe, program, args)?),
         None => None,
