@@ -302,3 +302,75 @@ fn trace_errors_are_one_clear_line() {
     let err = trace_error(&[], &["--ring-size", "3000"]);
     assert!(err.contains("power of two"), "{err}");
 }
+
+/// Waits for the tracer's "Attached ..." line on stderr; returns the rest of stderr's reader.
+fn wait_attached(child: &mut std::process::Child) -> std::io::BufReader<std::process::ChildStderr> {
+    use std::io::BufRead as _;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut reader = std::io::BufReader::new(stderr);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .expect("read the tracer's stderr");
+    assert!(
+        line.starts_with("Attached "),
+        "unexpected first line: {line:?}"
+    );
+    reader
+}
+
+#[test]
+fn trace_comm_filter_and_sigint_leave_a_complete_file() {
+    require_root();
+    let dir = TempDir::new("comm");
+    let (out, report) = (dir.path("trace.jsonl"), dir.path("expect.jsonl"));
+    // The same workload under another command name must not be learned.
+    let other = dir.path("othername");
+    std::fs::copy(bin(), &other).expect("copy the binary");
+    let mut tracer = Command::new(bin())
+        .args(["trace", "--quiet", "--comm", "tamalloc", "--output"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tamalloc trace");
+    let _stderr = wait_attached(&mut tracer);
+    for (exe, seed) in [(bin(), "5"), (other.to_str().expect("utf-8"), "6")] {
+        let status = Command::new(exe)
+            .args(["workload", "--seed", seed, "--report"])
+            .arg(&report)
+            .status()
+            .expect("run a workload");
+        assert!(status.success());
+    }
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) }, 0);
+    let status = tracer.wait().expect("wait for the tracer");
+    assert!(
+        status.success(),
+        "the tracer ends cleanly on SIGINT: {status}"
+    );
+
+    let records = json_lines(&out);
+    assert_eq!(
+        records.last().map(|r| &r["type"]),
+        Some(&Value::from("drops"))
+    );
+    // The workloads ran one after the other: the first two lines are `tamalloc`'s child
+    // and parent, the last two `othername`'s, which must not appear at all.
+    let expect = json_lines(&report);
+    assert_eq!(expect.len(), 4);
+    let (ours, theirs) = expect.split_at(2);
+    let summaries = by_type(&records, "summary");
+    for e in theirs {
+        assert!(
+            summaries.iter().all(|s| s["pid"] != e["pid"]),
+            "othername (pid {}) was traced: {summaries:?}",
+            e["pid"]
+        );
+    }
+    let mine = dir.path("mine.jsonl");
+    let lines: String = ours.iter().map(|e| format!("{e}\n")).collect();
+    std::fs::write(&mine, lines).expect("write expectations");
+    assert_exact(&mine, &out);
+}
