@@ -5,7 +5,7 @@
 //! it, then prints `init: exit=N`, `init: kernel-warnings=N` (the count of
 //! `BUG:|WARNING:|lockdep|KASAN|Call Trace` lines in the kernel log, which it then dumps)
 //! and `init: success` or `init: failure`. Without `/cmd` it gives a shell on the console.
-//! Either way it ends with `poweroff -f`.
+//! Either way it ends with `reboot -f`, which ends QEMU (`-no-reboot`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -54,12 +54,14 @@ if [ -f /cmd ]; then
 	fi
 	if [ "$status" -eq 0 ]; then echo "init: success"; else echo "init: failure"; fi
 else
-	echo "init: interactive shell; 'exit' or Ctrl-D powers off (Ctrl-A x quits QEMU)"
+	echo "init: interactive shell; 'exit' or Ctrl-D ends the VM (Ctrl-A x kills QEMU)"
 	cd /root
 	setsid cttyhack sh -l
 fi
 sync
-poweroff -f
+# QEMU runs with -no-reboot, so a reboot ends it; poweroff -f needs working ACPI, which
+# tinyconfig without PCI lacks (the kernel would just halt).
+reboot -f
 "#;
 
 /// What goes into one initramfs.

@@ -166,6 +166,7 @@ fn tarball_key(tarball: &Path) -> anyhow::Result<String> {
 fn build(inputs: &Inputs, root: &Path, art: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     if art.exists() {
+        say("Removing", &format!("incomplete build {}", art.display()));
         fs::remove_dir_all(art).with_context(|| format!("removing {}", art.display()))?;
     }
     fs::create_dir_all(art).with_context(|| format!("creating {}", art.display()))?;
@@ -175,7 +176,12 @@ fn build(inputs: &Inputs, root: &Path, art: &Path) -> anyhow::Result<()> {
     let obj = art.join("obj");
     let result = build_in(inputs, &log, &pristine, &src, &obj, art);
     if let Err(e) = result {
-        log.print_tail(40);
+        let interrupted = crate::vm::interrupt_flag()
+            .map(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap_or(false);
+        if !interrupted {
+            log.print_tail(40);
+        }
         return Err(e.context(format!(
             "kernel build failed; full log: {}",
             log.path.display()
@@ -387,16 +393,31 @@ impl BuildLog {
         let _ = writeln!(&self.file, "## {line}");
     }
 
+    /// Runs `cmd` with its output in the log. It gets its own process group, killed as a
+    /// whole when we are interrupted, so no orphaned `make -j` keeps writing here.
     fn run(&self, cmd: &mut Command) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt as _;
         self.note(&format!("{cmd:?}"));
         let out = self.file.try_clone().context("duplicating the log")?;
         let err = self.file.try_clone().context("duplicating the log")?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        let status = cmd
-            .status()
+            .stderr(Stdio::from(err))
+            .process_group(0);
+        let interrupted = crate::vm::interrupt_flag()?;
+        let mut child = cmd
+            .spawn()
             .with_context(|| format!("could not start {cmd:?}"))?;
+        let status = loop {
+            if let Some(status) = child.try_wait().context("waiting for the build")? {
+                break status;
+            }
+            if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+                kill_group(&mut child);
+                bail!("interrupted");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
         if !status.success() {
             bail!("{cmd:?} failed: {status}");
         }
@@ -413,6 +434,16 @@ impl BuildLog {
             eprintln!("{line}");
         }
     }
+}
+
+/// Kills the process group led by `child` and reaps `child`.
+fn kill_group(child: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill has no memory-safety preconditions; `child` is unreaped, so its
+        // pid (and the group it leads) cannot have been recycled.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let _ = child.wait();
 }
 
 /// An exclusive `flock` held until drop, so concurrent xtasks build one kernel at a time.

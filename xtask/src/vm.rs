@@ -27,6 +27,8 @@ use crate::{initramfs::Initramfs, kernel, util};
 const DEFAULT_TIMEOUT_SECS: u64 = 600;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const KEPT_LOGS: usize = 30;
+/// How long QEMU may take to exit after `/init`'s last line before we stop it.
+const DONE_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
@@ -219,7 +221,9 @@ fn boot_with(mut cmd: Command, opts: &BootOptions, log: &Path) -> anyhow::Result
     let mut watch = Watch::new(opts.timeout);
     let result = watch.follow(&lines, &interrupted);
     qemu.stop();
-    result.with_context(|| format!("console log: {}", log.display()))?;
+    if let Err(e) = result {
+        bail!("{e:#} (console log: {})", log.display());
+    }
     match watch.exit {
         Some(exit) => Ok(Outcome {
             exit,
@@ -240,6 +244,7 @@ struct Watch {
     deadline: Option<Instant>,
     timeout: Option<Duration>,
     panic_at: Option<Instant>,
+    done_at: Option<Instant>,
     exit: Option<i32>,
     warnings: Option<u32>,
     lines: Vec<String>,
@@ -251,6 +256,7 @@ impl Watch {
             deadline: timeout.map(|t| Instant::now() + t),
             timeout,
             panic_at: None,
+            done_at: None,
             exit: None,
             warnings: None,
             lines: Vec::new(),
@@ -271,6 +277,10 @@ impl Watch {
                 if at.elapsed() > Duration::from_secs(2) {
                     bail!("kernel panic; QEMU stopped");
                 }
+            }
+            if self.done_at.is_some_and(|at| at.elapsed() > DONE_GRACE) {
+                // `/init` finished but the machine did not go away: stop it ourselves.
+                break;
             }
             if self.deadline.is_some_and(|d| Instant::now() > d) {
                 let secs = self.timeout.map_or(0, |t| t.as_secs());
@@ -293,6 +303,7 @@ impl Watch {
             Some(Event::Exit(n)) => self.exit = Some(n),
             Some(Event::Warnings(n)) => self.warnings = Some(n),
             Some(Event::Panic) => self.panic_at = self.panic_at.or(Some(Instant::now())),
+            Some(Event::Done) => self.done_at = self.done_at.or(Some(Instant::now())),
             None => {}
         }
         self.lines.push(line);
@@ -303,6 +314,8 @@ impl Watch {
 enum Event {
     Exit(i32),
     Warnings(u32),
+    /// `init: success` or `init: failure`: the last report line.
+    Done,
     Panic,
 }
 
@@ -317,6 +330,9 @@ fn parse_console_line(line: &str) -> Option<Event> {
     }
     if let Some(rest) = line.strip_prefix("init: kernel-warnings=") {
         return rest.parse().ok().map(Event::Warnings);
+    }
+    if line == "init: success" || line == "init: failure" {
+        return Some(Event::Done);
     }
     None
 }
@@ -402,7 +418,7 @@ fn interactive(kernel: &Path, initramfs: &Initramfs, args: &Args) -> anyhow::Res
 
 /// A flag raised by SIGINT, SIGTERM or SIGHUP (which then no longer kill us, so that the
 /// QEMU guard runs). Installed once per process.
-fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
+pub fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     if let Some(flag) = FLAG.get() {
         return Ok(Arc::clone(flag));
@@ -428,7 +444,10 @@ enum Accel {
 fn qemu_command(kernel: &Path, initrd: &Path, accel: Accel, mem_mib: u32) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-m", &mem_mib.to_string(), "-smp", "2"])
-        .args(["-nographic", "-no-reboot"])
+        // Like -nographic, minus SeaBIOS's and iPXE's screen-clearing output on the serial
+        // line: the console (and, interactively, the monitor: Ctrl-A x) on stdio.
+        .args(["-display", "none", "-serial", "mon:stdio", "-nic", "none"])
+        .arg("-no-reboot")
         .arg("-kernel")
         .arg(kernel.join("bzImage"))
         .arg("-initrd")
@@ -616,6 +635,8 @@ mod tests {
         );
         assert_eq!(parse_console_line("echo init: exit=3"), None);
         assert_eq!(parse_console_line("init: exit=abc"), None);
+        assert_eq!(parse_console_line("init: success"), Some(Event::Done));
+        assert_eq!(parse_console_line("init: failure\r"), Some(Event::Done));
         assert_eq!(parse_console_line("hello"), None);
     }
 
