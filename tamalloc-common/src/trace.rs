@@ -86,29 +86,61 @@ pub mod pf {
     pub const USER: u64 = 1 << 2;
     pub const RSVD: u64 = 1 << 3;
     pub const INSTR: u64 = 1 << 4;
+    pub const PK: u64 = 1 << 5;
+    pub const SHSTK: u64 = 1 << 6;
+    pub const SGX: u64 = 1 << 15;
 }
 
-/// Classifies a fault in a region page from the error code and whether that page maps the
-/// zero page. Returns the kind and the page's new zero-page state.
-pub const fn classify(error_code: u64, maps_zero_page: bool) -> (FaultKind, bool) {
-    if error_code & (pf::RSVD | pf::INSTR) != 0 {
-        return (FaultKind::Other, maps_zero_page);
+/// What the tracer knows of one region page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageState {
+    /// It maps the shared zero page (read before written).
+    pub zero: bool,
+    /// It maps a page of its own (written).
+    pub present: bool,
+}
+
+/// Classifies a fault in a region page from the x86 error code and the page's state, and
+/// returns the page's new state.
+///
+/// A not-present fault on a page that already maps something is not a first touch: a
+/// spurious fault (two threads faulting the same page), a NUMA hinting fault or a swap-in.
+/// Those are `other`, so that the first-touch kinds stay exact. A write-protect fault on a
+/// page the tracer never saw mapped replaces a zero page it could not see (the huge zero
+/// page, MADV_POPULATE_READ, a forked child's copied zero-page entry): `cow_zero`.
+pub const fn classify(error_code: u64, page: PageState) -> (FaultKind, PageState) {
+    const OTHER_BITS: u64 = pf::RSVD | pf::INSTR | pf::PK | pf::SHSTK | pf::SGX;
+    let mapped = PageState {
+        zero: false,
+        present: true,
+    };
+    if error_code & OTHER_BITS != 0 {
+        return (FaultKind::Other, page);
     }
     let write = error_code & pf::WRITE != 0;
     if error_code & pf::PROT == 0 {
-        if write {
-            (FaultKind::WriteZero, false)
+        if page.present || (page.zero && !write) {
+            (FaultKind::Other, page)
+        } else if write {
+            // Over a zero page (its entry was zapped): a first allocation all the same.
+            (FaultKind::WriteZero, mapped)
         } else {
-            (FaultKind::ReadZero, true)
+            (
+                FaultKind::ReadZero,
+                PageState {
+                    zero: true,
+                    present: false,
+                },
+            )
         }
     } else if write {
-        if maps_zero_page {
-            (FaultKind::CowZero, false)
+        if page.present && !page.zero {
+            (FaultKind::Cow, mapped)
         } else {
-            (FaultKind::Cow, false)
+            (FaultKind::CowZero, mapped)
         }
     } else {
-        (FaultKind::Other, maps_zero_page)
+        (FaultKind::Other, page)
     }
 }
 
@@ -149,6 +181,8 @@ pub struct Chunk {
     pub in_region: [u64; CHUNK_WORDS],
     /// The page maps the shared zero page (it was read before it was written).
     pub zero: [u64; CHUNK_WORDS],
+    /// The page maps a page of its own (it was written).
+    pub present: [u64; CHUNK_WORDS],
     /// A `MARKERS` entry names the region of this page and those after it in the chunk.
     pub start: [u64; CHUNK_WORDS],
     /// The region that page 0 continues, when page 0 has no start marker.
@@ -253,9 +287,10 @@ pub struct Event {
     pub _pad: [u8; 6],
 }
 
-/// Slots of `EXIT_PROGS`, the programs `sys_exit` tail-calls, and their names.
+/// Slots of `TAIL_PROGS`, the programs `sys_enter`/`sys_exit` tail-call, and their names.
 pub const EXIT_LEARN: u32 = 0;
-pub const EXIT_MUNMAP: u32 = 1;
+/// munmap, at `sys_enter`: forgotten before the kernel frees the range for reuse.
+pub const ENTER_MUNMAP: u32 = 1;
 pub const EXIT_MREMAP: u32 = 2;
 /// mremap in place, smaller.
 pub const EXIT_MREMAP_SHRINK: u32 = 3;
@@ -264,15 +299,21 @@ pub const EXIT_MREMAP_GROW: u32 = 4;
 /// mremap to a new address: the new range first, then [`EXIT_MREMAP_DROP_OLD`].
 pub const EXIT_MREMAP_MOVE: u32 = 5;
 pub const EXIT_MREMAP_DROP_OLD: u32 = 6;
-pub const EXIT_SLOTS: u32 = 7;
-pub const EXIT_PROGRAMS: [(u32, &str); EXIT_SLOTS as usize] = [
+/// madvise(MADV_DONTNEED, MADV_FREE, MADV_REMOVE, MADV_DONTNEED_LOCKED).
+pub const EXIT_MADVISE: u32 = 7;
+/// mremap with MREMAP_FIXED onto region pages: forget them, then [`EXIT_MREMAP_MOVE`].
+pub const EXIT_MREMAP_CLEAR_TARGET: u32 = 8;
+pub const TAIL_SLOTS: u32 = 9;
+pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
     (EXIT_LEARN, "exit_learn"),
-    (EXIT_MUNMAP, "exit_munmap"),
+    (ENTER_MUNMAP, "enter_munmap"),
     (EXIT_MREMAP, "exit_mremap"),
     (EXIT_MREMAP_SHRINK, "exit_mremap_shrink"),
     (EXIT_MREMAP_GROW, "exit_mremap_grow"),
     (EXIT_MREMAP_MOVE, "exit_mremap_move"),
     (EXIT_MREMAP_DROP_OLD, "exit_mremap_drop_old"),
+    (EXIT_MADVISE, "exit_madvise"),
+    (EXIT_MREMAP_CLEAR_TARGET, "exit_mremap_clear_target"),
 ];
 
 /// Indices of the per-CPU `DROPS` array.
@@ -286,29 +327,48 @@ pub const DROP_SLOTS: u32 = 3;
 mod tests {
     use super::*;
 
+    const NONE: PageState = PageState {
+        zero: false,
+        present: false,
+    };
+    const ZERO: PageState = PageState {
+        zero: true,
+        present: false,
+    };
+    const OWN: PageState = PageState {
+        zero: false,
+        present: true,
+    };
+
     #[test]
     fn classify_covers_the_zero_page_lifecycle() {
-        assert_eq!(classify(pf::USER, false), (FaultKind::ReadZero, true));
-        assert_eq!(
-            classify(pf::USER | pf::WRITE, false),
-            (FaultKind::WriteZero, false)
+        use FaultKind::*;
+        let (r, w, wp) = (
+            pf::USER,
+            pf::USER | pf::WRITE,
+            pf::USER | pf::WRITE | pf::PROT,
         );
-        assert_eq!(
-            classify(pf::USER | pf::WRITE | pf::PROT, true),
-            (FaultKind::CowZero, false)
-        );
-        assert_eq!(
-            classify(pf::USER | pf::WRITE | pf::PROT, false),
-            (FaultKind::Cow, false)
-        );
-        assert_eq!(
-            classify(pf::USER | pf::PROT, true),
-            (FaultKind::Other, true)
-        );
-        assert_eq!(
-            classify(pf::USER | pf::INSTR, false),
-            (FaultKind::Other, false)
-        );
+        assert_eq!(classify(r, NONE), (ReadZero, ZERO));
+        assert_eq!(classify(w, NONE), (WriteZero, OWN));
+        assert_eq!(classify(wp, ZERO), (CowZero, OWN));
+        assert_eq!(classify(wp, OWN), (Cow, OWN));
+        // A zero page the tracer could not see (huge zero page, populate, fork copy).
+        assert_eq!(classify(wp, NONE), (CowZero, OWN));
+        // Write over a zapped zero-page entry still allocates.
+        assert_eq!(classify(w, ZERO), (WriteZero, OWN));
+    }
+
+    #[test]
+    fn classify_keeps_repeat_and_foreign_faults_out_of_first_touches() {
+        use FaultKind::*;
+        // Two threads reading the same page at once: the second is not a first touch.
+        assert_eq!(classify(pf::USER, ZERO), (Other, ZERO));
+        // NUMA hinting or swap-in on a page of its own.
+        assert_eq!(classify(pf::USER, OWN), (Other, OWN));
+        assert_eq!(classify(pf::USER | pf::WRITE, OWN), (Other, OWN));
+        assert_eq!(classify(pf::USER | pf::PROT, ZERO), (Other, ZERO));
+        assert_eq!(classify(pf::USER | pf::INSTR, NONE), (Other, NONE));
+        assert_eq!(classify(pf::USER | pf::WRITE | pf::PK, ZERO), (Other, ZERO));
     }
 
     #[test]
@@ -326,6 +386,6 @@ mod tests {
         }
         assert_eq!(FaultKind::from_u8(5), None);
         assert_eq!(core::mem::size_of::<Event>(), 56);
-        assert_eq!(core::mem::size_of::<Chunk>(), 208);
+        assert_eq!(core::mem::size_of::<Chunk>(), 272);
     }
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use tamalloc_common::trace::{
     CHUNK_PAGES, CHUNK_SHIFT, CONFIG_STREAM_FAULTS, ChunkKey, DROP_FAULT_EVENTS, Event, EventKind,
-    PAGE_SHIFT, classify,
+    PAGE_SHIFT, PageState, classify,
 };
 
 use crate::{
@@ -24,6 +24,8 @@ use crate::{
 /// Offsets in the `exceptions:page_fault_*` record (stable since 3.13).
 const ADDRESS_OFFSET: usize = 8;
 const ERROR_CODE_OFFSET: usize = 24;
+/// The largest user address plus one (5-level paging).
+const USER_END: u64 = 1 << 56;
 
 #[tracepoint]
 pub fn page_fault(ctx: TracePointContext) -> u32 {
@@ -43,6 +45,10 @@ fn on_fault(ctx: &TracePointContext) {
             *(base.add(ERROR_CODE_OFFSET) as *const u64),
         )
     };
+    // Kernel addresses (page_fault_kernel sees those too) are never region pages.
+    if addr >= USER_END {
+        return;
+    }
     let chunk = addr >> CHUNK_SHIFT;
     let key = ChunkKey {
         tgid,
@@ -56,18 +62,36 @@ fn on_fault(ctx: &TracePointContext) {
     let w = ((page >> 6) & 7) as usize;
     let bit = 1u64 << (page & 63);
     // SAFETY: `ch` is a live map value for this program run.
-    let (in_region, zero) = unsafe { ((*ch).in_region[w], &raw mut (*ch).zero[w]) };
+    let (in_region, zero, present) = unsafe {
+        (
+            (*ch).in_region[w],
+            &raw mut (*ch).zero[w],
+            &raw mut (*ch).present[w],
+        )
+    };
     if in_region & bit == 0 {
         return;
     }
     // SAFETY: as above.
-    let was_zero = unsafe { *zero } & bit != 0;
-    let (kind, now_zero) = classify(error_code, was_zero);
-    if now_zero != was_zero {
-        if now_zero {
+    let was = unsafe {
+        PageState {
+            zero: *zero & bit != 0,
+            present: *present & bit != 0,
+        }
+    };
+    let (kind, now) = classify(error_code, was);
+    if now.zero != was.zero {
+        if now.zero {
             fetch_or(zero, bit);
         } else {
             fetch_and(zero, !bit);
+        }
+    }
+    if now.present != was.present {
+        if now.present {
+            fetch_or(present, bit);
+        } else {
+            fetch_and(present, !bit);
         }
     }
     if let Some(c) = counters(tgid) {

@@ -10,14 +10,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tamalloc_common::{
-    abi::{SYS_CLONE, SYS_CLONE3, SYS_VFORK},
+    abi::{SYS_CLONE, SYS_CLONE3, SYS_FORK, SYS_VFORK},
     trace::{DROP_CONTROL_EVENTS, Event, EventKind, MAX_CPUS, PidCounters},
 };
 
 use crate::{
-    maps::{COUNTERS, PENDING, TRACED, config, emit},
+    maps::{COUNTERS, PENDING, TRACED, config, count_drop, emit},
     regions,
-    syscalls::{add_reserved, tracked},
+    syscalls::{SYS_EXIT, add_reserved, tracked},
 };
 
 const CLONE_VM: u64 = 0x100;
@@ -44,20 +44,20 @@ fn lifecycle_event(kind: EventKind, tgid: u32, tid: u32, arg1: u64) {
     );
 }
 
-/// The clone flags of the syscall the current thread is in, from its `sys_enter` stash.
+/// The clone flags of the syscall the current thread is in, from its `sys_enter` stash;
+/// `None` when they are not known (the stash was evicted, or clone3's struct unreadable).
 #[inline(always)]
-fn clone_flags(pid_tgid: u64) -> u64 {
+fn clone_flags(pid_tgid: u64) -> Option<u64> {
     // SAFETY: plain-data map value read for this program run.
-    let Some(p) = (unsafe { PENDING.get(pid_tgid) }) else {
-        return 0;
-    };
+    let p = unsafe { PENDING.get(pid_tgid) }?;
     match p.nr as i64 {
-        SYS_CLONE => p.args[0],
+        SYS_CLONE => Some(p.args[0]),
         // struct clone_args starts with `__aligned_u64 flags`.
         // SAFETY: bpf_probe_read_user copes with any user pointer.
-        SYS_CLONE3 => unsafe { bpf_probe_read_user(p.args[0] as *const u64) }.unwrap_or(0),
-        SYS_VFORK => CLONE_VM | CLONE_VFORK,
-        _ => 0,
+        SYS_CLONE3 => unsafe { bpf_probe_read_user(p.args[0] as *const u64) }.ok(),
+        SYS_FORK => Some(0),
+        SYS_VFORK => Some(CLONE_VM | CLONE_VFORK),
+        _ => None,
     }
 }
 
@@ -68,7 +68,11 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if !tracked(parent) {
         return 0;
     }
-    let flags = clone_flags(pid_tgid);
+    // Never guess: a thread taken for a process would be followed for ever.
+    let Some(flags) = clone_flags(pid_tgid) else {
+        count_drop(DROP_CONTROL_EVENTS);
+        return 0;
+    };
     if flags & CLONE_THREAD != 0 {
         return 0;
     }
@@ -86,9 +90,13 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if unsafe { TRACED.get(parent).is_some() } {
         let _ = TRACED.insert(child, 1, 0);
     }
-    if flags & CLONE_VM == 0 {
+    // A parent without counters has no regions: nothing to copy, no walk of the maps.
+    // SAFETY: as above.
+    if flags & CLONE_VM == 0 && unsafe { COUNTERS.get(parent).is_some() } {
         let bytes = regions::fork(parent, child);
-        add_reserved(child, bytes, false);
+        if bytes != 0 {
+            add_reserved(child, bytes, false);
+        }
     }
     lifecycle_event(EventKind::Fork, parent, pid_tgid as u32, u64::from(child));
     0
@@ -139,8 +147,15 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    // Only the group leader's exit ends the address space's bookkeeping.
+    // Only the group leader's exit ends the address space's bookkeeping, and not when
+    // the leader leaves with exit(2) while other threads go on (userspace cleans up once
+    // the whole process is gone).
     if tgid != pid_tgid as u32 {
+        return 0;
+    }
+    // SAFETY: plain-data map value read for this program run.
+    if unsafe { PENDING.get(pid_tgid) }.is_some_and(|p| p.nr == SYS_EXIT as u64) {
+        let _ = PENDING.remove(pid_tgid);
         return 0;
     }
     // SAFETY: only the presence of the key is used.

@@ -20,22 +20,34 @@ pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
 
+/// Allocated on demand (BPF_F_NO_PREALLOC): room for 512 GiB of region address space
+/// without holding that memory while idle.
 #[map]
-pub static CHUNKS: HashMap<ChunkKey, Chunk> = HashMap::with_max_entries(16384, 0);
+pub static CHUNKS: HashMap<ChunkKey, Chunk> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static MARKERS: HashMap<MarkerKey, RegionRef> = HashMap::with_max_entries(65536, 0);
+pub static MARKERS: HashMap<MarkerKey, RegionRef> =
+    HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Chunk-sized buffers off the 512-byte stack: slot [`ZERO_CHUNK`] is never written (a
+/// zeroed chunk to insert), slot [`SCRATCH_CHUNK`] is a work copy.
+#[map]
+pub static CHUNK_BUF: PerCpuArray<Chunk> = PerCpuArray::with_max_entries(2, 0);
+pub const ZERO_CHUNK: u32 = 0;
+pub const SCRATCH_CHUNK: u32 = 1;
 
 /// Per-process counters; a key exists for every process with (or that had) regions.
 #[map]
 pub static COUNTERS: PerCpuHashMap<u32, PidCounters> = PerCpuHashMap::with_max_entries(8192, 0);
 
-/// `sys_exit` tail-calls the program that handles the syscall being left.
+/// The programs `sys_enter`/`sys_exit` tail-call for the syscall at hand.
 #[map]
-pub static EXIT_PROGS: ProgramArray = ProgramArray::with_max_entries(EXIT_SLOTS, 0);
+pub static TAIL_PROGS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
 pub use tamalloc_common::trace::{
-    EXIT_LEARN, EXIT_MREMAP, EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW, EXIT_MREMAP_MOVE,
-    EXIT_MREMAP_SHRINK, EXIT_MUNMAP, EXIT_SLOTS,
+    ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MREMAP, EXIT_MREMAP_CLEAR_TARGET,
+    EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW, EXIT_MREMAP_MOVE, EXIT_MREMAP_SHRINK, TAIL_SLOTS,
 };
 
 #[map]

@@ -14,7 +14,7 @@ use tamalloc_common::trace::{
 
 use crate::{
     atomics::{fetch_and, fetch_or},
-    maps::{CHUNKS, MARKERS, count_drop},
+    maps::{CHUNK_BUF, CHUNKS, MARKERS, SCRATCH_CHUNK, ZERO_CHUNK, count_drop},
 };
 
 /// `bpf_loop` refuses more than 1 << 23 iterations: 16 TiB of address space in chunks.
@@ -66,7 +66,9 @@ fn chunk_ptr(tgid: u32, chunk: u64, create: bool) -> Option<*mut Chunk> {
         return None;
     }
     // BPF_NOEXIST: a concurrent creator wins and we use its entry.
-    let _ = CHUNKS.insert(key, Chunk::default(), 1);
+    let zero = CHUNK_BUF.get_ptr(ZERO_CHUNK)?;
+    // SAFETY: a live map value, only read.
+    let _ = CHUNKS.insert(key, unsafe { &*zero }, 1);
     let p = CHUNKS.get_ptr_mut(key);
     if p.is_none() {
         count_drop(DROP_MAP_FULL);
@@ -203,10 +205,17 @@ extern "C" fn add_chunk(i: u64, ctx: *mut c_void) -> i64 {
     for i in 0..CHUNK_WORDS {
         let m = word_mask(i as u64, lo, hi);
         // SAFETY: `ch` is a live map value; the field pointers are in bounds.
-        let (inr, zero) = unsafe { (&raw mut (*ch).in_region[i], &raw mut (*ch).zero[i]) };
+        let (inr, zero, present) = unsafe {
+            (
+                &raw mut (*ch).in_region[i],
+                &raw mut (*ch).zero[i],
+                &raw mut (*ch).present[i],
+            )
+        };
         let before = fetch_or(inr, m);
         added += u64::from((m & !before).count_ones());
         fetch_and(zero, !m);
+        fetch_and(present, !m);
     }
     ctx.bytes += added * PAGE_SIZE;
     if i > 0 {
@@ -235,7 +244,11 @@ pub fn add(tgid: u32, addr: u64, len: u64, id: u64, index: u64) -> u64 {
         bytes: 0,
     };
     let n = ctx.chunks();
-    if n == 0 || n > MAX_CHUNK_LOOPS {
+    if n == 0 {
+        return 0;
+    }
+    if n > MAX_CHUNK_LOOPS {
+        count_drop(DROP_MAP_FULL);
         return 0;
     }
     // SAFETY: `add_chunk` matches bpf_loop's callback ABI and `ctx` outlives the call.
@@ -290,10 +303,11 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
     for w in 0..CHUNK_WORDS {
         let m = word_mask(w as u64, lo, hi);
         // SAFETY: `ch` is a live map value; the field pointers are in bounds.
-        let (inr, zero, start) = unsafe {
+        let (inr, zero, present, start) = unsafe {
             (
                 &raw mut (*ch).in_region[w],
                 &raw mut (*ch).zero[w],
+                &raw mut (*ch).present[w],
                 &raw mut (*ch).start[w],
             )
         };
@@ -301,6 +315,7 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
         removed += u64::from((before & m).count_ones());
         left |= before & !m;
         fetch_and(zero, !m);
+        fetch_and(present, !m);
         let starts = fetch_and(start, !m) & m;
         sweep.starts[w] = starts;
         any_start |= starts;
@@ -338,7 +353,11 @@ pub fn remove(tgid: u32, addr: u64, len: u64) -> u64 {
         bytes: 0,
     };
     let n = ctx.chunks();
-    if n == 0 || n > MAX_CHUNK_LOOPS {
+    if n == 0 {
+        return 0;
+    }
+    if n > MAX_CHUNK_LOOPS {
+        count_drop(DROP_MAP_FULL);
         return 0;
     }
     // SAFETY: `remove_chunk` matches bpf_loop's callback ABI and `ctx` outlives the call.
@@ -356,6 +375,54 @@ pub fn remove(tgid: u32, addr: u64, len: u64) -> u64 {
     ctx.bytes
 }
 
+extern "C" fn reset_chunk(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `RangeCtx` on our stack that `reset` gave it.
+    let ctx = unsafe { &*(ctx as *const RangeCtx) };
+    let (chunk, lo, hi) = ctx.chunk_span(i);
+    let Some(ch) = chunk_ptr(ctx.tgid, chunk, false) else {
+        return 0;
+    };
+    for w in 0..CHUNK_WORDS {
+        let m = word_mask(w as u64, lo, hi);
+        // SAFETY: `ch` is a live map value; the field pointers are in bounds.
+        let (zero, present) = unsafe { (&raw mut (*ch).zero[w], &raw mut (*ch).present[w]) };
+        fetch_and(zero, !m);
+        fetch_and(present, !m);
+    }
+    0
+}
+
+/// Forgets what `[addr, addr + len)` maps (MADV_DONTNEED and friends dropped the pages):
+/// the next touch of each page is a first touch again. The pages stay region pages.
+pub fn reset(tgid: u32, addr: u64, len: u64) {
+    let mut ctx = RangeCtx {
+        tgid,
+        _pad: 0,
+        first_page: addr >> PAGE_SHIFT,
+        end_page: (addr + len) >> PAGE_SHIFT,
+        id: 0,
+        index: 0,
+        bytes: 0,
+    };
+    let n = ctx.chunks();
+    if n == 0 {
+        return;
+    }
+    if n > MAX_CHUNK_LOOPS {
+        count_drop(DROP_MAP_FULL);
+        return;
+    }
+    // SAFETY: `reset_chunk` matches bpf_loop's callback ABI and `ctx` outlives the call.
+    unsafe {
+        bpf_loop(
+            n as u32,
+            reset_chunk as *mut c_void,
+            &mut ctx as *mut RangeCtx as *mut c_void,
+            0,
+        )
+    };
+}
+
 #[repr(C)]
 struct CopyCtx {
     tgid: u32,
@@ -364,8 +431,8 @@ struct CopyCtx {
     dst_page: u64,
 }
 
-extern "C" fn copy_zero_page(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the `CopyCtx` on our stack that `copy_zero_bits` gave it.
+extern "C" fn copy_page_state(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `CopyCtx` on our stack that `copy_page_states` gave it.
     let ctx = unsafe { &*(ctx as *const CopyCtx) };
     let src = ctx.src_page + i;
     let dst = ctx.dst_page + i;
@@ -374,22 +441,31 @@ extern "C" fn copy_zero_page(i: u64, ctx: *mut c_void) -> i64 {
         return 0;
     };
     let sp = src & (CHUNK_PAGES - 1);
-    if s.zero[((sp >> 6) & 7) as usize] & (1 << (sp & 63)) == 0 {
+    let (sw, sbit) = (((sp >> 6) & 7) as usize, 1u64 << (sp & 63));
+    let (zero, present) = (s.zero[sw] & sbit != 0, s.present[sw] & sbit != 0);
+    if !zero && !present {
         return 0;
     }
     if let Some(d) = chunk_ptr(ctx.tgid, dst >> 9, false) {
         let dp = dst & (CHUNK_PAGES - 1);
-        // SAFETY: `d` is a live map value; the field pointer is in bounds.
-        let word = unsafe { &raw mut (*d).zero[((dp >> 6) & 7) as usize] };
-        fetch_or(word, 1 << (dp & 63));
+        let (dw, dbit) = (((dp >> 6) & 7) as usize, 1u64 << (dp & 63));
+        // SAFETY: `d` is a live map value; the field pointers are in bounds.
+        let (dz, dpr) = unsafe { (&raw mut (*d).zero[dw], &raw mut (*d).present[dw]) };
+        fetch_or(dz, if zero { dbit } else { 0 });
+        fetch_or(dpr, if present { dbit } else { 0 });
     }
     0
 }
 
-/// Copies which pages map the zero page from `src` to `dst` (an mremap move keeps them).
-pub fn copy_zero_bits(tgid: u32, src: u64, dst: u64, len: u64) {
+/// Copies what each page maps from `src` to `dst` (an mremap move takes the page table
+/// entries along).
+pub fn copy_page_states(tgid: u32, src: u64, dst: u64, len: u64) {
     let pages = len >> PAGE_SHIFT;
-    if pages == 0 || pages > MAX_CHUNK_LOOPS {
+    if pages == 0 {
+        return;
+    }
+    if pages > MAX_CHUNK_LOOPS {
+        count_drop(DROP_MAP_FULL);
         return;
     }
     let mut ctx = CopyCtx {
@@ -398,11 +474,11 @@ pub fn copy_zero_bits(tgid: u32, src: u64, dst: u64, len: u64) {
         src_page: src >> PAGE_SHIFT,
         dst_page: dst >> PAGE_SHIFT,
     };
-    // SAFETY: `copy_zero_page` matches bpf_loop's callback ABI and `ctx` outlives the call.
+    // SAFETY: `copy_page_state` matches bpf_loop's callback ABI and `ctx` outlives the call.
     unsafe {
         bpf_loop(
             pages as u32,
-            copy_zero_page as *mut c_void,
+            copy_page_state as *mut c_void,
             &mut ctx as *mut CopyCtx as *mut c_void,
             0,
         )

@@ -1,8 +1,11 @@
 //! `raw_syscalls:sys_enter` / `sys_exit`: learn regions from 554 (or the documented mmap
-//! fallback) and keep them true through munmap and mremap.
+//! fallback) and keep them true through munmap, mremap, MAP_FIXED mappings and madvise.
 //!
-//! Arguments are stashed per thread at `sys_enter` and acted on at `sys_exit`, once the
-//! kernel has said the call succeeded.
+//! Most work happens at `sys_exit`, once the kernel has said the call succeeded, from
+//! arguments stashed per thread at `sys_enter`. munmap is the exception: it is applied at
+//! `sys_enter`, before the kernel frees the range, so another thread's new region that the
+//! kernel places in the freed range can never be erased by a late bookkeeping step.
+//! Each syscall's work is its own tail-called program, so the verifier walks each once.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -23,9 +26,9 @@ use tamalloc_common::{
 
 use crate::{
     maps::{
-        COUNTERS, EXIT_LEARN, EXIT_MREMAP, EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW,
-        EXIT_MREMAP_MOVE, EXIT_MREMAP_SHRINK, EXIT_MUNMAP, EXIT_PROGS, PENDING, TRACED, config,
-        counters, emit,
+        COUNTERS, ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MREMAP, EXIT_MREMAP_CLEAR_TARGET,
+        EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW, EXIT_MREMAP_MOVE, EXIT_MREMAP_SHRINK, PENDING,
+        TAIL_PROGS, TRACED, config, counters, emit,
     },
     regions,
 };
@@ -33,6 +36,19 @@ use crate::{
 const ID_OFFSET: usize = 8;
 const ARGS_OFFSET: usize = 16;
 const RET_OFFSET: usize = 16;
+
+const SYS_MADVISE: i64 = 28;
+/// A thread's own exit (not exit_group): the group may live on without its leader.
+pub const SYS_EXIT: i64 = 60;
+const MAP_FIXED: u64 = 0x10;
+const MREMAP_FIXED: u64 = 2;
+/// The advice values that drop pages: the next touch is a first touch again.
+const MADV_DONTNEED: u64 = 4;
+const MADV_FREE: u64 = 8;
+const MADV_REMOVE: u64 = 9;
+const MADV_DONTNEED_LOCKED: u64 = 24;
+/// The largest user address plus one (5-level paging).
+const USER_END: u64 = 1 << 56;
 
 #[inline(always)]
 fn read_u64(ctx: &TracePointContext, offset: usize) -> u64 {
@@ -47,7 +63,8 @@ fn is_addr(ret: u64) -> bool {
     ret != 0 && ret < (-4095i64) as u64
 }
 
-/// Whether the process's own syscalls are worth stashing: it has (or had) regions.
+/// Whether the process's own syscalls are worth stashing: it has (or had) regions, or
+/// userspace follows it.
 #[inline(always)]
 pub fn tracked(tgid: u32) -> bool {
     // SAFETY: only the presence of the key is used.
@@ -68,17 +85,6 @@ fn wanted(tgid: u32) -> bool {
     cfg.flags & CONFIG_FILTER_COMM != 0 && bpf_get_current_comm().is_ok_and(|c| c == cfg.comm)
 }
 
-#[tracepoint]
-pub fn sys_enter(ctx: TracePointContext) -> u32 {
-    let nr = read_u64(&ctx, ID_OFFSET) as i64;
-    match nr {
-        SYS_TAMALLOC | SYS_MMAP | SYS_MUNMAP | SYS_MREMAP | SYS_CLONE | SYS_CLONE3 | SYS_FORK
-        | SYS_VFORK => on_enter(&ctx, nr),
-        _ => {}
-    }
-    0
-}
-
 #[inline(always)]
 fn args(ctx: &TracePointContext) -> [u64; 5] {
     [
@@ -91,43 +97,118 @@ fn args(ctx: &TracePointContext) -> [u64; 5] {
 }
 
 #[inline(always)]
+fn stash(pid_tgid: u64, nr: i64, args: [u64; 5], fallback_len: u64) {
+    let p = Pending {
+        nr: nr as u64,
+        args,
+        fallback_len,
+    };
+    let _ = PENDING.insert(pid_tgid, p, 0);
+}
+
+#[tracepoint]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    let nr = read_u64(&ctx, ID_OFFSET) as i64;
+    match nr {
+        SYS_TAMALLOC | SYS_MMAP | SYS_MUNMAP | SYS_MREMAP | SYS_MADVISE | SYS_CLONE
+        | SYS_CLONE3 | SYS_FORK | SYS_VFORK | SYS_EXIT => on_enter(&ctx, nr),
+        _ => {}
+    }
+    0
+}
+
+#[inline(always)]
 fn on_enter(ctx: &TracePointContext, nr: i64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if nr == SYS_MMAP {
-        // Only a thread armed by a 554 that failed with -ENOSYS cares about mmap.
-        let Some(p) = PENDING.get_ptr_mut(pid_tgid) else {
-            return;
-        };
-        // SAFETY: live map value of this thread only.
-        let p = unsafe { &mut *p };
-        let armed = p.fallback_len;
-        let a = args(ctx);
-        // The contract: mmap(NULL, same length, PROT_READ|PROT_WRITE,
-        // MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, 0), the thread's next mmap.
-        let fd = read_u64(ctx, ARGS_OFFSET + 32) as i32;
-        let matches = armed != 0
-            && a[0] == 0
-            && page_align(a[1]) == Some(armed)
+    match nr {
+        // Rare, and needed before the process is known: 554 may be its first region, and
+        // a thread's clone flags must be known when it is tracked by the time it forks.
+        SYS_TAMALLOC | SYS_CLONE | SYS_CLONE3 | SYS_FORK | SYS_VFORK => {
+            stash(pid_tgid, nr, args(ctx), 0)
+        }
+        SYS_MMAP => on_enter_mmap(ctx, pid_tgid, tgid),
+        SYS_MUNMAP => {
+            if tracked(tgid) {
+                // SAFETY: the slot holds a tracepoint program of the same type, or nothing.
+                unsafe { TAIL_PROGS.tail_call(ctx, ENTER_MUNMAP) };
+            }
+        }
+        SYS_MREMAP => {
+            if tracked(tgid) {
+                stash(pid_tgid, nr, args(ctx), 0);
+            }
+        }
+        SYS_MADVISE => {
+            let a = args(ctx);
+            if matches!(
+                a[2],
+                MADV_DONTNEED | MADV_FREE | MADV_REMOVE | MADV_DONTNEED_LOCKED
+            ) && tracked(tgid)
+            {
+                stash(pid_tgid, nr, a, 0);
+            }
+        }
+        // Only the group leader's own exit matters (see lifecycle.rs).
+        SYS_EXIT if tgid == pid_tgid as u32 && tracked(tgid) => stash(pid_tgid, nr, [0; 5], 0),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn on_enter_mmap(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) {
+    let a = args(ctx);
+    // A thread armed by a 554 that failed with -ENOSYS: its next mmap decides. The
+    // contract: mmap(NULL, same length, PROT_READ|PROT_WRITE,
+    // MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE, -1, 0).
+    // SAFETY: plain-data map value of this thread only, copied out.
+    if let Some(p) = unsafe { PENDING.get(pid_tgid) }.copied()
+        && p.fallback_len != 0
+    {
+        let fd = a[4] as i32;
+        if a[0] == 0
+            && page_align(a[1]) == Some(p.fallback_len)
             && a[2] == TAMALLOC_PROT
             && a[3] == TAMALLOC_MAP_FLAGS
-            && fd == -1;
-        p.nr = if matches { SYS_MMAP as u64 } else { 0 };
-        p.args = a;
-        if !matches {
-            p.fallback_len = 0;
+            && fd == -1
+        {
+            stash(pid_tgid, SYS_MMAP, a, p.fallback_len);
+            return;
         }
-        return;
+        // Any other mmap disarms.
+        let _ = PENDING.remove(pid_tgid);
     }
-    if nr != SYS_TAMALLOC && !tracked(tgid) {
-        return;
+    // MAP_FIXED replaces whatever was mapped there, region pages included.
+    if a[3] & MAP_FIXED != 0 && tracked(tgid) {
+        stash(pid_tgid, SYS_MMAP, a, 0);
     }
-    let pending = Pending {
-        nr: nr as u64,
-        args: args(ctx),
-        fallback_len: 0,
+}
+
+/// munmap(addr, len), applied before the kernel frees the range. The kernel fails only
+/// for arguments checked here (or, practically never, -ENOMEM splitting a VMA).
+#[tracepoint]
+pub fn enter_munmap(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (addr, len) = (read_u64(&ctx, ARGS_OFFSET), read_u64(&ctx, ARGS_OFFSET + 8));
+    let Some(len) = page_align(len) else {
+        return 0;
     };
-    let _ = PENDING.insert(pid_tgid, pending, 0);
+    if len == 0 || addr & (PAGE_SIZE - 1) != 0 || addr >= USER_END || len > USER_END - addr {
+        return 0;
+    }
+    unmap(pid_tgid, addr, len);
+    0
+}
+
+/// Forgets `[addr, addr + len)` of the current process and reports it.
+#[inline(always)]
+fn unmap(pid_tgid: u64, addr: u64, len: u64) {
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let gone = regions::remove(tgid, addr, len);
+    if gone != 0 {
+        add_reserved(tgid, gone.wrapping_neg(), false);
+        control(EventKind::Unmap, tgid, tid, addr, [len, gone, 0], 0);
+    }
 }
 
 #[tracepoint]
@@ -135,8 +216,8 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
     let nr = read_u64(&ctx, ID_OFFSET) as i64;
     let slot = match nr {
         SYS_TAMALLOC | SYS_MMAP => EXIT_LEARN,
-        SYS_MUNMAP => EXIT_MUNMAP,
         SYS_MREMAP => EXIT_MREMAP,
+        SYS_MADVISE => EXIT_MADVISE,
         SYS_CLONE | SYS_CLONE3 | SYS_FORK | SYS_VFORK => {
             // The fork tracepoint has used the flags by now.
             let pid_tgid = bpf_get_current_pid_tgid();
@@ -148,10 +229,9 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         }
         _ => return 0,
     };
-    // Each syscall's work is its own program, so the verifier walks each once.
     // SAFETY: the slot holds a tracepoint program of the same type, or nothing (then the
     // call falls through and we do nothing).
-    unsafe { EXIT_PROGS.tail_call(&ctx, slot) };
+    unsafe { TAIL_PROGS.tail_call(&ctx, slot) };
     0
 }
 
@@ -167,6 +247,7 @@ fn take_pending(nr: i64) -> Option<(u64, Pending)> {
     Some((pid_tgid, pending))
 }
 
+/// 554 and the mmaps that matter: the fallback's, and MAP_FIXED over region pages.
 #[tracepoint]
 pub fn exit_learn(ctx: TracePointContext) -> u32 {
     let nr = read_u64(&ctx, ID_OFFSET) as i64;
@@ -179,42 +260,37 @@ pub fn exit_learn(ctx: TracePointContext) -> u32 {
         let len = page_align(pending.args[0]).unwrap_or(0);
         if ret as i64 == -ENOSYS && len != 0 {
             // Arm the fallback: this thread's next matching mmap is the region.
-            let armed = Pending {
-                nr: 0,
-                args: pending.args,
-                fallback_len: len,
-            };
-            let _ = PENDING.insert(pid_tgid, armed, 0);
+            stash(pid_tgid, 0, pending.args, len);
             return 0;
         }
         if is_addr(ret) && len != 0 {
             learn(tgid, tid, ret, len, 0);
         }
-    } else if is_addr(ret) && pending.fallback_len != 0 {
-        learn(tgid, tid, ret, pending.fallback_len, REGION_FALLBACK);
+    } else if is_addr(ret) {
+        if pending.fallback_len != 0 {
+            learn(tgid, tid, ret, pending.fallback_len, REGION_FALLBACK);
+        } else if let Some(len) = page_align(pending.args[1]) {
+            // MAP_FIXED: whatever region pages were there are gone.
+            unmap(pid_tgid, ret, len);
+        }
     }
     let _ = PENDING.remove(pid_tgid);
     0
 }
 
+/// madvise(addr, len, MADV_DONTNEED and friends): the pages are dropped, their next touch
+/// is a first touch again.
 #[tracepoint]
-pub fn exit_munmap(ctx: TracePointContext) -> u32 {
-    let Some((pid_tgid, pending)) = take_pending(SYS_MUNMAP) else {
+pub fn exit_madvise(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, p)) = take_pending(SYS_MADVISE) else {
         return 0;
     };
     let _ = PENDING.remove(pid_tgid);
     if read_u64(&ctx, RET_OFFSET) != 0 {
         return 0;
     }
-    let Some(len) = page_align(pending.args[1]) else {
-        return 0;
-    };
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    let addr = pending.args[0];
-    let gone = regions::remove(tgid, addr, len);
-    if gone != 0 {
-        add_reserved(tgid, gone.wrapping_neg(), false);
-        control(EventKind::Unmap, tgid, tid, addr, [len, gone, 0], 0);
+    if let Some(len) = page_align(p.args[1]) {
+        regions::reset((pid_tgid >> 32) as u32, p.args[0] & !(PAGE_SIZE - 1), len);
     }
     0
 }
@@ -232,7 +308,9 @@ pub fn exit_mremap(ctx: TracePointContext) -> u32 {
         (Some(old_len), Some(new_len))
             if is_addr(ret) && old_len != 0 && regions::is_region_page(tgid, p.args[0]) =>
         {
-            if ret != p.args[0] {
+            if ret != p.args[0] && p.args[3] & MREMAP_FIXED != 0 {
+                EXIT_MREMAP_CLEAR_TARGET
+            } else if ret != p.args[0] {
                 EXIT_MREMAP_MOVE
             } else if new_len < old_len {
                 EXIT_MREMAP_SHRINK
@@ -246,7 +324,7 @@ pub fn exit_mremap(ctx: TracePointContext) -> u32 {
     };
     if slot != u32::MAX {
         // SAFETY: as in `sys_exit`.
-        unsafe { EXIT_PROGS.tail_call(&ctx, slot) };
+        unsafe { TAIL_PROGS.tail_call(&ctx, slot) };
     }
     let _ = PENDING.remove(pid_tgid);
     0
@@ -310,12 +388,29 @@ pub fn exit_mremap_move(ctx: TracePointContext) -> u32 {
         page_align(p.args[2]),
         regions::region_at(tgid, old),
     ) {
-        // The pages, and which of them map the zero page, go along.
+        // The pages, and what each maps, go along.
         let added = regions::add(tgid, new_addr, new_len, first.id, first.index);
         add_reserved(tgid, added, false);
-        regions::copy_zero_bits(tgid, old, new_addr, old_len.min(new_len));
+        regions::copy_page_states(tgid, old, new_addr, old_len.min(new_len));
         // SAFETY: as in `sys_exit`.
-        unsafe { EXIT_PROGS.tail_call(&ctx, EXIT_MREMAP_DROP_OLD) };
+        unsafe { TAIL_PROGS.tail_call(&ctx, EXIT_MREMAP_DROP_OLD) };
+    }
+    let _ = PENDING.remove(pid_tgid);
+    0
+}
+
+/// MREMAP_FIXED replaced whatever was mapped at the target, region pages included.
+#[tracepoint]
+pub fn exit_mremap_clear_target(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, p)) = take_pending(SYS_MREMAP) else {
+        return 0;
+    };
+    if let Some(new_len) = page_align(p.args[2]) {
+        let tgid = (pid_tgid >> 32) as u32;
+        let replaced = regions::remove(tgid, read_u64(&ctx, RET_OFFSET), new_len);
+        add_reserved(tgid, replaced.wrapping_neg(), false);
+        // SAFETY: as in `sys_exit`.
+        unsafe { TAIL_PROGS.tail_call(&ctx, EXIT_MREMAP_MOVE) };
     }
     let _ = PENDING.remove(pid_tgid);
     0

@@ -264,6 +264,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    // MADV_DONTNEED drops pages: touching them again is a first touch again.
+    let dropped: Vec<usize> = written
+        .iter()
+        .copied()
+        .filter(|&p| (p < hole_lo || p >= hole_hi) && p < n - 4)
+        .take(4)
+        .collect();
+    for &p in &dropped {
+        // SAFETY: one page of region A, which this function owns.
+        if unsafe { libc::madvise(a_base.add(p * PAGE).cast(), PAGE, libc::MADV_DONTNEED) } != 0 {
+            bail!("madvise: {}", std::io::Error::last_os_error());
+        }
+        write(a_base, p);
+        exp.write_zero += 1;
+    }
+    // A MAP_FIXED mapping over the last pages of A replaces them: no longer region pages.
+    // SAFETY: the range is inside region A, which this function owns.
+    let tail = unsafe { a_base.add((n - 4) * PAGE) };
+    mmap_plain(4 * PAGE, tail.cast(), libc::MAP_FIXED)?;
+    for page in 0..4 {
+        // SAFETY: inside the mapping just made.
+        write(unsafe { tail.add(page * PAGE) }, 0);
+    }
+
     report(&args.report, &exp.line())?;
     // SAFETY: both ranges are ours and no longer used.
     unsafe {

@@ -15,8 +15,11 @@ use super::decode::TraceEvent;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcState {
     pub comm: String,
-    /// Counters as last read (summed over CPUs).
+    /// Counters as last read (summed over CPUs), plus `base`.
     pub counters: PidCounters,
+    /// Counters taken from the probe earlier in the process's life (an exec by a thread
+    /// other than the leader ends the old leader first): added to every later reading.
+    pub base: PidCounters,
     /// Live regions seen through events: address -> length (after unmaps and remaps).
     pub regions: BTreeMap<u64, u64>,
     /// The process has exited; `counters` are final.
@@ -118,6 +121,8 @@ impl Aggregator {
             TraceEvent::Exec { pid, .. } => {
                 let p = self.get_mut(pid);
                 p.regions.clear();
+                // A non-leader thread's exec ends the old leader (an exit event) first.
+                p.exited = false;
                 // The command name changes with exec; the next refresh reads it again.
                 p.comm.clear();
             }
@@ -134,17 +139,28 @@ impl Aggregator {
         let p = self.get_mut(pid);
         p.counted = true;
         if !p.exited {
-            p.counters = counters;
+            p.counters = add(&p.base, &counters);
         }
     }
 
     /// Stores the final counters of an exited process.
     pub fn finish(&mut self, pid: u32, counters: PidCounters) {
         let p = self.get_mut(pid);
-        p.counters = counters;
+        p.base = add(&p.base, &counters);
+        p.counters = p.base;
         p.counted = true;
         p.exited = true;
     }
+}
+
+fn add(a: &PidCounters, b: &PidCounters) -> PidCounters {
+    let mut out = *a;
+    for (o, x) in out.faults.iter_mut().zip(b.faults) {
+        *o += x;
+    }
+    out.regions += b.regions;
+    out.reserved_bytes = out.reserved_bytes.wrapping_add(b.reserved_bytes);
+    out
 }
 
 /// Removes `[start, end)` from a set of disjoint ranges, splitting where needed.
@@ -225,5 +241,20 @@ mod tests {
         assert_eq!(agg.live_pids(), Vec::<u32>::new());
         agg.set_counters(1, PidCounters::default());
         assert_eq!(agg.live_pids(), vec![1]);
+    }
+
+    #[test]
+    fn exec_after_exit_revives_and_keeps_earlier_counts() {
+        let mut agg = Aggregator::new();
+        let mut c = PidCounters::default();
+        c.faults[FaultKind::ReadZero as usize] = 5;
+        agg.finish(7, c);
+        agg.apply(&TraceEvent::Exec { ts_ns: 1, pid: 7 });
+        c.faults[FaultKind::ReadZero as usize] = 2;
+        agg.set_counters(7, c);
+        assert_eq!(agg.get(7).map(|p| p.faults(FaultKind::ReadZero)), Some(7));
+        agg.finish(7, c);
+        assert_eq!(agg.get(7).map(|p| p.faults(FaultKind::ReadZero)), Some(7));
+        assert_eq!(agg.get(7).map(|p| p.exited), Some(true));
     }
 }

@@ -11,8 +11,9 @@ use aya::{
     programs::TracePoint,
 };
 use tamalloc_common::trace::{
-    CONFIG_FILTER_COMM, CONFIG_FILTER_PID, CONFIG_STREAM_FAULTS, Config, DROP_CONTROL_EVENTS,
-    DROP_FAULT_EVENTS, DROP_MAP_FULL, EXIT_PROGRAMS, MAX_CPUS, PidCounters,
+    CONFIG_FILTER_COMM, CONFIG_FILTER_PID, CONFIG_STREAM_FAULTS, Chunk, ChunkKey, Config,
+    DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS, DROP_MAP_FULL, MAX_CPUS, MarkerKey, PidCounters,
+    RegionRef, TAIL_PROGRAMS,
 };
 
 use super::TraceError;
@@ -83,6 +84,8 @@ impl Drops {
 pub struct Probe {
     ebpf: Ebpf,
     nr_cpus: usize,
+    /// Attached programs, to detach before the final drain.
+    links: Vec<(&'static str, aya::programs::trace_point::TracePointLinkId)>,
 }
 
 /// The embedded eBPF object, built by build.rs (public for benchmarks, which also load its
@@ -146,7 +149,11 @@ impl Probe {
                 .map_err(|e| TraceError::Load(Box::new(e)))?;
         }
         install_exit_programs(&mut ebpf)?;
-        let mut probe = Self { ebpf, nr_cpus };
+        let mut probe = Self {
+            ebpf,
+            nr_cpus,
+            links: Vec::new(),
+        };
         for &pid in &opts.pids {
             probe.follow(pid)?;
         }
@@ -162,9 +169,10 @@ impl Probe {
                     .load()
                     .map_err(|e| TraceError::Verifier(prog.to_string(), Box::new(e)))?;
             }
-            program
+            let link = program
                 .attach(category, name)
                 .map_err(|e| TraceError::Attach(format!("{category}:{name}"), Box::new(e)))?;
+            probe.links.push((prog, link));
         }
         Ok(probe)
     }
@@ -177,6 +185,51 @@ impl Probe {
         traced
             .insert(pid, 1, 0)
             .map_err(|e| TraceError::Load(Box::new(e)))
+    }
+
+    /// Detaches every program: no new events or counts after this. Maps stay readable.
+    pub fn detach(&mut self) {
+        for (prog, link) in self.links.drain(..) {
+            if let Some(p) = self.ebpf.program_mut(prog)
+                && let Ok(tp) = <&mut TracePoint>::try_from(p)
+            {
+                let _ = tp.detach(link);
+            }
+        }
+    }
+
+    /// Drops what the programs keep about `pid`, once it is gone for good (its leader left
+    /// with exit(2), so the programs could not tell when the last thread ended).
+    pub fn forget(&mut self, pid: u32) -> Result<(), TraceError> {
+        let map_err = |e: aya::maps::MapError| TraceError::Load(Box::new(e));
+        {
+            let mut chunks: BpfHashMap<_, ChunkKey, Chunk> =
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, "CHUNKS")?).map_err(map_err)?;
+            let keys: Vec<ChunkKey> = chunks
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.tgid == pid)
+                .collect();
+            for k in keys {
+                let _ = chunks.remove(&k);
+            }
+        }
+        {
+            let mut markers: BpfHashMap<_, MarkerKey, RegionRef> =
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, "MARKERS")?).map_err(map_err)?;
+            let keys: Vec<MarkerKey> = markers
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.tgid == pid)
+                .collect();
+            for k in keys {
+                let _ = markers.remove(&k);
+            }
+        }
+        let mut traced: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, "TRACED")?).map_err(map_err)?;
+        let _ = traced.remove(&pid);
+        Ok(())
     }
 
     /// Every process's counters, summed over CPUs.
@@ -248,7 +301,7 @@ impl Probe {
 /// Loads the programs `sys_exit` tail-calls and puts them in their slots.
 fn install_exit_programs(ebpf: &mut Ebpf) -> Result<(), TraceError> {
     let mut fds = Vec::new();
-    for (slot, name) in EXIT_PROGRAMS {
+    for (slot, name) in TAIL_PROGRAMS {
         let program: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| TraceError::Internal(format!("program {name} missing")))?
@@ -267,7 +320,7 @@ fn install_exit_programs(ebpf: &mut Ebpf) -> Result<(), TraceError> {
             })?;
         fds.push((slot, fd));
     }
-    let mut progs = ProgramArray::try_from(map_mut(ebpf, "EXIT_PROGS")?)
+    let mut progs = ProgramArray::try_from(map_mut(ebpf, "TAIL_PROGS")?)
         .map_err(|e| TraceError::Load(Box::new(e)))?;
     for (slot, fd) in &fds {
         progs

@@ -181,7 +181,9 @@ pub async fn run(
             _ = sigterm.recv() => break,
         }
     }
-    // Whatever ended the trace, everything already in the ring is still delivered.
+    // Whatever ended the trace: stop the programs, then deliver everything already in the
+    // ring (bounded now), then read the counters, which can no longer move.
+    s.probe.detach();
     s.drain(ring.get_mut(), usize::MAX)?;
     let snap = s.refresh(true)?;
     let summaries: Vec<Record> = s
@@ -303,13 +305,15 @@ impl Session {
                         self.emit(&stats_record(ts, &s.raw, &counters, self.stats_source));
                         stats = Some(s.raw);
                     }
-                    // Gone without an exit event (it may have been dropped): final counters.
+                    // Gone without an exit event (dropped, or the leader left with exit(2)
+                    // before the other threads): final counters, and forget its regions.
                     Err(_) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
                         if let Some(c) = self.probe.take_counters(pid)? {
                             self.agg.finish(pid, c);
                         } else {
                             self.agg.get_mut(pid).exited = true;
                         }
+                        self.probe.forget(pid)?;
                     }
                     Err(_) => {}
                 }
