@@ -52,6 +52,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "booting the patched kernel"),
     ("busybox-static", "the initramfs userland"),
     ("bpftrace", "the peer tracer the benchmarks compare against"),
+    (
+        "prometheus",
+        "the Prometheus server that scrapes `trace --prometheus` in its test",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
