@@ -388,3 +388,59 @@ fn export_events_on_a_pipe_are_one_parseable_line_per_fault() {
         }
     }
 }
+
+/// A trace interrupted (SIGINT, then SIGKILL) and reaped when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions; the pid is our unreaped child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn export_events_are_flushed_per_batch_not_per_refresh() {
+    require_root();
+    // No refresh for an hour: only the end of each drained batch can write the lines out,
+    // and the trace is still running (the shell sleeps) when they must have arrived.
+    let script = format!("{} demo --size 256KiB --rate 0; exec sleep 600", bin());
+    let mut child = Command::new(bin())
+        .args(["trace", "--events", "--quiet", "--interval", "1h"])
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tamalloc trace");
+    let stdout = child.stdout.take().expect("stdout");
+    let running = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut faults = 0;
+    while faults < 64 {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) if l.contains(" write_zero ") => faults += 1,
+            Ok(_) => {}
+            Err(e) => panic!("only {faults} of 64 fault lines arrived while tracing: {e}"),
+        }
+    }
+    let mut running = running;
+    assert!(
+        matches!(running.0.try_wait(), Ok(None)),
+        "the lines arrived while the trace ran"
+    );
+}
