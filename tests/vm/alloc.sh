@@ -24,6 +24,10 @@ tamalloc stats | head -n 3
 # 556: the process count equals the number of records 555 lists.
 tamalloc global --json >global.json || fail "global"
 grep -q '"source":"syscall"' global.json || fail "global source: $(cat global.json)"
+# (Each command counts itself once; nothing else starts or ends in between here.)
+listed=$(wc -l <all.json)
+counted=$(sed -n 's/.*"nr_processes":\([0-9]*\).*/\1/p' global.json)
+test "$listed" -eq "$counted" || fail "555 listed $listed processes, 556 counted $counted"
 
 # Bad input: one clear line and a non-zero exit.
 if tamalloc demo --size 0 2>err.txt; then fail "demo --size 0 succeeded"; fi
