@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <task>`. See `cargo xtask --help`.
 
+mod bench;
 mod demo;
 mod initramfs;
 mod kernel;
@@ -30,6 +31,8 @@ enum Task {
     Kernel(kernel::Args),
     /// Boot the patched kernel under QEMU and run a command, or give a shell.
     Vm(vm::Args),
+    /// Benchmarks: tracer overhead, event throughput, stats cost; writes BENCHMARKS.md (root).
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -46,5 +49,6 @@ fn run() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Kernel(args) => kernel::run(&args).map(|_| ()),
         Task::Vm(args) => vm::run(&args),
+        Task::Bench(args) => bench::run(&args),
     }
 }

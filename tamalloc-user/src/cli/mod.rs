@@ -1,5 +1,8 @@
 //! Command-line interface: one module per subcommand.
 
+mod bench_bpf;
+mod bench_faults;
+mod bench_stats;
 mod compare;
 mod demo;
 mod global;
@@ -42,6 +45,15 @@ enum Command {
     /// Compare a workload's expectations with a trace's summaries (for testing the tracer).
     #[command(hide = true)]
     CheckTrace(workload::CheckArgs),
+    /// Benchmark workload: first-touch faults, timed (for `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchFaults(bench_faults::Args),
+    /// Per-run cost of the BPF programs, ours and peers' (for `cargo xtask bench`; root).
+    #[command(hide = true)]
+    BenchBpf(bench_bpf::Args),
+    /// Syscalls 555/554 against /proc and mmap (for `cargo xtask bench`, patched kernel).
+    #[command(hide = true)]
+    BenchStats(bench_stats::Args),
     /// Internal: wait for the tracer's gate on FD, then exec CMD (see `trace -- CMD`).
     #[command(hide = true)]
     ExecGated {
@@ -83,6 +95,9 @@ pub fn run() -> anyhow::Result<()> {
         Command::CompareChild(args) => compare::run_child(args),
         Command::Workload(args) => workload::run(args),
         Command::CheckTrace(args) => workload::check(args),
+        Command::BenchFaults(args) => bench_faults::run(args),
+        Command::BenchBpf(args) => bench_bpf::run(args),
+        Command::BenchStats(args) => bench_stats::run(args),
         Command::ExecGated { fd, command } => {
             let err = tamalloc::tracer::session::exec_gated(fd, &command);
             Err(anyhow::Error::new(err).context(format!("cannot run `{}`", command[0])))

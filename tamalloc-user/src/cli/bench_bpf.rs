@@ -1,0 +1,305 @@
+//! `tamalloc bench-bpf` (hidden): what each BPF program costs per run, from the kernel's own
+//! statistics (`kernel.bpf_stats_enabled=1`: `run_time_ns` and `run_cnt` of every program).
+//!
+//! Each round measures, in a rotating order, the tracer's programs (counting mode, following
+//! this process) with each `--regions` count, the minimal reference program
+//! (`page_fault_reference`: a per-CPU counter on `exceptions:page_fault_user`) and bpftrace's
+//! per-PID fault count. Each measurement loads and attaches one of them, reads every program's
+//! statistics, runs the `bench-faults` workload in this process (one thread, `--pages`
+//! first-touch faults), reads them again, and prints one JSON line per program that ran:
+//! `{"type":"bpf_cost","round","variant","regions","program","id","run_cnt","run_time_ns",
+//! "pages","elapsed_ns","counted"}` (deltas over the workload; `counted` is the tracer's
+//! write_zero count for this process, a check that the faults were seen).
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::programs::{TracePoint, loaded_programs};
+use tamalloc::tracer::{Probe, ProbeOptions, probe::OBJECT};
+use tamalloc_common::trace::FaultKind;
+
+use super::bench_faults::run_workload;
+
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// `BPF_PROG_TYPE_TRACEPOINT`.
+const PROG_TYPE_TRACEPOINT: u32 = 5;
+const BPFTRACE_PROGRAM: &str = "tracepoint:exceptions:page_fault_user { @[pid] = count(); }";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// First-touch faults per measurement.
+    #[arg(long, default_value_t = 1 << 18, value_parser = clap::value_parser!(u64).range(1..=1 << 22))]
+    pages: u64,
+    /// Rounds; each measures every variant once.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+    /// Region counts to measure the tracer with.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,10000")]
+    regions: Vec<u64>,
+    /// The bpftrace binary; `none` leaves bpftrace out.
+    #[arg(long, default_value = "bpftrace")]
+    bpftrace: String,
+}
+
+/// `kernel.bpf_stats_enabled=1` for as long as it lives; the previous value is put back on
+/// drop (also on an error return or a panic).
+struct StatsEnabled {
+    previous: String,
+}
+
+impl StatsEnabled {
+    fn enable() -> anyhow::Result<Self> {
+        let previous = std::fs::read_to_string(STATS_SYSCTL)
+            .with_context(|| format!("reading {STATS_SYSCTL}"))?;
+        std::fs::write(STATS_SYSCTL, "1")
+            .with_context(|| format!("writing 1 to {STATS_SYSCTL}"))?;
+        Ok(Self {
+            previous: previous.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for StatsEnabled {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(STATS_SYSCTL, &self.previous) {
+            eprintln!(
+                "tamalloc: could not restore {STATS_SYSCTL} to {}: {e}",
+                self.previous
+            );
+        }
+    }
+}
+
+/// One program's statistics.
+#[derive(Clone, Debug)]
+struct ProgStats {
+    name: String,
+    prog_type: u32,
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+/// Every loaded program's statistics, by id. Programs unloaded while we look are skipped.
+fn snapshot() -> anyhow::Result<HashMap<u32, ProgStats>> {
+    let mut out = HashMap::new();
+    let mut first_err = None;
+    for info in loaded_programs() {
+        match info {
+            Ok(info) => {
+                out.insert(
+                    info.id(),
+                    ProgStats {
+                        name: info.name_as_str().unwrap_or("").to_owned(),
+                        prog_type: info.program_type() as u32,
+                        run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                        run_cnt: info.run_count(),
+                    },
+                );
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) if out.is_empty() => Err(e).context("listing the loaded BPF programs"),
+        _ => Ok(out),
+    }
+}
+
+/// A running bpftrace, killed and reaped on drop.
+struct Bpftrace(Child);
+
+impl Drop for Bpftrace {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Makes a few page faults of our own (a fresh mapping, touched).
+fn poke_faults() {
+    // SAFETY: an anonymous mapping of our own, written then unmapped.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            16 * 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p != libc::MAP_FAILED {
+            for i in 0..16 {
+                std::ptr::write_volatile(p.cast::<u8>().add(i * 4096), 1);
+            }
+            libc::munmap(p, 16 * 4096);
+        }
+    }
+}
+
+/// Starts bpftrace's per-PID fault count and returns it with the ids of its programs, once
+/// they run.
+fn start_bpftrace(bin: &str) -> anyhow::Result<(Bpftrace, Vec<u32>)> {
+    let before = snapshot()?;
+    let mut child = Command::new(bin)
+        .args(["-e", BPFTRACE_PROGRAM])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {bin} (cargo xtask setup installs it)"))?;
+    let stdout = child.stdout.take();
+    let guard = Bpftrace(child);
+    let stdout = stdout.context("bpftrace's stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("Attaching") => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e).context("reading bpftrace's output"),
+            None => bail!("bpftrace ended before attaching"),
+        }
+    }
+    // Keep draining its stdout so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = snapshot()?;
+        let ids: Vec<u32> = now
+            .iter()
+            .filter(|(id, p)| !before.contains_key(id) && p.prog_type == PROG_TYPE_TRACEPOINT)
+            .map(|(id, _)| *id)
+            .collect();
+        if !ids.is_empty() && ids.iter().any(|id| now[id].run_cnt > 0) {
+            return Ok((guard, ids));
+        }
+        if Instant::now() > until {
+            bail!("bpftrace's tracepoint program did not show up running within 10 s");
+        }
+        poke_faults();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Variant {
+    Tamalloc(u64),
+    Reference,
+    Bpftrace,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tamalloc(_) => "tamalloc",
+            Self::Reference => "reference",
+            Self::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+/// Ids of the loaded programs of an aya object.
+fn ids_of(ebpf: &aya::Ebpf) -> Vec<u32> {
+    ebpf.programs()
+        .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+        .collect()
+}
+
+fn measure(args: &Args, round: u32, variant: Variant) -> anyhow::Result<()> {
+    // Whatever is attached lives until the end of this function (RAII: links, fds, child).
+    let mut probe = None;
+    let mut reference = None;
+    let mut bpftrace = None;
+    let regions = match variant {
+        Variant::Tamalloc(r) => r,
+        _ => 1,
+    };
+    let ids = match variant {
+        Variant::Tamalloc(_) => {
+            let p = Probe::load(&ProbeOptions {
+                pids: vec![std::process::id()],
+                filter_pids: true,
+                ..ProbeOptions::default()
+            })
+            .context("loading the tracer's programs")?;
+            let ids = ids_of(p.ebpf());
+            probe = Some(p);
+            ids
+        }
+        Variant::Reference => {
+            let mut ebpf = aya::Ebpf::load(OBJECT).context("loading the eBPF object")?;
+            let prog: &mut TracePoint = ebpf
+                .program_mut("page_fault_reference")
+                .context("program page_fault_reference missing from the object")?
+                .try_into()
+                .context("page_fault_reference is not a tracepoint program")?;
+            prog.load().context("loading page_fault_reference")?;
+            prog.attach("exceptions", "page_fault_user")
+                .context("attaching page_fault_reference")?;
+            let ids = ids_of(&ebpf);
+            reference = Some(ebpf);
+            ids
+        }
+        Variant::Bpftrace => {
+            let (child, ids) = start_bpftrace(&args.bpftrace)?;
+            bpftrace = Some(child);
+            ids
+        }
+    };
+    let before = snapshot()?;
+    let o = run_workload(args.pages, 1, regions, false)?;
+    let after = snapshot()?;
+    let counted = match &probe {
+        Some(p) => p
+            .counters()
+            .context("reading the tracer's counters")?
+            .get(&std::process::id())
+            .map_or(0, |c| c.faults[FaultKind::WriteZero as usize]),
+        None => 0,
+    };
+    for id in ids {
+        let (Some(b), Some(a)) = (before.get(&id), after.get(&id)) else {
+            continue;
+        };
+        let run_cnt = a.run_cnt.saturating_sub(b.run_cnt);
+        if run_cnt == 0 {
+            continue;
+        }
+        println!(
+            "{{\"type\":\"bpf_cost\",\"round\":{round},\"variant\":\"{}\",\"regions\":{regions},\"program\":\"{}\",\"id\":{id},\"run_cnt\":{run_cnt},\"run_time_ns\":{},\"pages\":{},\"elapsed_ns\":{},\"counted\":{counted}}}",
+            variant.name(),
+            a.name,
+            a.run_time_ns.saturating_sub(b.run_time_ns),
+            o.pages,
+            o.elapsed_ns,
+        );
+    }
+    drop((probe, reference, bpftrace));
+    Ok(())
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut variants: Vec<Variant> = args.regions.iter().map(|&r| Variant::Tamalloc(r)).collect();
+    variants.push(Variant::Reference);
+    if args.bpftrace != "none" {
+        variants.push(Variant::Bpftrace);
+    }
+    let _stats = StatsEnabled::enable()?;
+    // A warm-up of the workload alone (page cache, allocator, CPU frequency).
+    run_workload(args.pages, 1, 1, false)?;
+    for round in 0..args.rounds {
+        // Rotate the order each round so that drift does not favour one variant.
+        let n = variants.len();
+        for i in 0..n {
+            let v = variants[(i + round as usize) % n];
+            measure(&args, round, v).with_context(|| format!("round {round}, {}", v.name()))?;
+        }
+    }
+    Ok(())
+}
