@@ -8,13 +8,20 @@
 //! statistics, runs the `bench-faults` workload in this process (one thread, `--pages`
 //! first-touch faults), reads them again, and prints one JSON line per program that ran:
 //! `{"type":"bpf_cost","round","variant","regions","program","id","run_cnt","run_time_ns",
-//! "pages","elapsed_ns","counted"}` (deltas over the workload; `counted` is the tracer's
-//! write_zero count for this process, a check that the faults were seen).
+//! "pages","elapsed_ns","counted","load_ms"}` (deltas over the workload; `counted` is the
+//! tracer's write_zero count for this process, a check that the faults were seen; `load_ms`
+//! the time `Probe::load` took: checks, load, verification, attach). The tracer is also
+//! measured streaming every fault (`tamalloc-events`, its ring drained by a thread) and
+//! following no process (`tamalloc-unfollowed`: every fault takes the not-a-region path).
 
 use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -189,7 +196,12 @@ fn start_bpftrace(bin: &str) -> anyhow::Result<(Bpftrace, Vec<u32>)> {
 
 #[derive(Clone, Copy, Debug)]
 enum Variant {
+    /// The tracer counting, following this process, which has this many regions.
     Tamalloc(u64),
+    /// The tracer streaming every fault (the ring drained by a thread), one region.
+    Streaming,
+    /// The tracer following no process: every fault takes the short path (not a region).
+    Unfollowed,
     Reference,
     Bpftrace,
 }
@@ -198,8 +210,47 @@ impl Variant {
     fn name(self) -> &'static str {
         match self {
             Self::Tamalloc(_) => "tamalloc",
+            Self::Streaming => "tamalloc-events",
+            Self::Unfollowed => "tamalloc-unfollowed",
             Self::Reference => "reference",
             Self::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+/// Drains the tracer's ring on a thread until dropped, as `tamalloc trace --events` would.
+struct Drain {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drain {
+    fn start(mut ring: aya::maps::RingBuf<aya::maps::MapData>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let mut n = 0u64;
+                while let Some(item) = ring.next() {
+                    n += std::hint::black_box(item.len()) as u64;
+                }
+                if n == 0 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -216,18 +267,31 @@ fn measure(args: &Args, round: u32, variant: Variant) -> anyhow::Result<()> {
     let mut probe = None;
     let mut reference = None;
     let mut bpftrace = None;
+    let mut drain = None;
+    let mut load_ms = 0.0;
     let regions = match variant {
         Variant::Tamalloc(r) => r,
         _ => 1,
     };
     let ids = match variant {
-        Variant::Tamalloc(_) => {
-            let p = Probe::load(&ProbeOptions {
-                pids: vec![std::process::id()],
+        Variant::Tamalloc(_) | Variant::Streaming | Variant::Unfollowed => {
+            let t = Instant::now();
+            let mut p = Probe::load(&ProbeOptions {
+                pids: match variant {
+                    Variant::Unfollowed => Vec::new(),
+                    _ => vec![std::process::id()],
+                },
                 filter_pids: true,
+                stream_faults: matches!(variant, Variant::Streaming),
                 ..ProbeOptions::default()
             })
             .context("loading the tracer's programs")?;
+            load_ms = t.elapsed().as_secs_f64() * 1e3;
+            if matches!(variant, Variant::Streaming) {
+                drain = Some(Drain::start(
+                    p.take_events().context("taking the event ring")?,
+                ));
+            }
             let ids = ids_of(p.ebpf());
             probe = Some(p);
             ids
@@ -272,7 +336,7 @@ fn measure(args: &Args, round: u32, variant: Variant) -> anyhow::Result<()> {
             continue;
         }
         println!(
-            "{{\"type\":\"bpf_cost\",\"round\":{round},\"variant\":\"{}\",\"regions\":{regions},\"program\":\"{}\",\"id\":{id},\"run_cnt\":{run_cnt},\"run_time_ns\":{},\"pages\":{},\"elapsed_ns\":{},\"counted\":{counted}}}",
+            "{{\"type\":\"bpf_cost\",\"round\":{round},\"variant\":\"{}\",\"regions\":{regions},\"program\":\"{}\",\"id\":{id},\"run_cnt\":{run_cnt},\"run_time_ns\":{},\"pages\":{},\"elapsed_ns\":{},\"counted\":{counted},\"load_ms\":{load_ms:.1}}}",
             variant.name(),
             a.name,
             a.run_time_ns.saturating_sub(b.run_time_ns),
@@ -280,12 +344,14 @@ fn measure(args: &Args, round: u32, variant: Variant) -> anyhow::Result<()> {
             o.elapsed_ns,
         );
     }
-    drop((probe, reference, bpftrace));
+    drop((drain, probe, reference, bpftrace));
     Ok(())
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut variants: Vec<Variant> = args.regions.iter().map(|&r| Variant::Tamalloc(r)).collect();
+    variants.push(Variant::Streaming);
+    variants.push(Variant::Unfollowed);
     variants.push(Variant::Reference);
     if args.bpftrace != "none" {
         variants.push(Variant::Bpftrace);
