@@ -774,9 +774,10 @@ struct VmStats {
     seconds: f64,
 }
 
-fn vm_stats(work: &Path, quick: bool) -> anyhow::Result<VmStats> {
+/// The guest's command: 100, then 1,000 sleeping processes, `bench-stats` after each step.
+fn vm_script(quick: bool) -> String {
     let iterations = if quick { 11 } else { 21 };
-    let script = format!(
+    format!(
         "pids=''; i=0\n\
          for n in 100 1000; do\n\
          \x20 while [ $i -lt $n ]; do sleep 1000 & pids=\"$pids $!\"; i=$((i+1)); done\n\
@@ -784,7 +785,11 @@ fn vm_stats(work: &Path, quick: bool) -> anyhow::Result<VmStats> {
          \x20 tamalloc bench-stats --iterations {iterations} || {{ kill $pids; exit 1; }}\n\
          done\n\
          kill $pids\n"
-    );
+    )
+}
+
+fn vm_stats(work: &Path, quick: bool) -> anyhow::Result<VmStats> {
+    let script = vm_script(quick);
     let me = std::env::current_exe().context("locating the xtask binary")?;
     let log = work.join("vm.txt");
     let t = Instant::now();
@@ -884,7 +889,7 @@ impl Report {
         let _ = writeln!(s, "# Benchmarks\n");
         let _ = writeln!(
             s,
-            "Written by `{cmd}` (as root; {} rounds, interleaved, after a warm-up; tables give medians \
+            "Written by `{cmd}` (as root; {} round(s), interleaved, after a warm-up; tables give medians \
              over the rounds). Regenerate with the same command; `--quick` does 3 rounds.\n",
             self.rounds
         );
@@ -909,6 +914,27 @@ impl Report {
                 self.load_before.0
             );
         }
+        let decode_secs = if args.quick { 2 } else { 5 };
+        let _ = writeln!(
+            s,
+            "Commands run (as root, from the repository root; `tamalloc` is \
+             `target/release/tamalloc`, FILE a scratch file):\n\n```sh\n\
+             tamalloc bench-bpf --pages {BPF_PAGES} --rounds {r} --bpftrace $(command -v bpftrace)\n\
+             tamalloc bench-faults --pages {FAULT_PAGES} --threads T --prime --report FILE\n\
+             tamalloc trace -- tamalloc bench-faults --pages {FAULT_PAGES} --threads T --prime --report FILE >/dev/null\n\
+             tamalloc trace --events -- tamalloc bench-faults --pages {FAULT_PAGES} --threads T --prime --report FILE >/dev/null\n\
+             bpftrace -e '{BPFTRACE_PROGRAM}'   # then the workload alone\n\
+             tamalloc trace --events -- tamalloc bench-faults --pages {FAULT_PAGES} --threads 2 --prime --report FILE >FILE2\n\
+             cargo bench -p tamalloc-user --bench decode -- --noplot --warm-up-time 1 --measurement-time {decode_secs}\n\
+             cargo xtask vm --mem 2048 --timeout 900 -- sh -c \"$SCRIPT\"\n\
+             ```\n\nwith T = 1 and 2, and SCRIPT:\n\n```sh\n{}```\n\n\
+             `--prime` makes the workload touch and free as many pages, untimed, just before the \
+             timed pass: this host is a VM whose balloon reports free pages to its hypervisor, so \
+             a fresh guest page can cost a host fault too, depending on what ran before; primed, \
+             every run touches pages the guest has just freed.\n",
+            vm_script(args.quick),
+            r = self.rounds,
+        );
         let mut targets: Vec<Target> = Vec::new();
         self.render_bpf(&mut s, &mut targets);
         self.render_slowdown(&mut s, &mut targets);
@@ -1264,12 +1290,23 @@ impl Report {
                 d.median_ns / 1e3,
                 eps / 1e6
             );
+            let cpu_per_event = median(
+                &self
+                    .runs_of(Variant::Events, 2)
+                    .iter()
+                    .filter_map(|r| r.footprint.map(|f| f.cpu_s * 1e9 / FAULT_PAGES as f64))
+                    .collect::<Vec<_>>(),
+            );
             let _ = writeln!(
                 s,
-                "Decoding is {:.0}× faster than the fastest the machine can fault ({top:.0} \
-                 faults/s): the streaming bottleneck is not decoding but printing and the ring \
-                 wake-ups.\n",
-                eps / top
+                "Decoding and aggregating take {:.0} ns per event, {:.0}× faster than the \
+                 fastest the machine can fault ({top:.0} faults/s with 2 threads). The streaming \
+                 tracer spends {:.0} ns of CPU per fault in all (part 5: `--events` with 2 \
+                 threads; the primed pass streams too, so this is per event): formatting and \
+                 writing each line, reading the ring and its wake-ups make up the rest.\n",
+                d.median_ns / d.events,
+                eps / top,
+                cpu_per_event / 2.0
             );
         }
     }
@@ -1349,11 +1386,12 @@ impl Report {
              through `tamalloc exec-gated`). For bpftrace: from launch to its `Attaching 1 \
              probe...` line. Peak RSS: VmHWM of the tracer process (not the workload), sampled \
              every 20 ms until it exits. CPU: utime + stime of the tracer over the whole run \
-             (start-up, {FAULT_PAGES} faults, final drain).\n"
+             (start-up, the primed and the timed pass: 2 × {FAULT_PAGES} traced faults, final \
+             drain).\n"
         );
         let _ = writeln!(
             s,
-            "| tracer | threads | start-up (median) | peak RSS (median / max) | CPU time (median) | CPU per 1M faults |\n|---|---|---|---|---|---|"
+            "| tracer | threads | start-up (median) | peak RSS (median / max) | CPU time (median) | CPU per 1M traced faults |\n|---|---|---|---|---|---|"
         );
         let mut startup_all = Vec::new();
         let mut hwm_max: f64 = 0.0;
@@ -1385,7 +1423,7 @@ impl Report {
                     median(&hwm) / 1024.0,
                     max / 1024.0,
                     median(&cpu),
-                    median(&cpu) * 1e6 / FAULT_PAGES as f64,
+                    median(&cpu) * 1e6 / (2 * FAULT_PAGES) as f64,
                 );
             }
         }
