@@ -133,11 +133,16 @@ pub fn shell_quote(word: &str) -> String {
 
 /// The project's binaries for the guest: `tamalloc` (built here, if it builds) and the
 /// kselftest from the kernel build (if the series has it).
+/// `TAMALLOC_VM_NO_USER=1` skips building and adding `tamalloc`.
 pub fn guest_binaries(kernel: &Path) -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
-    match build_tamalloc() {
-        Ok(bin) => files.push((bin, "/usr/bin/tamalloc".to_owned())),
-        Err(e) => eprintln!("warning: continuing without /usr/bin/tamalloc: {e:#}"),
+    if std::env::var_os("TAMALLOC_VM_NO_USER").is_some() {
+        eprintln!("warning: TAMALLOC_VM_NO_USER is set: no /usr/bin/tamalloc in the guest");
+    } else {
+        match build_tamalloc() {
+            Ok(bin) => files.push((bin, "/usr/bin/tamalloc".to_owned())),
+            Err(e) => eprintln!("warning: continuing without /usr/bin/tamalloc: {e:#}"),
+        }
     }
     let test = kernel.join("tamalloc_test");
     if test.is_file() {
@@ -151,6 +156,10 @@ pub fn guest_binaries(kernel: &Path) -> Vec<(PathBuf, String)> {
 fn build_tamalloc() -> anyhow::Result<PathBuf> {
     let root = util::workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "\x1b[1;32m{:>12}\x1b[0m tamalloc (cargo build --release -p tamalloc-user)",
+        "Building"
+    );
     let out = Command::new(cargo)
         .args(["build", "--release", "--quiet", "-p", "tamalloc-user"])
         .current_dir(&root)
