@@ -493,6 +493,9 @@ fn accel(kernel: &Path, work: &Path) -> anyhow::Result<Accel> {
         _ => {}
     }
     let found = probe_kvm(kernel, work);
+    if interrupt_flag()?.load(Ordering::Relaxed) {
+        bail!("interrupted while probing KVM");
+    }
     let name = if found == Accel::Kvm { "kvm" } else { "tcg" };
     fs::write(&cache, name).with_context(|| format!("writing {}", cache.display()))?;
     Ok(found)
@@ -540,6 +543,17 @@ struct Qemu {
 
 impl Qemu {
     fn spawn(cmd: &mut Command) -> anyhow::Result<Self> {
+        // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+        // async-signal-safe; it allocates nothing and takes no locks.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Die with us even if we are SIGKILLed and cannot run the guard.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;
