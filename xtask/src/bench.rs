@@ -584,7 +584,12 @@ fn run_once(
             c.wait_ok("tamalloc trace")
                 .with_context(|| fs::read_to_string(&stderr_path).unwrap_or_default())?;
             footprint = fp.recv_timeout(Duration::from_secs(5)).ok();
-            let rec = read_report(&report)?;
+            let rec = read_report(&report).with_context(|| {
+                format!(
+                    "stderr: {}",
+                    fs::read_to_string(&stderr_path).unwrap_or_default().trim()
+                )
+            })?;
             startup_ms = Some((num(&rec, "start_unix_ns")? - launched) / 1e6);
         }
         Variant::Bpftrace => {
@@ -624,7 +629,12 @@ fn run_once(
             footprint = fp.recv_timeout(Duration::from_secs(5)).ok();
         }
     }
-    let rec = read_report(&report)?;
+    let rec = read_report(&report).with_context(|| {
+        format!(
+            "stderr: {}",
+            fs::read_to_string(&stderr_path).unwrap_or_default().trim()
+        )
+    })?;
     Ok(Run {
         variant,
         threads,
@@ -1043,8 +1053,9 @@ impl Report {
                 "The fault program costs {lo:.1} ns with {} region(s) and {hi:.1} ns with {} \
                  ({:+.0} %){}. A fault outside any \
                  region is one hash lookup (the chunk map, keyed by pid and 2 MiB chunk); a fault \
-                 in a region page adds the per-CPU counter lookup (a per-CPU hash), the config \
-                 array read and, on a state change, one atomic bit operation. The tracer checked \
+                 in a region page adds atomic bit operations on the page's state (a first touch \
+                 marks the page present), the per-CPU counters' hash lookup (keyed by pid) and \
+                 the config array read. The tracer checked \
                  that it saw every fault: write_zero counted per measurement = {:.0}.\n",
                 ours.first().map_or(0, |o| o.0),
                 ours.last().map_or(0, |o| o.0),
@@ -1112,9 +1123,10 @@ impl Report {
                      one lookup that misses in the chunk hash map, 16-byte key hashed with \
                      jhash) costs {short_ns:.1} ns = {:.2}× the reference's per-CPU array \
                      increment; a counted fault adds the per-CPU counters' hash lookup (keyed \
-                     by pid), the config array read and the bitmap test. Not the region count. \
-                     The reference's {r:.0} ns is mostly the floor every program pays here \
-                     (dispatch and the two clock reads of the statistics, in a VM)",
+                     by pid), the atomic marking of the page's state and the config array read. \
+                     Not the region count. The reference's own work is one array lookup and an \
+                     increment, so most of its {r:.0} ns is what every program pays in this \
+                     measurement (the call and the statistics' clock reads, on a VM)",
                     short_ns / r
                 ),
             ));
@@ -1368,9 +1380,13 @@ impl Report {
                 "555 with pid 0 ≥ 20× faster than /proc scraping".into(),
                 format!("{ratio:.1}× at worst ({at}, TCG)"),
                 ratio >= 20.0,
-                "under TCG every guest instruction is emulated; the syscall walks every task \
-                 under RCU and takes each mm's lock to sum its counters, work that does not \
-                 shrink with emulation as much as the VFS path of /proc does"
+                "per process, 555 takes a reference on the mm (find_lock_task_mm, mmget/mmput), \
+                 runs oom_badness (which locks the task again), checks ptrace access, takes \
+                 mmap_lock to walk every VMA looking for tamalloc ones, and copies one record \
+                 out; that per-process floor is what the ratio compares with two small /proc \
+                 reads. Under TCG, locked instructions and the page-table and maple-tree walks \
+                 are emulated at different relative costs than on hardware, so the ratio here \
+                 need not be the ratio on a real machine"
                     .into(),
             ));
         }

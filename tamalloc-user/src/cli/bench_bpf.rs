@@ -108,14 +108,17 @@ fn snapshot() -> anyhow::Result<HashMap<u32, ProgStats>> {
                     },
                 );
             }
+            // Unloaded between listing its id and opening it: not there any more.
+            Err(aya::programs::ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => {
                 first_err.get_or_insert(e);
             }
         }
     }
     match first_err {
-        Some(e) if out.is_empty() => Err(e).context("listing the loaded BPF programs"),
-        _ => Ok(out),
+        Some(e) => Err(e).context("listing the loaded BPF programs"),
+        None => Ok(out),
     }
 }
 
@@ -180,7 +183,13 @@ fn start_bpftrace(bin: &str) -> anyhow::Result<(Bpftrace, Vec<u32>)> {
         let now = snapshot()?;
         let ids: Vec<u32> = now
             .iter()
-            .filter(|(id, p)| !before.contains_key(id) && p.prog_type == PROG_TYPE_TRACEPOINT)
+            .filter(|(id, p)| {
+                // bpftrace names the program after the probe (0.17: `page_fault_user`; later:
+                // `tracepoint_exceptions_...`); anything else new is someone else's.
+                !before.contains_key(id)
+                    && p.prog_type == PROG_TYPE_TRACEPOINT
+                    && (p.name.contains("page_fault_user") || p.name.starts_with("tracepoint"))
+            })
             .map(|(id, _)| *id)
             .collect();
         if !ids.is_empty() && ids.iter().any(|id| now[id].run_cnt > 0) {
