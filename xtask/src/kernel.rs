@@ -414,7 +414,7 @@ impl BuildLog {
             }
             if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
                 kill_group(&mut child);
-                bail!("interrupted");
+                bail!("{}", crate::vm::interrupted_by());
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         };

@@ -13,7 +13,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc,
     },
     thread,
@@ -21,6 +21,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::{initramfs::Initramfs, kernel, util};
 
@@ -279,7 +280,7 @@ impl Watch {
     ) -> anyhow::Result<()> {
         loop {
             if interrupted.load(Ordering::Relaxed) {
-                bail!("interrupted; QEMU stopped");
+                bail!("{}; QEMU stopped", interrupted_by());
             }
             if let Some(at) = self.panic_at {
                 // Give the rest of the oops a moment to reach the console.
@@ -415,7 +416,7 @@ fn interactive(kernel: &Path, initramfs: &Initramfs, args: &Args) -> anyhow::Res
         }
         if interrupted.load(Ordering::Relaxed) {
             qemu.stop();
-            bail!("interrupted; QEMU stopped");
+            bail!("{}; QEMU stopped", interrupted_by());
         }
         if deadline.is_some_and(|d| Instant::now() > d) {
             qemu.stop();
@@ -425,6 +426,8 @@ fn interactive(kernel: &Path, initramfs: &Initramfs, args: &Args) -> anyhow::Res
     }
 }
 
+static LAST_SIGNAL: AtomicUsize = AtomicUsize::new(0);
+
 /// A flag raised by SIGINT, SIGTERM or SIGHUP (which then no longer kill us, so that the
 /// QEMU guard runs). Installed once per process.
 pub fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
@@ -433,15 +436,26 @@ pub fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
         return Ok(Arc::clone(flag));
     }
     let flag = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        let record = move || LAST_SIGNAL.store(sig as usize, Ordering::Relaxed);
+        // SAFETY: the action only stores to an atomic, which is async-signal-safe.
+        unsafe { signal_hook::low_level::register(sig, record) }
+            .context("installing a signal handler")?;
         signal_hook::flag::register(sig, Arc::clone(&flag))
             .context("installing a signal handler")?;
     }
     Ok(Arc::clone(FLAG.get_or_init(|| flag)))
+}
+
+/// `"interrupted by SIGTERM"` and the like, for error messages.
+pub fn interrupted_by() -> String {
+    let name = match LAST_SIGNAL.load(Ordering::Relaxed) as i32 {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        _ => "a signal",
+    };
+    format!("interrupted by {name}")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -494,7 +508,7 @@ fn accel(kernel: &Path, work: &Path) -> anyhow::Result<Accel> {
     }
     let found = probe_kvm(kernel, work);
     if interrupt_flag()?.load(Ordering::Relaxed) {
-        bail!("interrupted while probing KVM");
+        bail!("{} while probing KVM", interrupted_by());
     }
     let name = if found == Accel::Kvm { "kvm" } else { "tcg" };
     fs::write(&cache, name).with_context(|| format!("writing {}", cache.display()))?;
