@@ -40,14 +40,17 @@ pub struct Args {
 
 /// Builds (or finds in the cache) the kernel and returns its artefact directory.
 pub fn run(args: &Args) -> anyhow::Result<PathBuf> {
-    let inputs = Inputs::gather(&patch_dir(), &tarball(), args.debug)?;
     let root = util::cache_dir().join("kernel");
+    let inputs = Inputs::gather(&patch_dir(), &tarball(), args.debug)?;
     let art = root.join(&inputs.hash);
     if is_complete(&art) {
         return Ok(art);
     }
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let _lock = Lock::exclusive(&root.join(".lock"))?;
+    // The patches may have changed while another build held the lock.
+    let inputs = Inputs::gather(&patch_dir(), &tarball(), args.debug)?;
+    let art = root.join(&inputs.hash);
     if !is_complete(&art) {
         build(&inputs, &root, &art)?;
     }
@@ -71,13 +74,15 @@ fn is_complete(art: &Path) -> bool {
     art.join("ok").is_file() && art.join("bzImage").is_file()
 }
 
-/// Everything a build depends on.
+/// Everything a build depends on, read once: what is hashed is what is built.
 #[derive(Debug)]
 struct Inputs {
     tarball: PathBuf,
     tarball_key: String,
-    patches: Vec<PathBuf>,
-    fragments: Vec<PathBuf>,
+    /// (file name, contents) of each patch, in series order.
+    patches: Vec<(String, Vec<u8>)>,
+    /// (file name, contents) of each config fragment, in merge order.
+    fragments: Vec<(String, Vec<u8>)>,
     hash: String,
 }
 
@@ -90,22 +95,17 @@ impl Inputs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", series_path.display())),
         };
-        let patches: Vec<PathBuf> = parse_series(&series)
-            .into_iter()
-            .map(|p| dir.join(p))
-            .collect();
-        let mut fragments = vec![dir.join("tamalloc.config")];
+        let patches = read_all(dir, parse_series(&series))?;
+        let mut fragment_names = vec!["tamalloc.config".to_owned()];
         if debug {
-            fragments.push(dir.join("debug.config"));
+            fragment_names.push("debug.config".to_owned());
         }
+        let fragments = read_all(dir, fragment_names)?;
         let mut parts = vec![
             ("tarball".to_owned(), tarball_key.clone().into_bytes()),
             ("series".to_owned(), series.into_bytes()),
         ];
-        for file in patches.iter().chain(&fragments) {
-            let data = fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            parts.push((file_name(file), data));
-        }
+        parts.extend(patches.iter().chain(&fragments).cloned());
         let hash = hash_inputs(HARNESS_VERSION, &parts);
         Ok(Self {
             tarball: tarball.to_owned(),
@@ -115,6 +115,34 @@ impl Inputs {
             hash,
         })
     }
+}
+
+fn read_all(dir: &Path, names: Vec<String>) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    names
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            Ok((name, data))
+        })
+        .collect()
+}
+
+/// Writes the inputs to `<art>/inputs/` and returns the paths of the patches and fragments.
+fn snapshot(inputs: &Inputs, art: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let dir = art.join("inputs");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let write = |files: &[(String, Vec<u8>)]| -> anyhow::Result<Vec<PathBuf>> {
+        files
+            .iter()
+            .map(|(name, data)| {
+                let path = dir.join(name);
+                fs::write(&path, data).with_context(|| format!("writing {}", path.display()))?;
+                Ok(path)
+            })
+            .collect()
+    };
+    Ok((write(&inputs.patches)?, write(&inputs.fragments)?))
 }
 
 fn file_name(path: &Path) -> String {
@@ -206,13 +234,14 @@ fn build_in(
     obj: &Path,
     art: &Path,
 ) -> anyhow::Result<()> {
+    let (patches, fragments) = snapshot(inputs, art)?;
     say(
         "Copying",
         &format!("{} to {}", pristine.display(), src.display()),
     );
     log.run(Command::new("cp").arg("-al").arg(pristine).arg(src))?;
     fs::create_dir_all(obj).with_context(|| format!("creating {}", obj.display()))?;
-    for patch in &inputs.patches {
+    for patch in &patches {
         say("Patching", &file_name(patch));
         log.run(
             Command::new("patch")
@@ -228,7 +257,7 @@ fn build_in(
                 .arg(patch),
         )?;
     }
-    configure(inputs, log, src, obj)?;
+    configure(&fragments, log, src, obj)?;
     say("Compiling", "bzImage (see build.log)");
     log.run(make(src, obj).arg("bzImage"))?;
     say("Installing", "kernel headers");
@@ -241,7 +270,7 @@ fn build_in(
     build_kselftest(log, src, art)
 }
 
-fn configure(inputs: &Inputs, log: &BuildLog, src: &Path, obj: &Path) -> anyhow::Result<()> {
+fn configure(fragments: &[PathBuf], log: &BuildLog, src: &Path, obj: &Path) -> anyhow::Result<()> {
     say("Configuring", "tinyconfig + fragments");
     log.run(make(src, obj).arg("tinyconfig"))?;
     log.run(
@@ -250,12 +279,12 @@ fn configure(inputs: &Inputs, log: &BuildLog, src: &Path, obj: &Path) -> anyhow:
             .args(["-m", "-O"])
             .arg(obj)
             .arg(obj.join(".config"))
-            .args(&inputs.fragments),
+            .args(fragments),
     )?;
     log.run(make(src, obj).arg("olddefconfig"))?;
     let config = fs::read_to_string(obj.join(".config")).context("reading .config")?;
     let mut missing = Vec::new();
-    for frag in &inputs.fragments {
+    for frag in fragments {
         let text =
             fs::read_to_string(frag).with_context(|| format!("reading {}", frag.display()))?;
         missing.extend(missing_options(&text, &config));
@@ -452,17 +481,32 @@ pub struct Lock {
 }
 
 impl Lock {
+    /// Waits for the lock (saying so once), giving up when we are interrupted.
     pub fn exclusive(path: &Path) -> anyhow::Result<Self> {
         use std::os::fd::AsRawFd as _;
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        // SAFETY: the descriptor is valid for the lifetime of `file`; flock has no other
-        // preconditions. The lock is released when `file` is closed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("locking {}", path.display()));
+        let interrupted = crate::vm::interrupt_flag()?;
+        let mut said = false;
+        loop {
+            // SAFETY: the descriptor is valid for the lifetime of `file`; flock has no
+            // other preconditions. The lock is released when `file` is closed.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Ok(Self { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(err).with_context(|| format!("locking {}", path.display()));
+            }
+            if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+                bail!("{}", crate::vm::interrupted_by());
+            }
+            if !said {
+                say("Waiting", "for another kernel build to finish");
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
         }
-        Ok(Self { _file: file })
     }
 }
 
@@ -534,7 +578,10 @@ mod tests {
         fs::write(dir.join("0001-x.patch"), "diff").unwrap();
         let patched = Inputs::gather(&dir, &tarball, false).unwrap();
         assert_ne!(plain.hash, patched.hash);
-        assert_eq!(patched.patches, [dir.join("0001-x.patch")]);
+        assert_eq!(
+            patched.patches,
+            [("0001-x.patch".to_owned(), b"diff".to_vec())]
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }
