@@ -30,7 +30,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "the core library source for -Z build-std=core",
     ),
     ("cargo-web", "the cargo that goes with rustc-web"),
-    ("rust-web-clippy", "linting the eBPF crate with the BPF toolchain"),
+    (
+        "rust-web-clippy",
+        "linting the eBPF crate with the BPF toolchain",
+    ),
     ("llvm-22-dev", "LLVM 22, which bpf-linker links against"),
     (
         "libpolly-22-dev",

@@ -51,10 +51,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut ebpf_clippy = Command::new("rustup");
     ebpf_clippy
         .current_dir(util::workspace_root())
-        .args(["run", toolchain, "cargo", "clippy", "--package", "tamalloc-ebpf", "--bins"])
+        .args([
+            "run",
+            toolchain,
+            "cargo",
+            "clippy",
+            "--package",
+            "tamalloc-ebpf",
+            "--bins",
+        ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--", "-D", "warnings"])
-        .env("CARGO_TARGET_DIR", util::workspace_root().join("target/ebpf-clippy"))
+        .env(
+            "CARGO_TARGET_DIR",
+            util::workspace_root().join("target/ebpf-clippy"),
+        )
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
     if toolchain != "nightly" {
