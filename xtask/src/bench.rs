@@ -784,18 +784,11 @@ struct VmStats {
     seconds: f64,
 }
 
-/// The guest's command: 100, then 1,000 sleeping processes, `bench-stats` after each step.
+/// The guest's command: `bench-stats` forks sleeping children up to 100, then 1,000
+/// processes, and measures at each step.
 fn vm_script(quick: bool) -> String {
     let iterations = if quick { 11 } else { 21 };
-    format!(
-        "pids=''; i=0\n\
-         for n in 100 1000; do\n\
-         \x20 while [ $i -lt $n ]; do sleep 1000 & pids=\"$pids $!\"; i=$((i+1)); done\n\
-         \x20 sleep 1\n\
-         \x20 tamalloc bench-stats --iterations {iterations} || {{ kill $pids; exit 1; }}\n\
-         done\n\
-         kill $pids\n"
-    )
+    format!("tamalloc bench-stats --procs 100,1000 --iterations {iterations}\n")
 }
 
 fn vm_stats(work: &Path, quick: bool) -> anyhow::Result<VmStats> {
@@ -937,12 +930,12 @@ impl Report {
              tamalloc trace --events -- tamalloc bench-faults --pages {FAULT_PAGES} --threads 2 --prime --report FILE >FILE2\n\
              cargo bench -p tamalloc-user --bench decode -- --noplot --warm-up-time 1 --measurement-time {decode_secs}\n\
              cargo xtask vm --mem 2048 --timeout 900 -- sh -c \"$SCRIPT\"\n\
-             ```\n\nwith T = 1 and 2, and SCRIPT:\n\n```sh\n{}```\n\n\
+             ```\n\nwith T = 1 and 2, and SCRIPT = `{}`.\n\n\
              `--prime` makes the workload touch and free as many pages, untimed, just before the \
              timed pass: this host is a VM whose balloon reports free pages to its hypervisor, so \
              a fresh guest page can cost a host fault too, depending on what ran before; primed, \
              every run touches pages the guest has just freed.\n",
-            vm_script(args.quick),
+            vm_script(args.quick).trim(),
             r = self.rounds,
         );
         let mut targets: Vec<Target> = Vec::new();
@@ -1342,8 +1335,10 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "`cargo xtask vm --mem 2048 -- sh -c '...'` starts 100, then 1,000 `sleep 1000` \
-             processes in the guest and runs `tamalloc bench-stats` after each step: syscall 555 \
+            "`cargo xtask vm --mem 2048 -- sh -c \"$SCRIPT\"` runs `tamalloc bench-stats` in the \
+             guest, which forks children that only sleep (`pause()`; forked, not exec'd, which \
+             is quick under TCG) until the guest has 100, then 1,000 processes, and measures at \
+             each step: syscall 555 \
              with pid 0 (every process into one buffer) against what procps does (list /proc, \
              read and parse `/proc/PID/status` and `/proc/PID/oom_score` of every process), and \
              syscall 554 + munmap against mmap + munmap of one page; the two sides alternate in \

@@ -8,8 +8,9 @@
 //! - Syscall 554 + `munmap` against `mmap` + `munmap` of one page, in batches.
 //!
 //! Both sides alternate within every iteration (ABAB...), and medians are reported in one JSON
-//! line: `{"type":"bench_stats","iterations","procs_syscall","procs_procfs","syscall_ns",
-//! "procfs_ns","alloc_batch","tamalloc_ns","mmap_ns"}` (per call or per pair).
+//! line per `--procs` count: `{"type":"bench_stats","iterations","procs_syscall",
+//! "procs_procfs","syscall_ns","procfs_ns","alloc_batch","tamalloc_ns","mmap_ns"}` (per call
+//! or per pair). The sleeping children are killed and reaped on the way out, errors included.
 
 use std::{fs, io::Read as _, time::Instant};
 
@@ -21,6 +22,10 @@ pub struct Args {
     /// Measurements of each side (medians are reported).
     #[arg(long, default_value_t = 21, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     iterations: u32,
+    /// Process counts to measure at: before each, children that only sleep are forked until
+    /// the pid namespace holds that many processes (forked, not exec'd: cheap under TCG).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    procs: Vec<usize>,
     /// Allocation pairs per timed batch.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     alloc_batch: u32,
@@ -144,21 +149,73 @@ fn mmap_pair() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Forked children that only sleep; killed and reaped on drop.
+struct Sleepers(Vec<libc::pid_t>);
+
+impl Sleepers {
+    fn add(&mut self, n: usize) -> anyhow::Result<()> {
+        for _ in 0..n {
+            // SAFETY: this process is single-threaded; the child only calls pause and _exit.
+            let pid = unsafe { libc::fork() };
+            if pid < 0 {
+                return Err(std::io::Error::last_os_error()).context("fork");
+            }
+            if pid == 0 {
+                loop {
+                    // SAFETY: async-signal-safe calls only in the forked child.
+                    unsafe { libc::pause() };
+                }
+            }
+            self.0.push(pid);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for &pid in &self.0 {
+            // SAFETY: reaping our own child; a null status pointer is allowed.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut buf = vec![abi::ProcStats::default(); 8192];
     let mut text = Vec::with_capacity(4096);
+    let mut sleepers = Sleepers(Vec::new());
+    let mut targets = args.procs.clone();
+    targets.sort_unstable();
+    for target in targets {
+        if target > buf.len() {
+            bail!("at most {} processes", buf.len());
+        }
+        let now = stats_all(&mut buf)?;
+        sleepers.add(target.saturating_sub(now))?;
+        measure(&args, &mut buf, &mut text)?;
+    }
+    drop(sleepers);
+    Ok(())
+}
+
+fn measure(args: &Args, buf: &mut [abi::ProcStats], text: &mut Vec<u8>) -> anyhow::Result<()> {
     // Warm-up: dentries, slab caches.
-    let procs_syscall = stats_all(&mut buf)?;
-    let procs_procfs = scrape_proc(&mut text)?;
+    let procs_syscall = stats_all(buf)?;
+    let procs_procfs = scrape_proc(text)?;
     tamalloc_pair()?;
     mmap_pair()?;
     let (mut sys, mut procfs, mut ta, mut mm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.iterations {
         let t = Instant::now();
-        std::hint::black_box(stats_all(&mut buf)?);
+        std::hint::black_box(stats_all(buf)?);
         sys.push(elapsed_ns(t));
         let t = Instant::now();
-        std::hint::black_box(scrape_proc(&mut text)?);
+        std::hint::black_box(scrape_proc(text)?);
         procfs.push(elapsed_ns(t));
         let t = Instant::now();
         for _ in 0..args.alloc_batch {
