@@ -9,8 +9,8 @@
 //!
 //! Both sides alternate within every iteration (ABAB...), and medians are reported in one JSON
 //! line per `--procs` count: `{"type":"bench_stats","iterations","procs_syscall",
-//! "procs_procfs","syscall_ns","procfs_ns","alloc_batch","tamalloc_ns","mmap_ns"}` (per call
-//! or per pair). The sleeping children are killed and reaped on the way out, errors included.
+//! "procs_procfs","syscall_ns","procfs_ns","alloc_batch","tamalloc_ns","mmap_ns","vmas"}` (per
+//! call or per pair; `vmas`: VMAs of one sleeping child, what 555 walks per process). The sleeping children are killed and reaped on the way out, errors included.
 
 use std::{fs, io::Read as _, time::Instant};
 
@@ -197,13 +197,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let now = stats_all(&mut buf)?;
         sleepers.add(target.saturating_sub(now))?;
-        measure(&args, &mut buf, &mut text)?;
+        // What 555 walks in each process: its VMAs (a sleeper is a copy of this process).
+        let vmas = sleepers.0.first().map_or(0, |pid| {
+            fs::read_to_string(format!("/proc/{pid}/maps")).map_or(0, |m| m.lines().count())
+        });
+        measure(&args, &mut buf, &mut text, vmas)?;
     }
     drop(sleepers);
     Ok(())
 }
 
-fn measure(args: &Args, buf: &mut [abi::ProcStats], text: &mut Vec<u8>) -> anyhow::Result<()> {
+fn measure(
+    args: &Args,
+    buf: &mut [abi::ProcStats],
+    text: &mut Vec<u8>,
+    vmas: usize,
+) -> anyhow::Result<()> {
     // Warm-up: dentries, slab caches.
     let procs_syscall = stats_all(buf)?;
     let procs_procfs = scrape_proc(text)?;
@@ -229,7 +238,7 @@ fn measure(args: &Args, buf: &mut [abi::ProcStats], text: &mut Vec<u8>) -> anyho
         mm.push(elapsed_ns(t) / u64::from(args.alloc_batch));
     }
     println!(
-        "{{\"type\":\"bench_stats\",\"iterations\":{},\"procs_syscall\":{procs_syscall},\"procs_procfs\":{procs_procfs},\"syscall_ns\":{},\"procfs_ns\":{},\"alloc_batch\":{},\"tamalloc_ns\":{},\"mmap_ns\":{}}}",
+        "{{\"type\":\"bench_stats\",\"iterations\":{},\"procs_syscall\":{procs_syscall},\"procs_procfs\":{procs_procfs},\"syscall_ns\":{},\"procfs_ns\":{},\"alloc_batch\":{},\"tamalloc_ns\":{},\"mmap_ns\":{},\"vmas\":{vmas}}}",
         args.iterations,
         median(&mut sys),
         median(&mut procfs),
