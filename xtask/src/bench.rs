@@ -91,7 +91,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let part = |p: Part| args.only.is_none_or(|o| o == p);
     if part(Part::Bpf) {
         util::step("BPF cost");
-        r.bpf = bpf_cost(&bin, rounds).context("measuring the BPF programs' cost")?;
+        (r.bpf, r.programs) = bpf_cost(&bin, rounds).context("measuring the BPF programs' cost")?;
     }
     if part(Part::Slowdown) {
         util::step("Slowdown");
@@ -414,7 +414,14 @@ struct ProgCost {
 /// (variant, regions, program).
 type CostKey = (String, u64, String);
 
-fn bpf_cost(bin: &Path, rounds: u32) -> anyhow::Result<Vec<ProgCost>> {
+/// One tracer program as loaded: (name, verified instructions, JIT bytes), and the load time.
+#[derive(Clone, Debug, Default)]
+struct Programs {
+    progs: Vec<(String, f64, f64)>,
+    load_ms: f64,
+}
+
+fn bpf_cost(bin: &Path, rounds: u32) -> anyhow::Result<(Vec<ProgCost>, Programs)> {
     let bpftrace = which::which("bpftrace")
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "none".to_owned());
@@ -429,8 +436,18 @@ fn bpf_cost(bin: &Path, rounds: u32) -> anyhow::Result<Vec<ProgCost>> {
     ]))?;
     // (variant, regions, program) -> per-round ns/run, runs, counted
     let mut by: BTreeMap<CostKey, Vec<[f64; 4]>> = BTreeMap::new();
+    let mut programs = Programs::default();
     for line in out.lines() {
         let Some(f) = json_fields(line) else { continue };
+        if f.get("type").map(String::as_str) == Some("bpf_prog") {
+            programs.progs.push((
+                f.get("name").cloned().unwrap_or_default(),
+                num(&f, "verified_insns")?,
+                num(&f, "jited_bytes")?,
+            ));
+            programs.load_ms = num(&f, "load_ms")?;
+            continue;
+        }
         if f.get("type").map(String::as_str) != Some("bpf_cost") {
             continue;
         }
@@ -450,7 +467,7 @@ fn bpf_cost(bin: &Path, rounds: u32) -> anyhow::Result<Vec<ProgCost>> {
     if by.is_empty() {
         bail!("bench-bpf printed no measurement:\n{out}");
     }
-    Ok(by
+    let costs = by
         .into_iter()
         .map(|((variant, regions, program), v)| ProgCost {
             variant,
@@ -461,7 +478,11 @@ fn bpf_cost(bin: &Path, rounds: u32) -> anyhow::Result<Vec<ProgCost>> {
             counted: median(&v.iter().map(|x| x[2]).collect::<Vec<_>>()),
             load_ms: median(&v.iter().map(|x| x[3]).collect::<Vec<_>>()),
         })
-        .collect())
+        .collect();
+    programs
+        .progs
+        .sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok((costs, programs))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -838,6 +859,7 @@ struct Report {
     load_after: (f64, String),
     rounds: u32,
     bpf: Vec<ProgCost>,
+    programs: Programs,
     runs: Vec<Run>,
     drops: Vec<DropRun>,
     decode: Option<Decode>,
@@ -1440,6 +1462,25 @@ impl Report {
             }
         }
         let _ = writeln!(s);
+        if !self.programs.progs.is_empty() {
+            let total: f64 = self.programs.progs.iter().map(|p| p.1).sum();
+            let _ = writeln!(
+                s,
+                "What start-up spends its time on: loading the tracer's {} programs took {:.0} ms \
+                 in one load (`Probe::load`, in `bench-bpf`); the verifier walked {total:.0} \
+                 instructions in all:\n",
+                self.programs.progs.len(),
+                self.programs.load_ms
+            );
+            let _ = writeln!(
+                s,
+                "| program | instructions verified | JIT size |\n|---|---|---|"
+            );
+            for (name, insns, jit) in &self.programs.progs {
+                let _ = writeln!(s, "| `{name}` | {insns:.0} | {jit:.0} B |");
+            }
+            let _ = writeln!(s);
+        }
         let st = median(&startup_all);
         if !st.is_nan() {
             targets.push(Target(

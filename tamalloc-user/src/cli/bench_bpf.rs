@@ -357,6 +357,31 @@ fn measure(args: &Args, round: u32, variant: Variant) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One `{"type":"bpf_prog","name","verified_insns","jited_bytes","load_ms"}` line per program
+/// of the tracer: what the verifier walked (the main cost of start-up).
+fn describe_programs() -> anyhow::Result<()> {
+    let t = Instant::now();
+    let p = Probe::load(&ProbeOptions {
+        filter_pids: true,
+        ..ProbeOptions::default()
+    })
+    .context("loading the tracer's programs")?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, prog) in p.ebpf().programs() {
+        let Ok(info) = prog.info() else { continue };
+        if !seen.insert(info.id()) {
+            continue;
+        }
+        println!(
+            "{{\"type\":\"bpf_prog\",\"name\":\"{name}\",\"verified_insns\":{},\"jited_bytes\":{},\"load_ms\":{load_ms:.1}}}",
+            info.verified_instruction_count().unwrap_or(0),
+            info.size_jitted(),
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut variants: Vec<Variant> = args.regions.iter().map(|&r| Variant::Tamalloc(r)).collect();
     variants.push(Variant::Streaming);
@@ -366,6 +391,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         variants.push(Variant::Bpftrace);
     }
     let _stats = StatsEnabled::enable()?;
+    describe_programs()?;
     // A warm-up of the workload alone (page cache, allocator, CPU frequency).
     run_workload(args.pages, 1, 1, false)?;
     for round in 0..args.rounds {
