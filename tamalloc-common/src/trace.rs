@@ -303,7 +303,9 @@ pub const EXIT_MREMAP_DROP_OLD: u32 = 6;
 pub const EXIT_MADVISE: u32 = 7;
 /// mremap with MREMAP_FIXED onto region pages: forget them, then [`EXIT_MREMAP_MOVE`].
 pub const EXIT_MREMAP_CLEAR_TARGET: u32 = 8;
-pub const TAIL_SLOTS: u32 = 9;
+/// mmap with MAP_FIXED over region pages: forget them.
+pub const EXIT_MMAP_FIXED: u32 = 9;
+pub const TAIL_SLOTS: u32 = 10;
 pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
     (EXIT_LEARN, "exit_learn"),
     (ENTER_MUNMAP, "enter_munmap"),
@@ -314,6 +316,7 @@ pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
     (EXIT_MREMAP_DROP_OLD, "exit_mremap_drop_old"),
     (EXIT_MADVISE, "exit_madvise"),
     (EXIT_MREMAP_CLEAR_TARGET, "exit_mremap_clear_target"),
+    (EXIT_MMAP_FIXED, "exit_mmap_fixed"),
 ];
 
 /// Indices of the per-CPU `DROPS` array.

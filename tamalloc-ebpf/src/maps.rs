@@ -46,7 +46,7 @@ pub static COUNTERS: PerCpuHashMap<u32, PidCounters> = PerCpuHashMap::with_max_e
 #[map]
 pub static TAIL_PROGS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
 pub use tamalloc_common::trace::{
-    ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MREMAP, EXIT_MREMAP_CLEAR_TARGET,
+    ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP_FIXED, EXIT_MREMAP, EXIT_MREMAP_CLEAR_TARGET,
     EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW, EXIT_MREMAP_MOVE, EXIT_MREMAP_SHRINK, TAIL_SLOTS,
 };
 

@@ -6,7 +6,11 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_for_each_map_elem, bpf_loop};
+use aya_ebpf::{
+    helpers::generated::{bpf_for_each_map_elem, bpf_loop},
+    macros::map,
+    maps::PerCpuArray,
+};
 use tamalloc_common::trace::{
     CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, Chunk, ChunkKey, DROP_MAP_FULL, MarkerKey, PAGE_SHIFT,
     PAGE_SIZE, RegionRef,
@@ -265,16 +269,23 @@ pub fn add(tgid: u32, addr: u64, len: u64, id: u64, index: u64) -> u64 {
 }
 
 #[repr(C)]
-struct MarkerSweep {
+pub struct MarkerSweep {
     tgid: u32,
     _pad: u32,
     chunk: u64,
     starts: [u64; CHUNK_WORDS],
 }
 
-extern "C" fn sweep_marker(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the `MarkerSweep` on the stack of `remove_chunk`.
-    let ctx = unsafe { &*(ctx as *const MarkerSweep) };
+/// Kept off the stack: 6.1's verifier counts the frames of nested bpf_loop callbacks
+/// against the same 512 bytes. Per CPU, and tracepoint programs do not nest on a CPU.
+#[map]
+static SWEEP: PerCpuArray<MarkerSweep> = PerCpuArray::with_max_entries(1, 0);
+
+extern "C" fn sweep_marker(i: u64, _ctx: *mut c_void) -> i64 {
+    // bpf_loop's context must be on the stack, so the sweep is looked up here.
+    let Some(ctx) = SWEEP.get(0) else {
+        return 1;
+    };
     let w = ((i >> 6) & 7) as usize;
     if ctx.starts[w] & (1 << (i & 63)) != 0 {
         let addr = (ctx.chunk << CHUNK_SHIFT) + ((i & (CHUNK_PAGES - 1)) << PAGE_SHIFT);
@@ -290,12 +301,13 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
     let Some(ch) = chunk_ptr(ctx.tgid, chunk, false) else {
         return 0;
     };
-    let mut sweep = MarkerSweep {
-        tgid: ctx.tgid,
-        _pad: 0,
-        chunk,
-        starts: [0; CHUNK_WORDS],
+    let Some(sweep) = SWEEP.get_ptr_mut(0) else {
+        return 1;
     };
+    // SAFETY: this CPU's scratch value, used by nothing else while this program runs.
+    let sweep = unsafe { &mut *sweep };
+    sweep.tgid = ctx.tgid;
+    sweep.chunk = chunk;
     let mut removed = 0u64;
     let mut left = 0u64;
     let mut any_start = 0u64;
@@ -326,7 +338,7 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
             bpf_loop(
                 CHUNK_PAGES as u32,
                 sweep_marker as *mut c_void,
-                &mut sweep as *mut MarkerSweep as *mut c_void,
+                &mut 0u64 as *mut u64 as *mut c_void,
                 0,
             )
         };

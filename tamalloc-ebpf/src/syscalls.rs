@@ -26,9 +26,9 @@ use tamalloc_common::{
 
 use crate::{
     maps::{
-        COUNTERS, ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MREMAP, EXIT_MREMAP_CLEAR_TARGET,
-        EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW, EXIT_MREMAP_MOVE, EXIT_MREMAP_SHRINK, PENDING,
-        TAIL_PROGS, TRACED, config, counters, emit,
+        COUNTERS, ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP_FIXED, EXIT_MREMAP,
+        EXIT_MREMAP_CLEAR_TARGET, EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW, EXIT_MREMAP_MOVE,
+        EXIT_MREMAP_SHRINK, PENDING, TAIL_PROGS, TRACED, config, counters, emit,
     },
     regions,
 };
@@ -215,7 +215,16 @@ fn unmap(pid_tgid: u64, addr: u64, len: u64) {
 pub fn sys_exit(ctx: TracePointContext) -> u32 {
     let nr = read_u64(&ctx, ID_OFFSET) as i64;
     let slot = match nr {
-        SYS_TAMALLOC | SYS_MMAP => EXIT_LEARN,
+        SYS_TAMALLOC => EXIT_LEARN,
+        // Stashed only when armed (fallback_len != 0) or MAP_FIXED; the stash says which.
+        SYS_MMAP => {
+            // SAFETY: plain-data map value of this thread only.
+            match unsafe { PENDING.get(bpf_get_current_pid_tgid()) } {
+                Some(p) if p.nr == SYS_MMAP as u64 && p.fallback_len == 0 => EXIT_MMAP_FIXED,
+                Some(_) => EXIT_LEARN,
+                None => return 0,
+            }
+        }
         SYS_MREMAP => EXIT_MREMAP,
         SYS_MADVISE => EXIT_MADVISE,
         SYS_CLONE | SYS_CLONE3 | SYS_FORK | SYS_VFORK => {
@@ -266,15 +275,24 @@ pub fn exit_learn(ctx: TracePointContext) -> u32 {
         if is_addr(ret) && len != 0 {
             learn(tgid, tid, ret, len, 0);
         }
-    } else if is_addr(ret) {
-        if pending.fallback_len != 0 {
-            learn(tgid, tid, ret, pending.fallback_len, REGION_FALLBACK);
-        } else if let Some(len) = page_align(pending.args[1]) {
-            // MAP_FIXED: whatever region pages were there are gone.
-            unmap(pid_tgid, ret, len);
-        }
+    } else if is_addr(ret) && pending.fallback_len != 0 {
+        learn(tgid, tid, ret, pending.fallback_len, REGION_FALLBACK);
     }
     let _ = PENDING.remove(pid_tgid);
+    0
+}
+
+/// mmap(MAP_FIXED) succeeded: whatever region pages were there are gone.
+#[tracepoint]
+pub fn exit_mmap_fixed(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, pending)) = take_pending(SYS_MMAP) else {
+        return 0;
+    };
+    let _ = PENDING.remove(pid_tgid);
+    let ret = read_u64(&ctx, RET_OFFSET);
+    if let (true, Some(len)) = (is_addr(ret), page_align(pending.args[1])) {
+        unmap(pid_tgid, ret, len);
+    }
     0
 }
 
