@@ -36,6 +36,10 @@ pub struct Args {
     /// Leave out the patched-kernel part (syscalls 555/554 under QEMU).
     #[arg(long)]
     pub no_vm: bool,
+    /// Give up on the VM part after this many seconds (it waits for the kernel cache lock
+    /// while another task builds a kernel).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub vm_limit: u64,
     /// Run only this part (to iterate on it; the report then holds only that part).
     #[arg(long, value_enum)]
     pub only: Option<Part>,
@@ -107,7 +111,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     if part(Part::Vm) && !args.no_vm {
         util::step("Stats (VM)");
-        r.vm = Some(vm_stats(&work.0, args.quick).map_err(|e| format!("{e:#}")));
+        let limit = Duration::from_secs(args.vm_limit);
+        r.vm = Some(vm_stats(&work.0, args.quick, limit).map_err(|e| format!("{e:#}")));
     }
     r.load_after = loadavg();
     r.elapsed = started.elapsed();
@@ -812,28 +817,43 @@ fn vm_script(quick: bool) -> String {
     format!("tamalloc bench-stats --procs 100,1000 --iterations {iterations}\n")
 }
 
-fn vm_stats(work: &Path, quick: bool) -> anyhow::Result<VmStats> {
+fn vm_stats(work: &Path, quick: bool, limit: Duration) -> anyhow::Result<VmStats> {
     let script = vm_script(quick);
     let me = std::env::current_exe().context("locating the xtask binary")?;
     let log = work.join("vm.txt");
     let t = Instant::now();
-    let out = Command::new(me)
-        .args(["vm", "--mem", "2048", "--timeout", "900", "--", "sh", "-c"])
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo xtask vm")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let _ = fs::write(&log, &text);
-    if !out.status.success() {
+    let mut vm = Spawned::spawn(
+        Command::new(me)
+            .args(["vm", "--mem", "2048", "--timeout", "600", "--", "sh", "-c"])
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&log).context("creating the VM log")?)
+            .stderr(Stdio::inherit()),
+    )?;
+    // The kernel build cache is locked while any kernel builds: do not wait for ever.
+    let status = loop {
+        if let Some(st) = vm.child.try_wait().context("waiting for cargo xtask vm")? {
+            vm.reaped = true;
+            break st;
+        }
+        if t.elapsed() > limit {
+            // SIGTERM first: `xtask vm` then stops QEMU itself.
+            // SAFETY: kill has no memory preconditions; the pid is our unreaped child.
+            unsafe { libc::kill(vm.pid(), libc::SIGTERM) };
+            std::thread::sleep(Duration::from_secs(5));
+            bail!(
+                "cargo xtask vm did not finish within {} s (is a kernel build holding the \
+                 kernel cache lock?)",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    if !status.success() {
         let tail: Vec<&str> = text.lines().rev().take(15).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!(
-            "cargo xtask vm failed ({}):\n{}",
-            out.status,
-            tail.join("\n")
-        );
+        bail!("cargo xtask vm failed ({status}):\n{}", tail.join("\n"));
     }
     let rows: Vec<_> = text
         .lines()
