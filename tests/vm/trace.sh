@@ -13,14 +13,17 @@ if grep '"type":"region"' trace.jsonl | grep -q '"fallback":true'; then
 fi
 test "$(grep -c '"type":"region"' trace.jsonl)" -eq 2
 
-# Stats from 555 beside the counts: after the demo touched all 1024 pages, its tamalloc
-# region is 4 MiB reserved and 4 MiB resident.
+# Stats from 555 beside the counts: once the demo has touched all 1024 pages (and while it
+# holds them), a sample shows its region 4 MiB reserved and 4 MiB resident.
 tamalloc trace --quiet --interval 200ms --output demo.jsonl -- \
-	tamalloc demo --size 4MiB --rate 16MiB/s --read-first --hold 2s >/dev/null
-grep '"type":"stats"' demo.jsonl | grep '"source":"syscall"' | tail -n 1 >last.json
-cat last.json
-grep -q '"tamalloc_reserved_kib":4096,' last.json
-grep -q '"tamalloc_resident_kib":4096,' last.json
-grep -q '"read_zero":1024,' last.json
-grep -q '"cow_zero":1024,' last.json
+	tamalloc demo --size 4MiB --rate 16MiB/s --read-first --hold 3s >/dev/null
+grep '"type":"stats"' demo.jsonl | grep '"source":"syscall"' >stats.json
+grep '"tamalloc_reserved_kib":4096,' stats.json | grep '"tamalloc_resident_kib":4096,' |
+	grep '"read_zero":1024,' | grep '"cow_zero":1024,' | head -n 1 >held.json
+if ! test -s held.json; then
+	echo "trace: no stats sample shows the demo's touched region:"
+	cat stats.json
+	exit 1
+fi
+cat held.json
 echo "trace: ok"

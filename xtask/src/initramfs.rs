@@ -29,7 +29,10 @@ pub const REQUIRED_APPLETS: &[&str] = &[
 ];
 
 /// The pattern `/init` counts in the kernel log after the command.
-pub const WARNING_PATTERN: &str = "BUG:|WARNING:|lockdep|KASAN|Call Trace";
+/// Lockdep and KASAN reports start with `WARNING:`/`BUG:` lines; a bare `lockdep` would also
+/// match the debug kernel's boot banner ("RCU lockdep checking is enabled").
+pub const WARNING_PATTERN: &str =
+    "BUG:|WARNING:|KASAN:|Call Trace|lockdep is turned off|possible (recursive|circular) locking";
 
 const INIT: &str = r#"#!/bin/sh
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin
