@@ -71,6 +71,10 @@ fn chunk_ptr(tgid: u32, chunk: u64, create: bool) -> Option<*mut Chunk> {
     }
     // BPF_NOEXIST: a concurrent creator wins and we use its entry.
     let zero = CHUNK_BUF.get_ptr(ZERO_CHUNK)?;
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the chunk would be copied onto the 512-byte BPF stack"
+    )]
     // SAFETY: a live map value, only read.
     let _ = CHUNKS.insert(key, unsafe { &*zero }, 1);
     let p = CHUNKS.get_ptr_mut(key);
@@ -520,8 +524,19 @@ extern "C" fn fork_chunk(
         )
     };
     if key.tgid == ctx.from {
+        // Whether the child's entries for zero-page pages were copied depends on the VMA
+        // having an anon_vma; without the bit, either kind of fault there classifies right.
+        let Some(copy) = CHUNK_BUF.get_ptr_mut(SCRATCH_CHUNK) else {
+            return 1;
+        };
+        // SAFETY: this CPU's scratch slot; nothing else uses it during this program.
+        let copy = unsafe {
+            *copy = *value;
+            (*copy).zero = [0; CHUNK_WORDS];
+            &*copy
+        };
         if CHUNKS
-            .insert(chunk_key(ctx.to, key.chunk), value, 0)
+            .insert(chunk_key(ctx.to, key.chunk), copy, 0)
             .is_err()
         {
             count_drop(DROP_MAP_FULL);
