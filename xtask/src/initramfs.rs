@@ -183,8 +183,10 @@ fn applet_paths(listing: &str) -> BTreeMap<String, String> {
 /// The shared libraries (and ELF interpreter) of `binary`, per the host's `ldd`; none for
 /// static binaries and scripts.
 fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    // Resolve as the guest will, which has no LD_LIBRARY_PATH (`cargo run` sets one).
     let out = Command::new("ldd")
         .arg(binary)
+        .env_remove("LD_LIBRARY_PATH")
         .output()
         .with_context(|| format!("running ldd {}", binary.display()))?;
     if !out.status.success() {

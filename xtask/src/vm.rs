@@ -141,7 +141,13 @@ pub fn guest_binaries(kernel: &Path) -> Vec<(PathBuf, String)> {
         eprintln!("warning: TAMALLOC_VM_NO_USER is set: no /usr/bin/tamalloc in the guest");
     } else {
         match build_tamalloc() {
-            Ok(bin) => files.push((bin, "/usr/bin/tamalloc".to_owned())),
+            Ok(bin) => {
+                match build_c_example(&bin) {
+                    Ok(example) => files.push((example, "/usr/bin/tamalloc-example-c".to_owned())),
+                    Err(e) => eprintln!("warning: continuing without the C example: {e:#}"),
+                }
+                files.push((bin, "/usr/bin/tamalloc".to_owned()));
+            }
             Err(e) => eprintln!("warning: continuing without /usr/bin/tamalloc: {e:#}"),
         }
     }
@@ -152,6 +158,30 @@ pub fn guest_binaries(kernel: &Path) -> Vec<(PathBuf, String)> {
         eprintln!("warning: no kselftest in this kernel build (series without it)");
     }
     files
+}
+
+/// The C API example, linked against the release `libtamalloc.so` next to `tamalloc`. Its
+/// rpath is that directory; the initramfs copies libraries to the same absolute paths.
+fn build_c_example(tamalloc: &Path) -> anyhow::Result<PathBuf> {
+    let dir = tamalloc
+        .parent()
+        .context("the tamalloc binary has no directory")?;
+    let root = util::workspace_root();
+    let out = dir.join("tamalloc-example-c");
+    util::run(
+        Command::new("cc")
+            .args(["-O2", "-Wall", "-Werror", "-I"])
+            .arg(root.join("tamalloc-user/include"))
+            .arg(root.join("tamalloc-user/examples/c/example.c"))
+            .arg("-L")
+            .arg(dir)
+            .arg("-ltamalloc")
+            .arg(format!("-Wl,-rpath,{}", dir.display()))
+            .arg("-o")
+            .arg(&out),
+    )
+    .context("compiling tamalloc-user/examples/c/example.c")?;
+    Ok(out)
 }
 
 fn build_tamalloc() -> anyhow::Result<PathBuf> {
