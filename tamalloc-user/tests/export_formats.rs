@@ -14,76 +14,16 @@
 use std::{
     collections::{HashMap, HashSet},
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     time::Duration,
 };
 
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tamalloc")
-}
+mod common;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test loads eBPF programs and needs root: run `sudo -E cargo test`"
-    );
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tamalloc-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-    fn arg(&self, f: &str) -> String {
-        self.path(f).to_str().expect("utf-8 temp path").to_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn json_lines(path: &Path) -> Vec<Value> {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
-        .collect()
-}
-
-fn trace(args: &[&str], command: &[&str]) -> Output {
-    let out = Command::new(bin())
-        .arg("trace")
-        .args(args)
-        .arg("--")
-        .args(command)
-        .output()
-        .expect("run tamalloc trace");
-    assert!(
-        out.status.success(),
-        "tamalloc trace failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-const KINDS: [&str; 5] = ["read_zero", "write_zero", "cow_zero", "cow", "other"];
+use common::{KINDS, TempDir, bin, json_lines, require_root, trace};
 
 /// The demo's last stdout line: `{"type":"demo","pid":...,"read_zero":...}`.
 fn demo_line(stdout: &[u8]) -> Value {

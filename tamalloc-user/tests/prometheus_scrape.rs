@@ -11,7 +11,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -19,37 +19,11 @@ use std::{
 
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tamalloc")
-}
+mod common;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test loads eBPF programs and needs root: run `sudo -E cargo test`"
-    );
-}
+use common::{KINDS, TempDir, bin, require_root};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tamalloc-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A child process stopped (SIGINT, then SIGKILL) and reaped when dropped.
 struct Guard(Child);
@@ -182,14 +156,12 @@ fn start_prometheus(dir: &Path, target: u16) -> (Guard, u16) {
     (guard, port)
 }
 
-const KINDS: [&str; 5] = ["read_zero", "write_zero", "cow_zero", "cow", "other"];
-
 #[test]
 fn prometheus_scrapes_the_tracer_and_sees_the_demo_counts() {
     require_root();
     let dir = TempDir::new("prometheus");
     let target = free_port();
-    let (_prometheus, prom) = start_prometheus(&dir.0, target);
+    let (_prometheus, prom) = start_prometheus(dir.dir(), target);
 
     // The shell keeps the tracer (and its endpoint) alive after the demo has printed its
     // counts, until the guard interrupts it.

@@ -7,45 +7,13 @@
 //! it fails with that message rather than pass silently.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tamalloc")
-}
+mod common;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test loads eBPF programs and needs root: run `sudo -E cargo test`"
-    );
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tamalloc-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-    fn arg(&self, f: &str) -> String {
-        self.path(f).to_str().expect("utf-8 temp path").to_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{TempDir, bin, require_root};
 
 fn report(args: &[&str]) -> Output {
     Command::new(bin())

@@ -4,76 +4,13 @@
 //! fail with that message rather than pass silently. The kernel here has no syscall 554,
 //! so the workloads use the documented mmap fallback.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output},
-};
+use std::{path::Path, process::Command};
 
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tamalloc")
-}
+mod common;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test loads eBPF programs and needs root: run `sudo -E cargo test`"
-    );
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tamalloc-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn json_lines(path: &Path) -> Vec<Value> {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
-        .collect()
-}
-
-fn by_type<'a>(records: &'a [Value], ty: &str) -> Vec<&'a Value> {
-    records.iter().filter(|r| r["type"] == ty).collect()
-}
-
-fn trace(args: &[&str], command: &[&str]) -> Output {
-    let out = Command::new(bin())
-        .arg("trace")
-        .args(args)
-        .arg("--")
-        .args(command)
-        .output()
-        .expect("run tamalloc trace");
-    assert!(
-        out.status.success(),
-        "tamalloc trace failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-const KINDS: [&str; 5] = ["read_zero", "write_zero", "cow_zero", "cow", "other"];
+use common::{KINDS, TempDir, bin, by_type, json_lines, require_root, trace};
 
 /// Every process the workload reports must have a summary with exactly its counts; the
 /// binary's own `check-trace` does the comparison (it also runs inside the VM).
