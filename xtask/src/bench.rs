@@ -1202,7 +1202,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| threads | variant | faults/s (median) | elapsed (median) | slowdown |\n|---|---|---|---|---|"
+            "| threads | variant | faults/s (median) | faults/s (min–max) | elapsed (median) | slowdown |\n|---|---|---|---|---|---|"
         );
         for threads in [1, 2] {
             for v in Variant::ALL {
@@ -1217,15 +1217,24 @@ impl Report {
                 } else {
                     format!("{:+.1} %", (self.ratio(v, threads) - 1.0) * 100.0)
                 };
+                let lo = runs
+                    .iter()
+                    .map(|r| r.faults_per_sec)
+                    .fold(f64::MAX, f64::min);
+                let hi = runs.iter().map(|r| r.faults_per_sec).fold(0.0, f64::max);
                 let _ = writeln!(
                     s,
-                    "| {threads} | {} | {fps:.0} | {:.3} s | {slow} |",
+                    "| {threads} | {} | {fps:.0} | {lo:.0}–{hi:.0} | {:.3} s | {slow} |",
                     v.label(),
                     el / 1e9
                 );
             }
         }
-        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "When the untraced runs alone spread wider than the slowdowns (the min–max column), \
+             the slowdowns are within this machine's noise, not measured effects.\n"
+        );
         let prog_ns = self
             .cost("tamalloc", 1, "page_fault")
             .map_or(f64::NAN, |c| c.ns_per_run);
