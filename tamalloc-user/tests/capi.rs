@@ -10,14 +10,30 @@ fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// target/<profile>/, where cargo leaves both the binary and the cdylib.
+/// target/<profile>/, where cargo leaves both the binary and the cdylib. `cargo test`
+/// builds the library only as an rlib, so the cdylib is built here when it is missing
+/// (a fresh clone) or older than the binary.
 fn lib_dir() -> PathBuf {
     let exe = Path::new(env!("CARGO_BIN_EXE_tamalloc"));
     let dir = exe.parent().expect("the binary's directory").to_owned();
+    let lib = dir.join("libtamalloc.so");
+    let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+    if modified(&lib) < modified(exe) {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--lib", "--package", "tamalloc-user"]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build --lib");
+        assert!(
+            status.success(),
+            "cargo build --lib -p tamalloc-user failed"
+        );
+    }
     assert!(
-        dir.join("libtamalloc.so").is_file(),
+        lib.is_file(),
         "{} is missing: the [lib] of tamalloc-user must list crate-type cdylib",
-        dir.join("libtamalloc.so").display()
+        lib.display()
     );
     dir
 }
