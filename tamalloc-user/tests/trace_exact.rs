@@ -205,6 +205,28 @@ fn trace_errors_are_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs root"), "{err}");
 
+    // BPF refused by the kernel: in a user namespace the mapped root passes our capability
+    // check, but the kernel refuses bpf() outside the initial namespace.
+    let out = Command::new("unshare")
+        .args([
+            "--user",
+            "--map-root-user",
+            bin(),
+            "trace",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .expect("run unshare");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one clear line, got:\n{err}"
+    );
+    assert!(err.contains("the kernel refused the eBPF object"), "{err}");
+
     let dir = TempDir::new("errors");
     // tracefs missing where it is expected (and not mountable there).
     let missing = dir.path("no-such-dir");
