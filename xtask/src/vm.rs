@@ -143,7 +143,10 @@ pub fn guest_binaries(kernel: &Path) -> Vec<(PathBuf, String)> {
         match build_tamalloc() {
             Ok(bin) => {
                 match build_c_example(&bin) {
-                    Ok(example) => files.push((example, "/usr/bin/tamalloc-example-c".to_owned())),
+                    Ok((example, lib)) => {
+                        files.push((example, "/usr/bin/tamalloc-example-c".to_owned()));
+                        files.push((lib, GUEST_LIBTAMALLOC.to_owned()));
+                    }
                     Err(e) => eprintln!("warning: continuing without the C example: {e:#}"),
                 }
                 files.push((bin, "/usr/bin/tamalloc".to_owned()));
@@ -160,14 +163,22 @@ pub fn guest_binaries(kernel: &Path) -> Vec<(PathBuf, String)> {
     files
 }
 
-/// The C API example, linked against the release `libtamalloc.so` next to `tamalloc`. Its
-/// rpath is that directory; the initramfs copies libraries to the same absolute paths.
-fn build_c_example(tamalloc: &Path) -> anyhow::Result<PathBuf> {
+/// Where the guest has `libtamalloc.so` (not the host's path: the guest mounts a tmpfs on
+/// /tmp, and a clone may live there).
+const GUEST_LIBTAMALLOC: &str = "/usr/lib/libtamalloc.so";
+
+/// The C API example, linked against the release `libtamalloc.so` next to `tamalloc`, with
+/// the guest's library directory as its rpath. Returns the example and the library.
+fn build_c_example(tamalloc: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let dir = tamalloc
         .parent()
         .context("the tamalloc binary has no directory")?;
     let root = util::workspace_root();
     let out = dir.join("tamalloc-example-c");
+    let lib = dir.join("libtamalloc.so");
+    let guest_dir = Path::new(GUEST_LIBTAMALLOC)
+        .parent()
+        .context("the guest library path has no directory")?;
     util::run(
         Command::new("cc")
             .args(["-O2", "-Wall", "-Werror", "-I"])
@@ -176,12 +187,12 @@ fn build_c_example(tamalloc: &Path) -> anyhow::Result<PathBuf> {
             .arg("-L")
             .arg(dir)
             .arg("-ltamalloc")
-            .arg(format!("-Wl,-rpath,{}", dir.display()))
+            .arg(format!("-Wl,-rpath,{}", guest_dir.display()))
             .arg("-o")
             .arg(&out),
     )
     .context("compiling tamalloc-user/examples/c/example.c")?;
-    Ok(out)
+    Ok((out, lib))
 }
 
 fn build_tamalloc() -> anyhow::Result<PathBuf> {
