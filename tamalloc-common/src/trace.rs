@@ -144,8 +144,10 @@ pub const fn classify(error_code: u64, page: PageState) -> (FaultKind, PageState
     }
 }
 
-/// Per-process counters, one copy per CPU (`PerCpuHashMap<u32 tgid, PidCounters>`).
-/// `reserved_bytes` moves up and down on different CPUs: only the sum is meaningful.
+/// Per-process counters, one copy per CPU: `COUNTERS[slot]`, a per-CPU array, where `SLOTS`
+/// maps a process to its slot and every chunk of the process carries it too, so that the
+/// fault path reaches the counters without a hash lookup. `reserved_bytes` moves up and down
+/// on different CPUs: only the sum is meaningful.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PidCounters {
@@ -156,13 +158,40 @@ pub struct PidCounters {
     pub reserved_bytes: u64,
 }
 
+/// Processes with counters at once (slots of `COUNTERS`).
+pub const MAX_PROCS: u32 = 8192;
+
+/// The largest tgid plus one (`PID_MAX_LIMIT` on 64-bit).
+pub const PID_LIMIT: u32 = 1 << 22;
+/// Words of the `PID_GATE` bitmap: bit `tgid` is set once the process has a counter slot,
+/// so a fault of any other process costs one array read, not a hash lookup.
+pub const PID_GATE_WORDS: u32 = PID_LIMIT / 64;
+
+/// `CHUNKS` key: the tgid in the top 24 bits, `addr >> CHUNK_SHIFT` (under 2^35 for
+/// 5-level paging's 56-bit user addresses) in the low 40. One word hashes and compares
+/// faster than a (tgid, chunk) pair, and the fault path pays that on every fault.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ChunkKey {
-    pub tgid: u32,
-    pub _pad: u32,
-    /// `addr >> CHUNK_SHIFT`
-    pub chunk: u64,
+pub struct ChunkKey(u64);
+
+impl ChunkKey {
+    const CHUNK_BITS: u32 = 40;
+
+    #[inline(always)]
+    pub const fn new(tgid: u32, chunk: u64) -> Self {
+        Self(((tgid as u64) << Self::CHUNK_BITS) | (chunk & ((1 << Self::CHUNK_BITS) - 1)))
+    }
+
+    #[inline(always)]
+    pub const fn tgid(self) -> u32 {
+        (self.0 >> Self::CHUNK_BITS) as u32
+    }
+
+    /// `addr >> CHUNK_SHIFT` of the chunk's first page.
+    #[inline(always)]
+    pub const fn chunk(self) -> u64 {
+        self.0 & ((1 << Self::CHUNK_BITS) - 1)
+    }
 }
 
 /// A region page's identity: the region's first address and the page's index in it.
@@ -187,6 +216,9 @@ pub struct Chunk {
     pub start: [u64; CHUNK_WORDS],
     /// The region that page 0 continues, when page 0 has no start marker.
     pub carry: RegionRef,
+    /// The process's `COUNTERS` slot.
+    pub slot: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -225,8 +257,6 @@ pub struct Config {
 /// The most CPUs the programs sum per-CPU values over.
 pub const MAX_CPUS: u32 = 256;
 
-/// Send every fault through the ring buffer, not only count it.
-pub const CONFIG_STREAM_FAULTS: u64 = 1 << 0;
 /// Learn regions only for processes in `TRACED` (and their descendants).
 pub const CONFIG_FILTER_PID: u64 = 1 << 1;
 /// Learn regions for processes whose comm equals `Config::comm`.
@@ -375,6 +405,20 @@ mod tests {
     }
 
     #[test]
+    fn chunk_key_keeps_tgid_and_chunk_apart() {
+        let top_chunk = ((1u64 << 56) - 1) >> CHUNK_SHIFT;
+        for (tgid, chunk) in [
+            (1, 0),
+            (PID_LIMIT - 1, top_chunk),
+            (4242, 0x7fff_ffff_f000 >> 21),
+        ] {
+            let k = ChunkKey::new(tgid, chunk);
+            assert_eq!((k.tgid(), k.chunk()), (tgid, chunk));
+        }
+        assert_ne!(ChunkKey::new(1, 2), ChunkKey::new(2, 1));
+    }
+
+    #[test]
     fn page_align_rounds_and_detects_overflow() {
         assert_eq!(page_align(1), Some(4096));
         assert_eq!(page_align(4096), Some(4096));
@@ -389,6 +433,6 @@ mod tests {
         }
         assert_eq!(FaultKind::from_u8(5), None);
         assert_eq!(core::mem::size_of::<Event>(), 56);
-        assert_eq!(core::mem::size_of::<Chunk>(), 272);
+        assert_eq!(core::mem::size_of::<Chunk>(), 280);
     }
 }

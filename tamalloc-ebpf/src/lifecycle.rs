@@ -15,7 +15,7 @@ use tamalloc_common::{
 };
 
 use crate::{
-    maps::{COUNTERS, PENDING, TRACED, config, count_drop, emit},
+    maps::{COUNTERS, PENDING, TRACED, config, count_drop, emit, gate_out, slot_of},
     regions,
     syscalls::{SYS_EXIT, add_reserved, tracked},
 };
@@ -90,9 +90,8 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if unsafe { TRACED.get(parent).is_some() } {
         let _ = TRACED.insert(child, 1, 0);
     }
-    // A parent without counters has no regions: nothing to copy, no walk of the maps.
-    // SAFETY: as above.
-    if flags & CLONE_VM == 0 && unsafe { COUNTERS.get(parent).is_some() } {
+    // A parent without a counter slot has no regions: nothing to copy, no walk of the maps.
+    if flags & CLONE_VM == 0 && slot_of(parent).is_some() {
         let bytes = regions::fork(parent, child);
         if bytes != 0 {
             add_reserved(child, bytes, false);
@@ -102,9 +101,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Brings `tgid`'s reserved bytes, summed over CPUs, back to zero.
+/// Brings the reserved bytes in `slot`, summed over CPUs, back to zero.
 #[inline(always)]
-fn clear_reserved(tgid: u32) {
+fn clear_reserved(tgid: u32, slot: u32) {
     let ncpus = config().nr_cpus.min(MAX_CPUS);
     let mut total = 0u64;
     let mut cpu = 0u32;
@@ -113,7 +112,7 @@ fn clear_reserved(tgid: u32) {
         let p = unsafe {
             bpf_map_lookup_percpu_elem(
                 &COUNTERS as *const _ as *mut _,
-                &tgid as *const u32 as *const _,
+                &slot as *const u32 as *const _,
                 cpu,
             )
         } as *const PidCounters;
@@ -130,10 +129,9 @@ fn clear_reserved(tgid: u32) {
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: only the presence of the key is used.
-    if unsafe { COUNTERS.get(tgid).is_some() } {
+    if let Some(slot) = slot_of(tgid) {
         regions::forget(tgid);
-        clear_reserved(tgid);
+        clear_reserved(tgid, slot);
     } else if !tracked(tgid) {
         return 0;
     }
@@ -162,12 +160,13 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if unsafe { TRACED.get(tgid).is_some() } {
         let _ = TRACED.remove(tgid);
     }
-    // SAFETY: as above.
-    if unsafe { COUNTERS.get(tgid).is_none() } {
+    let Some(slot) = slot_of(tgid) else {
         return 0;
-    }
+    };
     regions::forget(tgid);
-    clear_reserved(tgid);
+    // No chunk is left: faults of this pid can skip the chunk lookup again.
+    gate_out(tgid);
+    clear_reserved(tgid, slot);
     lifecycle_event(EventKind::Exit, tgid, pid_tgid as u32, 0);
     0
 }

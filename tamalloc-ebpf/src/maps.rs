@@ -2,11 +2,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, Queue, RingBuf},
 };
 use tamalloc_common::trace::{
-    Chunk, ChunkKey, Config, DROP_SLOTS, Event, MarkerKey, Pending, PidCounters, RegionRef,
+    Chunk, ChunkKey, Config, DROP_MAP_FULL, DROP_SLOTS, Event, MAX_PROCS, MarkerKey,
+    PID_GATE_WORDS, Pending, PidCounters, RegionRef,
 };
+
+use crate::atomics::{fetch_and, fetch_or};
 
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -38,9 +41,26 @@ pub static CHUNK_BUF: PerCpuArray<Chunk> = PerCpuArray::with_max_entries(2, 0);
 pub const ZERO_CHUNK: u32 = 0;
 pub const SCRATCH_CHUNK: u32 = 1;
 
-/// Per-process counters; a key exists for every process with (or that had) regions.
+/// Per-process counters, by slot (see [`claim_slot`]).
 #[map]
-pub static COUNTERS: PerCpuHashMap<u32, PidCounters> = PerCpuHashMap::with_max_entries(8192, 0);
+pub static COUNTERS: PerCpuArray<PidCounters> = PerCpuArray::with_max_entries(MAX_PROCS, 0);
+
+/// The counter slot of every process with (or that had) regions. Userspace removes a
+/// process once it has read its final counters, zeroes the slot and queues it in
+/// `FREE_SLOTS`.
+#[map]
+pub static SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROCS, 0);
+
+/// Free slots, zeroed: all of them at load (userspace fills the queue), then those
+/// userspace gave back.
+#[map]
+pub static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(MAX_PROCS, 0);
+
+/// Bit `tgid`: the process has a slot (so it may have chunks). Bits are set before a
+/// process's first chunk exists and cleared after its last one is gone, so a clear bit
+/// lets the fault path return after one array read.
+#[map]
+pub static PID_GATE: Array<u64> = Array::with_max_entries(PID_GATE_WORDS, 0);
 
 /// The programs `sys_enter`/`sys_exit` tail-call for the syscall at hand.
 #[map]
@@ -85,18 +105,62 @@ pub fn emit(ev: &Event, drop_slot: u32) {
     }
 }
 
-/// This CPU's counters of `tgid`, created zeroed on first use.
+/// Whether `tgid` may have chunks (its `PID_GATE` bit).
+#[inline(always)]
+pub fn gated_in(tgid: u32) -> bool {
+    match PID_GATE.get(tgid >> 6) {
+        Some(w) => *w & (1 << (tgid & 63)) != 0,
+        None => false,
+    }
+}
+
+/// Clears `tgid`'s `PID_GATE` bit, once it has no chunks left.
+#[inline(always)]
+pub fn gate_out(tgid: u32) {
+    if let Some(w) = PID_GATE.get_ptr_mut(tgid >> 6) {
+        fetch_and(w, !(1 << (tgid & 63)));
+    }
+}
+
+/// `tgid`'s counter slot, if it has one.
+#[inline(always)]
+pub fn slot_of(tgid: u32) -> Option<u32> {
+    // SAFETY: plain-data map value read for this program run.
+    unsafe { SLOTS.get(tgid) }.copied()
+}
+
+/// `tgid`'s counter slot, taken from the free ones on first use. Also opens the gate, even for
+/// an existing slot: a reused pid whose old slot userspace has not collected yet.
+#[inline(always)]
+pub fn claim_slot(tgid: u32) -> Option<u32> {
+    let slot = match slot_of(tgid) {
+        Some(s) => s,
+        None => {
+            let Ok(Some(fresh)) = FREE_SLOTS.pop() else {
+                count_drop(DROP_MAP_FULL);
+                return None;
+            };
+            // BPF_NOEXIST: a concurrent claimer may have won; then give ours back.
+            if SLOTS.insert(tgid, fresh, 1).is_err() {
+                let _ = FREE_SLOTS.push(fresh, 0);
+            }
+            slot_of(tgid)?
+        }
+    };
+    if let Some(w) = PID_GATE.get_ptr_mut(tgid >> 6) {
+        fetch_or(w, 1 << (tgid & 63));
+    }
+    Some(slot)
+}
+
+/// This CPU's counters in `slot`.
+#[inline(always)]
+pub fn slot_counters(slot: u32) -> Option<*mut PidCounters> {
+    COUNTERS.get_ptr_mut(slot)
+}
+
+/// This CPU's counters of `tgid`, giving it a slot on first use.
 #[inline(always)]
 pub fn counters(tgid: u32) -> Option<*mut PidCounters> {
-    if let Some(p) = COUNTERS.get_ptr_mut(tgid) {
-        return Some(p);
-    }
-    let zero = PidCounters::default();
-    // BPF_NOEXIST: another CPU may have created it meanwhile; either way look it up again.
-    let _ = COUNTERS.insert(tgid, zero, 1);
-    let p = COUNTERS.get_ptr_mut(tgid);
-    if p.is_none() {
-        count_drop(tamalloc_common::trace::DROP_MAP_FULL);
-    }
-    p
+    slot_counters(claim_slot(tgid)?)
 }

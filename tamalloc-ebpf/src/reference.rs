@@ -1,13 +1,18 @@
 //! The floor any fault tracer pays: a per-CPU counter on the fault tracepoint and nothing
-//! else. Not attached by the tracer; `cargo xtask bench` measures it beside `page_fault`.
+//! else. Not attached by the tracer; `cargo xtask bench` measures it beside `page_fault`,
+//! attached the same way (a raw tracepoint).
 
-use aya_ebpf::{macros::map, macros::tracepoint, maps::PerCpuArray, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{map, raw_tracepoint},
+    maps::PerCpuArray,
+    programs::RawTracePointContext,
+};
 
 #[map]
 pub static REFERENCE_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-#[tracepoint]
-pub fn page_fault_reference(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn page_fault_reference(_ctx: RawTracePointContext) -> u32 {
     if let Some(p) = REFERENCE_COUNT.get_ptr_mut(0) {
         // SAFETY: this CPU's slot; no other writer.
         unsafe { *p += 1 };

@@ -18,7 +18,7 @@ use tamalloc_common::trace::{
 
 use crate::{
     atomics::{fetch_and, fetch_or},
-    maps::{CHUNK_BUF, CHUNKS, MARKERS, SCRATCH_CHUNK, ZERO_CHUNK, count_drop},
+    maps::{CHUNK_BUF, CHUNKS, MARKERS, SCRATCH_CHUNK, ZERO_CHUNK, claim_slot, count_drop},
 };
 
 /// `bpf_loop` refuses more than 1 << 23 iterations: 16 TiB of address space in chunks.
@@ -43,11 +43,7 @@ fn word_mask(w: u64, lo: u64, hi: u64) -> u64 {
 
 #[inline(always)]
 fn chunk_key(tgid: u32, chunk: u64) -> ChunkKey {
-    ChunkKey {
-        tgid,
-        _pad: 0,
-        chunk,
-    }
+    ChunkKey::new(tgid, chunk)
 }
 
 #[inline(always)]
@@ -69,6 +65,8 @@ fn chunk_ptr(tgid: u32, chunk: u64, create: bool) -> Option<*mut Chunk> {
     if !create {
         return None;
     }
+    // The slot (and the gate bit) before the chunk: a fault that finds the chunk counts.
+    let slot = claim_slot(tgid)?;
     // BPF_NOEXIST: a concurrent creator wins and we use its entry.
     let zero = CHUNK_BUF.get_ptr(ZERO_CHUNK)?;
     #[expect(
@@ -77,11 +75,13 @@ fn chunk_ptr(tgid: u32, chunk: u64, create: bool) -> Option<*mut Chunk> {
     )]
     // SAFETY: a live map value, only read.
     let _ = CHUNKS.insert(key, unsafe { &*zero }, 1);
-    let p = CHUNKS.get_ptr_mut(key);
-    if p.is_none() {
+    let Some(p) = CHUNKS.get_ptr_mut(key) else {
         count_drop(DROP_MAP_FULL);
-    }
-    p
+        return None;
+    };
+    // SAFETY: a live map value; every writer stores the same slot.
+    unsafe { (*p).slot = slot };
+    Some(p)
 }
 
 /// The region and page index of `page` (0..512) in chunk `chunk` of `tgid`, whose entry is
@@ -505,6 +505,9 @@ pub fn copy_page_states(tgid: u32, src: u64, dst: u64, len: u64) {
 struct ProcCtx {
     from: u32,
     to: u32,
+    /// The child's counter slot (fork).
+    to_slot: u32,
+    _pad: u32,
     /// Out: region bytes copied.
     bytes: u64,
 }
@@ -523,7 +526,7 @@ extern "C" fn fork_chunk(
             &mut *(ctx as *mut ProcCtx),
         )
     };
-    if key.tgid == ctx.from {
+    if key.tgid() == ctx.from {
         // Whether the child's entries for zero-page pages were copied depends on the VMA
         // having an anon_vma; without the bit, either kind of fault there classifies right.
         let Some(copy) = CHUNK_BUF.get_ptr_mut(SCRATCH_CHUNK) else {
@@ -533,10 +536,11 @@ extern "C" fn fork_chunk(
         let copy = unsafe {
             *copy = *value;
             (*copy).zero = [0; CHUNK_WORDS];
+            (*copy).slot = ctx.to_slot;
             &*copy
         };
         if CHUNKS
-            .insert(chunk_key(ctx.to, key.chunk), copy, 0)
+            .insert(chunk_key(ctx.to, key.chunk()), copy, 0)
             .is_err()
         {
             count_drop(DROP_MAP_FULL);
@@ -576,7 +580,16 @@ extern "C" fn fork_marker(
 
 /// Gives child `to` a copy of `from`'s regions and page states. Returns the bytes copied.
 pub fn fork(from: u32, to: u32) -> u64 {
-    let mut ctx = ProcCtx { from, to, bytes: 0 };
+    let Some(to_slot) = claim_slot(to) else {
+        return 0;
+    };
+    let mut ctx = ProcCtx {
+        from,
+        to,
+        to_slot,
+        _pad: 0,
+        bytes: 0,
+    };
     let p = &mut ctx as *mut ProcCtx as *mut c_void;
     // SAFETY: the callbacks match bpf_for_each_map_elem's ABI and `ctx` outlives the calls.
     unsafe {
@@ -604,7 +617,7 @@ extern "C" fn forget_chunk(
 ) -> i64 {
     // SAFETY: bpf_for_each_map_elem passes CHUNKS' key and our `ProcCtx`.
     let (key, ctx) = unsafe { (&*(key as *const ChunkKey), &*(ctx as *const ProcCtx)) };
-    if key.tgid == ctx.from {
+    if key.tgid() == ctx.from {
         let _ = CHUNKS.remove(key);
     }
     0
@@ -629,6 +642,8 @@ pub fn forget(tgid: u32) {
     let mut ctx = ProcCtx {
         from: tgid,
         to: 0,
+        to_slot: 0,
+        _pad: 0,
         bytes: 0,
     };
     let p = &mut ctx as *mut ProcCtx as *mut c_void;

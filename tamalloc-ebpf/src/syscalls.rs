@@ -26,9 +26,9 @@ use tamalloc_common::{
 
 use crate::{
     maps::{
-        COUNTERS, ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP_FIXED, EXIT_MREMAP,
+        ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP_FIXED, EXIT_MREMAP,
         EXIT_MREMAP_CLEAR_TARGET, EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW, EXIT_MREMAP_MOVE,
-        EXIT_MREMAP_SHRINK, PENDING, TAIL_PROGS, TRACED, config, counters, emit,
+        EXIT_MREMAP_SHRINK, PENDING, TAIL_PROGS, TRACED, config, counters, emit, gated_in, slot_of,
     },
     regions,
 };
@@ -68,7 +68,7 @@ fn is_addr(ret: u64) -> bool {
 #[inline(always)]
 pub fn tracked(tgid: u32) -> bool {
     // SAFETY: only the presence of the key is used.
-    unsafe { COUNTERS.get(tgid).is_some() || TRACED.get(tgid).is_some() }
+    (gated_in(tgid) && slot_of(tgid).is_some()) || unsafe { TRACED.get(tgid).is_some() }
 }
 
 /// Whether userspace asked to learn this process's regions.

@@ -3,7 +3,8 @@
 //!
 //! Each round measures, in a rotating order, the tracer's programs (counting mode, following
 //! this process) with each `--regions` count, the minimal reference program
-//! (`page_fault_reference`: a per-CPU counter on `exceptions:page_fault_user`) and bpftrace's
+//! (`page_fault_reference`: a per-CPU counter on `exceptions:page_fault_user`, a raw
+//! tracepoint like ours) and bpftrace's
 //! per-PID fault count. Each measurement loads and attaches one of them, reads every program's
 //! statistics, runs the `bench-faults` workload in this process (one thread, `--pages`
 //! first-touch faults), reads them again, and prints one JSON line per program that ran:
@@ -26,7 +27,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::programs::{TracePoint, loaded_programs};
+use aya::programs::{RawTracePoint, loaded_programs};
 use tamalloc::tracer::{Probe, ProbeOptions, probe::OBJECT};
 use tamalloc_common::trace::FaultKind;
 
@@ -307,13 +308,13 @@ fn measure(args: &Args, round: u32, variant: Variant) -> anyhow::Result<()> {
         }
         Variant::Reference => {
             let mut ebpf = aya::Ebpf::load(OBJECT).context("loading the eBPF object")?;
-            let prog: &mut TracePoint = ebpf
+            let prog: &mut RawTracePoint = ebpf
                 .program_mut("page_fault_reference")
                 .context("program page_fault_reference missing from the object")?
                 .try_into()
-                .context("page_fault_reference is not a tracepoint program")?;
+                .context("page_fault_reference is not a raw tracepoint program")?;
             prog.load().context("loading page_fault_reference")?;
-            prog.attach("exceptions", "page_fault_user")
+            prog.attach("page_fault_user")
                 .context("attaching page_fault_reference")?;
             let ids = ids_of(&ebpf);
             reference = Some(ebpf);

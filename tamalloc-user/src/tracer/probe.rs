@@ -7,13 +7,16 @@ use std::{collections::HashMap, fs, io};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
-    programs::TracePoint,
+    maps::{Array, HashMap as BpfHashMap, PerCpuArray, PerCpuValues, ProgramArray, Queue, RingBuf},
+    programs::{
+        RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
+    },
 };
 use tamalloc_common::trace::{
-    CONFIG_FILTER_COMM, CONFIG_FILTER_PID, CONFIG_STREAM_FAULTS, Chunk, ChunkKey, Config,
-    DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS, DROP_MAP_FULL, MAX_CPUS, MarkerKey, PidCounters,
-    RegionRef, TAIL_PROGRAMS,
+    CONFIG_FILTER_COMM, CONFIG_FILTER_PID, Chunk, ChunkKey, Config, DROP_CONTROL_EVENTS,
+    DROP_FAULT_EVENTS, DROP_MAP_FULL, MAX_CPUS, MAX_PROCS, MarkerKey, PidCounters, RegionRef,
+    TAIL_PROGRAMS,
 };
 
 use super::TraceError;
@@ -28,16 +31,47 @@ fn tracefs() -> std::path::PathBuf {
         .unwrap_or_else(|| TRACEFS.into())
 }
 
-/// Every tracepoint the tracer attaches to: (program, category, name).
-const ATTACHMENTS: &[(&str, &str, &str)] = &[
-    ("sys_enter", "raw_syscalls", "sys_enter"),
-    ("sys_exit", "raw_syscalls", "sys_exit"),
-    ("sched_process_fork", "sched", "sched_process_fork"),
-    ("sched_process_exec", "sched", "sched_process_exec"),
-    ("sched_process_exit", "sched", "sched_process_exit"),
-    ("page_fault", "exceptions", "page_fault_user"),
-    ("page_fault", "exceptions", "page_fault_kernel"),
+/// How a program is attached to its tracepoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attach {
+    /// A classic tracepoint: reads fields of the tracepoint's record.
+    Record,
+    /// A raw tracepoint: reads the tracepoint's arguments, no record is filled (the fault
+    /// path, where that saving is paid back on every fault of the machine).
+    Raw,
+}
+
+/// Every tracepoint the tracer attaches to: (program, category, name, how).
+const ATTACHMENTS: &[(&str, &str, &str, Attach)] = &[
+    ("sys_enter", "raw_syscalls", "sys_enter", Attach::Record),
+    ("sys_exit", "raw_syscalls", "sys_exit", Attach::Record),
+    (
+        "sched_process_fork",
+        "sched",
+        "sched_process_fork",
+        Attach::Record,
+    ),
+    (
+        "sched_process_exec",
+        "sched",
+        "sched_process_exec",
+        Attach::Record,
+    ),
+    (
+        "sched_process_exit",
+        "sched",
+        "sched_process_exit",
+        Attach::Record,
+    ),
+    ("page_fault", "exceptions", "page_fault_user", Attach::Raw),
+    ("page_fault", "exceptions", "page_fault_kernel", Attach::Raw),
 ];
+
+/// An attached program's link, to detach it before the final drain.
+enum Link {
+    Record(TracePointLinkId),
+    Raw(RawTracePointLinkId),
+}
 
 /// What to load and how.
 #[derive(Clone, Debug)]
@@ -52,6 +86,9 @@ pub struct ProbeOptions {
     pub comm: Option<String>,
     /// Restrict to `pids` even when it is empty (a command is spawned later).
     pub filter_pids: bool,
+    /// Processes with regions counted at once (counter slots; an exited process's slot is
+    /// reused once its final counts are read).
+    pub max_procs: u32,
 }
 
 impl Default for ProbeOptions {
@@ -62,6 +99,7 @@ impl Default for ProbeOptions {
             pids: Vec::new(),
             comm: None,
             filter_pids: false,
+            max_procs: MAX_PROCS,
         }
     }
 }
@@ -85,7 +123,7 @@ pub struct Probe {
     ebpf: Ebpf,
     nr_cpus: usize,
     /// Attached programs, to detach before the final drain.
-    links: Vec<(&'static str, aya::programs::trace_point::TracePointLinkId)>,
+    links: Vec<(&'static str, Link)>,
 }
 
 /// The embedded eBPF object, built by build.rs (public for benchmarks, which also load its
@@ -97,7 +135,7 @@ impl Probe {
     pub fn load(opts: &ProbeOptions) -> Result<Self, TraceError> {
         check_privileges()?;
         ensure_tracefs()?;
-        for (_, category, name) in ATTACHMENTS {
+        for (_, category, name, _) in ATTACHMENTS {
             tracepoint_format(category, name)?;
         }
         let fork_format = tracepoint_format("sched", "sched_process_fork")?;
@@ -110,6 +148,11 @@ impl Probe {
             what: "reading the number of possible CPUs".into(),
             source: e,
         })?;
+        if opts.max_procs == 0 {
+            return Err(TraceError::Usage(
+                "room for at least one process is needed".into(),
+            ));
+        }
         if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
             return Err(TraceError::Usage(format!(
                 "ring buffer size {} is not a power of two of at least 4096 bytes",
@@ -121,6 +164,9 @@ impl Probe {
             // No CO-RE relocations in our programs: skip parsing the kernel's BTF (~0.5 s).
             .btf(None)
             .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("COUNTERS", opts.max_procs)
+            .map_max_entries("SLOTS", opts.max_procs)
+            .map_max_entries("FREE_SLOTS", opts.max_procs)
             .load(OBJECT)
             .map_err(|e| TraceError::Load(Box::new(e)))?;
 
@@ -129,9 +175,6 @@ impl Probe {
             nr_cpus: u32::try_from(nr_cpus).unwrap_or(MAX_CPUS).min(MAX_CPUS),
             ..Config::default()
         };
-        if opts.stream_faults {
-            cfg.flags |= CONFIG_STREAM_FAULTS;
-        }
         if opts.filter_pids || !opts.pids.is_empty() {
             cfg.flags |= CONFIG_FILTER_PID;
         }
@@ -148,6 +191,14 @@ impl Probe {
                 .set(0, cfg, 0)
                 .map_err(|e| TraceError::Load(Box::new(e)))?;
         }
+        {
+            let mut free: Queue<_, u32> = Queue::try_from(map_mut(&mut ebpf, "FREE_SLOTS")?)
+                .map_err(|e| TraceError::Load(Box::new(e)))?;
+            for slot in 0..opts.max_procs {
+                free.push(slot, 0)
+                    .map_err(|e| TraceError::Load(Box::new(e)))?;
+            }
+        }
         install_exit_programs(&mut ebpf)?;
         let mut probe = Self {
             ebpf,
@@ -157,21 +208,40 @@ impl Probe {
         for &pid in &opts.pids {
             probe.follow(pid)?;
         }
-        for (prog, category, name) in ATTACHMENTS {
-            let program: &mut TracePoint = probe
+        for &(prog, category, name, how) in ATTACHMENTS {
+            let prog = match prog {
+                "page_fault" if opts.stream_faults => "page_fault_events",
+                p => p,
+            };
+            let program = probe
                 .ebpf
                 .program_mut(prog)
-                .ok_or_else(|| TraceError::Internal(format!("program {prog} missing")))?
-                .try_into()
-                .map_err(|e| TraceError::Load(Box::new(e)))?;
-            if program.fd().is_err() {
-                program
-                    .load()
-                    .map_err(|e| TraceError::Verifier(prog.to_string(), Box::new(e)))?;
-            }
-            let link = program
-                .attach(category, name)
-                .map_err(|e| TraceError::Attach(format!("{category}:{name}"), Box::new(e)))?;
+                .ok_or_else(|| TraceError::Internal(format!("program {prog} missing")))?;
+            let attach_err = |e| TraceError::Attach(format!("{category}:{name}"), Box::new(e));
+            let link = match how {
+                Attach::Record => {
+                    let program: &mut TracePoint = program
+                        .try_into()
+                        .map_err(|e| TraceError::Load(Box::new(e)))?;
+                    if program.fd().is_err() {
+                        program
+                            .load()
+                            .map_err(|e| TraceError::Verifier(prog.to_string(), Box::new(e)))?;
+                    }
+                    Link::Record(program.attach(category, name).map_err(attach_err)?)
+                }
+                Attach::Raw => {
+                    let program: &mut RawTracePoint = program
+                        .try_into()
+                        .map_err(|e| TraceError::Load(Box::new(e)))?;
+                    if program.fd().is_err() {
+                        program
+                            .load()
+                            .map_err(|e| TraceError::Verifier(prog.to_string(), Box::new(e)))?;
+                    }
+                    Link::Raw(program.attach(name).map_err(attach_err)?)
+                }
+            };
             probe.links.push((prog, link));
         }
         Ok(probe)
@@ -190,10 +260,20 @@ impl Probe {
     /// Detaches every program: no new events or counts after this. Maps stay readable.
     pub fn detach(&mut self) {
         for (prog, link) in self.links.drain(..) {
-            if let Some(p) = self.ebpf.program_mut(prog)
-                && let Ok(tp) = <&mut TracePoint>::try_from(p)
-            {
-                let _ = tp.detach(link);
+            let Some(p) = self.ebpf.program_mut(prog) else {
+                continue;
+            };
+            match link {
+                Link::Record(link) => {
+                    if let Ok(tp) = <&mut TracePoint>::try_from(p) {
+                        let _ = tp.detach(link);
+                    }
+                }
+                Link::Raw(link) => {
+                    if let Ok(tp) = <&mut RawTracePoint>::try_from(p) {
+                        let _ = tp.detach(link);
+                    }
+                }
             }
         }
     }
@@ -208,7 +288,7 @@ impl Probe {
             let keys: Vec<ChunkKey> = chunks
                 .keys()
                 .filter_map(Result::ok)
-                .filter(|k| k.tgid == pid)
+                .filter(|k| k.tgid() == pid)
                 .collect();
             for k in keys {
                 let _ = chunks.remove(&k);
@@ -234,29 +314,48 @@ impl Probe {
 
     /// Every process's counters, summed over CPUs.
     pub fn counters(&self) -> Result<HashMap<u32, PidCounters>, TraceError> {
-        let map: PerCpuHashMap<_, u32, PidCounters> =
-            PerCpuHashMap::try_from(map_ref(&self.ebpf, "COUNTERS")?)
-                .map_err(|e| TraceError::Load(Box::new(e)))?;
+        let map_err = |e: aya::maps::MapError| TraceError::Load(Box::new(e));
+        let slots: BpfHashMap<_, u32, u32> =
+            BpfHashMap::try_from(map_ref(&self.ebpf, "SLOTS")?).map_err(map_err)?;
+        let counters: PerCpuArray<_, PidCounters> =
+            PerCpuArray::try_from(map_ref(&self.ebpf, "COUNTERS")?).map_err(map_err)?;
         let mut out = HashMap::new();
-        for item in map.iter() {
-            let (pid, per_cpu) = item.map_err(|e| TraceError::Load(Box::new(e)))?;
-            out.insert(pid, sum(per_cpu.iter()));
+        for item in slots.iter() {
+            let (pid, slot) = item.map_err(map_err)?;
+            out.insert(pid, sum(counters.get(&slot, 0).map_err(map_err)?.iter()));
         }
         Ok(out)
     }
 
-    /// One process's counters, summed over CPUs, then forgotten (the process is gone).
+    /// One process's counters, summed over CPUs, then forgotten (the process is gone): its
+    /// slot is zeroed and given back to the programs.
     pub fn take_counters(&mut self, pid: u32) -> Result<Option<PidCounters>, TraceError> {
-        let mut map: PerCpuHashMap<_, u32, PidCounters> =
-            PerCpuHashMap::try_from(map_mut(&mut self.ebpf, "COUNTERS")?)
-                .map_err(|e| TraceError::Load(Box::new(e)))?;
-        let values = match map.get(&pid, 0) {
-            Ok(v) => v,
+        let map_err = |e: aya::maps::MapError| TraceError::Load(Box::new(e));
+        let slots: BpfHashMap<_, u32, u32> =
+            BpfHashMap::try_from(map_ref(&self.ebpf, "SLOTS")?).map_err(map_err)?;
+        let slot = match slots.get(&pid, 0) {
+            Ok(s) => s,
             Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(TraceError::Load(Box::new(e))),
+            Err(e) => return Err(map_err(e)),
         };
-        let total = sum(values.iter());
-        let _ = map.remove(&pid);
+        let mut counters: PerCpuArray<_, PidCounters> =
+            PerCpuArray::try_from(map_mut(&mut self.ebpf, "COUNTERS")?).map_err(map_err)?;
+        let total = sum(counters.get(&slot, 0).map_err(map_err)?.iter());
+        let zeroed =
+            PerCpuValues::try_from(vec![PidCounters::default(); self.nr_cpus]).map_err(|e| {
+                TraceError::Io {
+                    what: "preparing zeroed counters".into(),
+                    source: e,
+                }
+            })?;
+        counters.set(slot, zeroed, 0).map_err(map_err)?;
+        let mut slots: BpfHashMap<_, u32, u32> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, "SLOTS")?).map_err(map_err)?;
+        slots.remove(&pid).map_err(map_err)?;
+        // Zeroed before it is queued: a process that gets it starts from nothing.
+        let mut free: Queue<_, u32> =
+            Queue::try_from(map_mut(&mut self.ebpf, "FREE_SLOTS")?).map_err(map_err)?;
+        free.push(slot, 0).map_err(map_err)?;
         Ok(Some(total))
     }
 

@@ -308,12 +308,13 @@ impl Session {
                     // Gone without an exit event (dropped, or the leader left with exit(2)
                     // before the other threads): final counters, and forget its regions.
                     Err(_) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                        // Regions first: no chunk may name the slot once it is given back.
+                        self.probe.forget(pid)?;
                         if let Some(c) = self.probe.take_counters(pid)? {
                             self.agg.finish(pid, c);
                         } else {
                             self.agg.get_mut(pid).exited = true;
                         }
-                        self.probe.forget(pid)?;
                     }
                     Err(_) => {}
                 }
