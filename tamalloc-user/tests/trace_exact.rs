@@ -101,6 +101,40 @@ fn trace_keeps_two_processes_apart() {
 }
 
 #[test]
+fn trace_reuses_the_room_of_exited_processes() {
+    require_root();
+    let dir = TempDir::new("slots");
+    let (out, report) = (dir.path("trace.jsonl"), dir.path("expect.jsonl"));
+    // Each workload is a parent and a forked child with regions: room for exactly one run at
+    // a time, so runs 2..4 count only if the tracer gave back the room of the runs before.
+    let script = format!(
+        "for s in 1 2 3 4; do {b} workload --seed $s --pages 256 --report {r}; sleep 0.5; done",
+        b = bin(),
+        r = report.display()
+    );
+    trace(
+        &[
+            "--quiet",
+            "--max-procs",
+            "2",
+            "--output",
+            out.to_str().expect("utf-8"),
+        ],
+        &["sh", "-c", &script],
+    );
+    assert_eq!(
+        json_lines(&report).len(),
+        8,
+        "four parents and four children"
+    );
+    let records = json_lines(&out);
+    let drops = by_type(&records, "drops");
+    assert_eq!(drops.len(), 1);
+    assert_eq!(drops[0]["map_full"].as_u64(), Some(0), "{:?}", drops[0]);
+    assert_exact(&report, &out);
+}
+
+#[test]
 fn trace_counts_stay_exact_when_a_tiny_ring_drops_events() {
     require_root();
     let dir = TempDir::new("drops");

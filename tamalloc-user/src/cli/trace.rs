@@ -49,6 +49,11 @@ pub struct Args {
     /// Ring buffer for streamed events, in bytes (a power of two of at least 4KiB).
     #[arg(long, default_value = "4MiB", value_parser = parse_ring_size)]
     ring_size: u32,
+    /// Processes with regions the tracer counts at once; an exited process's room is reused.
+    /// Beyond it, new processes are not counted and the summary reports `map_full` drops.
+    #[arg(long, default_value_t = tamalloc_common::trace::MAX_PROCS, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    max_procs: u32,
     /// Print only the summary at the end, no live view.
     #[arg(short, long)]
     quiet: bool,
@@ -71,6 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             pids: args.pids.clone(),
             comm: args.comm.clone(),
             filter_pids: !args.command.is_empty(),
+            max_procs: args.max_procs,
         },
         command: args.command.clone(),
         duration: args.duration,
