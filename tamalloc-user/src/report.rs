@@ -24,7 +24,7 @@ use plotters::{
 };
 use tamalloc_common::trace::FaultKind;
 
-use crate::tracer::{aggregate::Aggregator, record::Record};
+use crate::tracer::{aggregate::Aggregator, decode::TraceEvent, record::Record};
 
 /// Why a report could not be made. Each message is one line a user can act on.
 #[derive(Debug, thiserror::Error)]
@@ -178,32 +178,29 @@ impl Trace {
         }
         match r {
             Record::Meta { stats_source, .. } => self.stats_source = stats_source.clone(),
-            Record::Region { ts_ns, pid, .. } => {
+            Record::Event(TraceEvent::Region { ts_ns, pid, .. }) => {
                 self.procs.entry(*pid).or_default().regions += 1;
                 self.reserved_now(*ts_ns, *pid, agg);
             }
-            Record::Unmap { ts_ns, pid, .. }
-            | Record::Remap { ts_ns, pid, .. }
-            | Record::Exec { ts_ns, pid }
-            | Record::Exit { ts_ns, pid } => {
+            Record::Event(TraceEvent::Unmap { ts_ns, pid, .. })
+            | Record::Event(TraceEvent::Remap { ts_ns, pid, .. })
+            | Record::Event(TraceEvent::Exec { ts_ns, pid })
+            | Record::Event(TraceEvent::Exit { ts_ns, pid }) => {
                 if self.procs.contains_key(pid) {
                     self.reserved_now(*ts_ns, *pid, agg);
                 }
             }
-            Record::Fork { ts_ns, pid, child } => {
+            Record::Event(TraceEvent::Fork { ts_ns, pid, child }) => {
                 if self.procs.contains_key(pid) {
                     let comm = self.procs[pid].comm.clone();
                     self.procs.entry(*child).or_default().comm = comm;
                     self.reserved_now(*ts_ns, *child, agg);
                 }
             }
-            Record::Fault {
+            Record::Event(TraceEvent::Fault {
                 ts_ns, pid, kind, ..
-            } => {
-                let Some(k) = FaultKind::ALL.iter().position(|f| f.name() == kind) else {
-                    return;
-                };
-                let points = &mut self.procs.entry(*pid).or_default().faults[k];
+            }) => {
+                let points = &mut self.procs.entry(*pid).or_default().faults[*kind as usize];
                 let n = points.last().map_or(0, |p| p.1) + 1;
                 match points.last_mut() {
                     Some(last) if ts_ns.saturating_sub(last.0) < FAULT_RESOLUTION_NS => last.1 = n,

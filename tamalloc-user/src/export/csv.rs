@@ -116,6 +116,7 @@ impl<W: Write> Sink for Csv<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tracer::decode::TraceEvent;
 
     /// One record of every type, with every field set.
     pub(crate) fn every_record() -> Vec<Record> {
@@ -127,45 +128,46 @@ mod tests {
                 stats_source: "procfs".into(),
                 events: true,
             },
-            Record::Region {
+            Record::Event(TraceEvent::Region {
                 ts_ns: 1,
                 pid: 2,
                 tid: 3,
                 addr: 4,
                 len: 5,
                 fallback: true,
-            },
-            Record::Unmap {
+            }),
+            Record::Event(TraceEvent::Unmap {
                 ts_ns: 1,
                 pid: 2,
                 addr: 4,
                 len: 5,
                 region_bytes: 6,
-            },
-            Record::Remap {
+            }),
+            Record::Event(TraceEvent::Remap {
                 ts_ns: 1,
                 pid: 2,
                 old_addr: 3,
                 old_len: 4,
                 new_addr: 5,
                 new_len: 6,
-            },
-            Record::Fork {
+            }),
+            Record::Event(TraceEvent::Fork {
                 ts_ns: 1,
                 pid: 2,
                 child: 3,
-            },
-            Record::Exec { ts_ns: 1, pid: 2 },
-            Record::Exit { ts_ns: 1, pid: 2 },
-            Record::Fault {
+            }),
+            Record::Event(TraceEvent::Exec { ts_ns: 1, pid: 2 }),
+            Record::Event(TraceEvent::Exit { ts_ns: 1, pid: 2 }),
+            Record::Event(TraceEvent::Fault {
                 ts_ns: 1,
                 pid: 2,
                 tid: 3,
-                kind: "write_zero".into(),
+                kind: tamalloc_common::trace::FaultKind::WriteZero,
                 addr: 4,
                 region: 5,
                 page: 6,
-            },
+                error_code: 0,
+            }),
             Record::Stats {
                 ts_ns: 1,
                 pid: 2,

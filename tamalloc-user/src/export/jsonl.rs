@@ -32,6 +32,7 @@ impl<W: Write> Sink for JsonLines<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tracer::decode::TraceEvent;
 
     #[test]
     fn writes_one_complete_line_per_record() {
@@ -39,7 +40,8 @@ mod tests {
         {
             let mut sink = JsonLines::new(&mut buf);
             for pid in 1..=3 {
-                sink.record(&Record::Exit { ts_ns: 5, pid }).ok();
+                sink.record(&Record::Event(TraceEvent::Exit { ts_ns: 5, pid }))
+                    .ok();
             }
             sink.finish().ok();
         }

@@ -22,7 +22,7 @@ use std::{
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::tracer::record::Record;
+use crate::tracer::{decode::TraceEvent, record::Record};
 
 use super::Sink;
 
@@ -212,14 +212,14 @@ impl<W: Write> Sink for Perfetto<W> {
                 }
                 self.start()
             }
-            Record::Region {
+            Record::Event(TraceEvent::Region {
                 ts_ns,
                 pid,
                 tid,
                 addr,
                 len,
                 fallback,
-            } => {
+            }) => {
                 self.thread(*pid, *tid)?;
                 self.instant(
                     "region",
@@ -229,7 +229,7 @@ impl<W: Write> Sink for Perfetto<W> {
                     json!({ "addr": hex(*addr), "len": len, "fallback": fallback }),
                 )
             }
-            Record::Fault {
+            Record::Event(TraceEvent::Fault {
                 ts_ns,
                 pid,
                 tid,
@@ -237,37 +237,38 @@ impl<W: Write> Sink for Perfetto<W> {
                 addr,
                 region,
                 page,
-            } => {
+                ..
+            }) => {
                 self.thread(*pid, *tid)?;
                 self.instant(
-                    kind,
+                    kind.name(),
                     *ts_ns,
                     *pid,
                     Some(*tid),
                     json!({ "addr": hex(*addr), "region": hex(*region), "page": page }),
                 )
             }
-            Record::Unmap {
+            Record::Event(TraceEvent::Unmap {
                 ts_ns,
                 pid,
                 addr,
                 len,
                 region_bytes,
-            } => self.instant(
+            }) => self.instant(
                 "munmap",
                 *ts_ns,
                 *pid,
                 None,
                 json!({ "addr": hex(*addr), "len": len, "region_bytes": region_bytes }),
             ),
-            Record::Remap {
+            Record::Event(TraceEvent::Remap {
                 ts_ns,
                 pid,
                 old_addr,
                 old_len,
                 new_addr,
                 new_len,
-            } => self.instant(
+            }) => self.instant(
                 "mremap",
                 *ts_ns,
                 *pid,
@@ -277,11 +278,15 @@ impl<W: Write> Sink for Perfetto<W> {
                     "new_addr": hex(*new_addr), "new_len": new_len,
                 }),
             ),
-            Record::Fork { ts_ns, pid, child } => {
+            Record::Event(TraceEvent::Fork { ts_ns, pid, child }) => {
                 self.instant("fork", *ts_ns, *pid, None, json!({ "child": child }))
             }
-            Record::Exec { ts_ns, pid } => self.instant("exec", *ts_ns, *pid, None, json!({})),
-            Record::Exit { ts_ns, pid } => self.instant("exit", *ts_ns, *pid, None, json!({})),
+            Record::Event(TraceEvent::Exec { ts_ns, pid }) => {
+                self.instant("exec", *ts_ns, *pid, None, json!({}))
+            }
+            Record::Event(TraceEvent::Exit { ts_ns, pid }) => {
+                self.instant("exit", *ts_ns, *pid, None, json!({}))
+            }
             Record::Stats {
                 ts_ns,
                 pid,
@@ -376,10 +381,10 @@ mod tests {
         let mut buf = Vec::new();
         {
             let mut sink = Perfetto::new(&mut buf);
-            sink.record(&Record::Exit {
+            sink.record(&Record::Event(TraceEvent::Exit {
                 ts_ns: 1500,
                 pid: 3,
-            })
+            }))
             .expect("record");
         }
         let v: Value = serde_json::from_slice(&buf).expect("valid JSON");
@@ -390,15 +395,16 @@ mod tests {
     #[test]
     fn threads_seen_before_the_name_are_named_later() {
         let v = render(&[
-            Record::Fault {
+            Record::Event(TraceEvent::Fault {
                 ts_ns: 1000,
                 pid: 9,
                 tid: 9,
-                kind: "write_zero".into(),
+                kind: tamalloc_common::trace::FaultKind::WriteZero,
                 addr: 4096,
                 region: 4096,
                 page: 0,
-            },
+                error_code: 0,
+            }),
             Record::Summary {
                 pid: 9,
                 comm: "demo".into(),

@@ -1,20 +1,28 @@
-//! Ring-buffer records to typed events.
+//! Ring-buffer records to typed events. A [`TraceEvent`] is also the event records of the
+//! trace schema ([`super::record::Record::Event`]): it serialises as
+//! `{"type": "<variant in snake_case>", ...fields}`.
 
+use serde::{Deserialize, Serialize};
 use tamalloc_common::trace::{Event, EventKind, FaultKind};
 
 /// One decoded ring-buffer record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum TraceEvent {
     Fault {
         ts_ns: u64,
         pid: u32,
         tid: u32,
+        /// `read_zero`, `write_zero`, `cow_zero`, `cow` or `other`.
+        #[serde(with = "kind_name")]
         kind: FaultKind,
         addr: u64,
-        /// The region's first address when it was created (its identity).
+        /// The region's identity: its first address when it was created.
         region: u64,
-        /// The page's index in its region.
+        /// The page's index in the region.
         page: u64,
+        /// The x86 error code; not recorded (0 when read back from a trace).
+        #[serde(skip)]
         error_code: u64,
     },
     Region {
@@ -23,6 +31,7 @@ pub enum TraceEvent {
         tid: u32,
         addr: u64,
         len: u64,
+        /// Made by the documented mmap fallback rather than syscall 554.
         fallback: bool,
     },
     Unmap {
@@ -30,6 +39,7 @@ pub enum TraceEvent {
         pid: u32,
         addr: u64,
         len: u64,
+        /// Bytes of region pages that went away.
         region_bytes: u64,
     },
     Remap {
@@ -53,6 +63,50 @@ pub enum TraceEvent {
         ts_ns: u64,
         pid: u32,
     },
+}
+
+impl TraceEvent {
+    pub fn ts_ns(&self) -> u64 {
+        match *self {
+            TraceEvent::Fault { ts_ns, .. }
+            | TraceEvent::Region { ts_ns, .. }
+            | TraceEvent::Unmap { ts_ns, .. }
+            | TraceEvent::Remap { ts_ns, .. }
+            | TraceEvent::Fork { ts_ns, .. }
+            | TraceEvent::Exec { ts_ns, .. }
+            | TraceEvent::Exit { ts_ns, .. } => ts_ns,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        match *self {
+            TraceEvent::Fault { pid, .. }
+            | TraceEvent::Region { pid, .. }
+            | TraceEvent::Unmap { pid, .. }
+            | TraceEvent::Remap { pid, .. }
+            | TraceEvent::Fork { pid, .. }
+            | TraceEvent::Exec { pid, .. }
+            | TraceEvent::Exit { pid, .. } => pid,
+        }
+    }
+}
+
+/// A fault kind as its name in traces.
+mod kind_name {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+    use tamalloc_common::trace::FaultKind;
+
+    pub fn serialize<S: Serializer>(kind: &FaultKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(kind.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FaultKind, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| D::Error::custom(format!("unknown fault kind {name:?}")))
+    }
 }
 
 /// Decodes one record. The ring gives no alignment guarantee for our type, so the bytes are

@@ -23,56 +23,6 @@ pub enum Record {
         /// Whether every fault was streamed (`fault` records present).
         events: bool,
     },
-    Region {
-        ts_ns: u64,
-        pid: u32,
-        tid: u32,
-        addr: u64,
-        len: u64,
-        /// Made by the documented mmap fallback rather than syscall 554.
-        fallback: bool,
-    },
-    Unmap {
-        ts_ns: u64,
-        pid: u32,
-        addr: u64,
-        len: u64,
-        /// Bytes of region pages that went away.
-        region_bytes: u64,
-    },
-    Remap {
-        ts_ns: u64,
-        pid: u32,
-        old_addr: u64,
-        old_len: u64,
-        new_addr: u64,
-        new_len: u64,
-    },
-    Fork {
-        ts_ns: u64,
-        pid: u32,
-        child: u32,
-    },
-    Exec {
-        ts_ns: u64,
-        pid: u32,
-    },
-    Exit {
-        ts_ns: u64,
-        pid: u32,
-    },
-    Fault {
-        ts_ns: u64,
-        pid: u32,
-        tid: u32,
-        /// `read_zero`, `write_zero`, `cow_zero`, `cow` or `other`.
-        kind: String,
-        addr: u64,
-        /// The region's identity: its first address when it was created.
-        region: u64,
-        /// The page's index in the region.
-        page: u64,
-    },
     Stats {
         ts_ns: u64,
         pid: u32,
@@ -130,166 +80,27 @@ pub enum Record {
         control_events: u64,
         map_full: u64,
     },
+    /// What the programs reported: `region`, `unmap`, `remap`, `fork`, `exec`, `exit` and
+    /// `fault` records (the event carries its own `type`).
+    #[serde(untagged)]
+    Event(TraceEvent),
 }
 
 impl Record {
-    /// The record of a decoded event.
-    pub fn from_event(ev: &TraceEvent) -> Self {
-        match *ev {
-            TraceEvent::Fault {
-                ts_ns,
-                pid,
-                tid,
-                kind,
-                addr,
-                region,
-                page,
-                ..
-            } => Record::Fault {
-                ts_ns,
-                pid,
-                tid,
-                kind: kind.name().to_owned(),
-                addr,
-                region,
-                page,
-            },
-            TraceEvent::Region {
-                ts_ns,
-                pid,
-                tid,
-                addr,
-                len,
-                fallback,
-            } => Record::Region {
-                ts_ns,
-                pid,
-                tid,
-                addr,
-                len,
-                fallback,
-            },
-            TraceEvent::Unmap {
-                ts_ns,
-                pid,
-                addr,
-                len,
-                region_bytes,
-            } => Record::Unmap {
-                ts_ns,
-                pid,
-                addr,
-                len,
-                region_bytes,
-            },
-            TraceEvent::Remap {
-                ts_ns,
-                pid,
-                old_addr,
-                old_len,
-                new_addr,
-                new_len,
-            } => Record::Remap {
-                ts_ns,
-                pid,
-                old_addr,
-                old_len,
-                new_addr,
-                new_len,
-            },
-            TraceEvent::Fork { ts_ns, pid, child } => Record::Fork { ts_ns, pid, child },
-            TraceEvent::Exec { ts_ns, pid } => Record::Exec { ts_ns, pid },
-            TraceEvent::Exit { ts_ns, pid } => Record::Exit { ts_ns, pid },
-        }
-    }
-
-    /// The event a record was made from (the inverse of [`Record::from_event`]), for tools
-    /// that replay a trace; `None` for records that are not events, or a fault of an unknown
-    /// kind. The fault's x86 error code is not recorded and comes back as 0.
+    /// The event a record holds, for tools that replay a trace; `None` for records that
+    /// are not events.
     pub fn to_event(&self) -> Option<TraceEvent> {
-        Some(match *self {
-            Record::Fault {
-                ts_ns,
-                pid,
-                tid,
-                ref kind,
-                addr,
-                region,
-                page,
-            } => TraceEvent::Fault {
-                ts_ns,
-                pid,
-                tid,
-                kind: tamalloc_common::trace::FaultKind::ALL
-                    .into_iter()
-                    .find(|k| k.name() == kind)?,
-                addr,
-                region,
-                page,
-                error_code: 0,
-            },
-            Record::Region {
-                ts_ns,
-                pid,
-                tid,
-                addr,
-                len,
-                fallback,
-            } => TraceEvent::Region {
-                ts_ns,
-                pid,
-                tid,
-                addr,
-                len,
-                fallback,
-            },
-            Record::Unmap {
-                ts_ns,
-                pid,
-                addr,
-                len,
-                region_bytes,
-            } => TraceEvent::Unmap {
-                ts_ns,
-                pid,
-                addr,
-                len,
-                region_bytes,
-            },
-            Record::Remap {
-                ts_ns,
-                pid,
-                old_addr,
-                old_len,
-                new_addr,
-                new_len,
-            } => TraceEvent::Remap {
-                ts_ns,
-                pid,
-                old_addr,
-                old_len,
-                new_addr,
-                new_len,
-            },
-            Record::Fork { ts_ns, pid, child } => TraceEvent::Fork { ts_ns, pid, child },
-            Record::Exec { ts_ns, pid } => TraceEvent::Exec { ts_ns, pid },
-            Record::Exit { ts_ns, pid } => TraceEvent::Exit { ts_ns, pid },
-            _ => return None,
-        })
+        match self {
+            Record::Event(ev) => Some(*ev),
+            _ => None,
+        }
     }
 
     /// The record's time, when it has one.
     pub fn ts_ns(&self) -> Option<u64> {
         match *self {
-            Record::Region { ts_ns, .. }
-            | Record::Unmap { ts_ns, .. }
-            | Record::Remap { ts_ns, .. }
-            | Record::Fork { ts_ns, .. }
-            | Record::Exec { ts_ns, .. }
-            | Record::Exit { ts_ns, .. }
-            | Record::Fault { ts_ns, .. }
-            | Record::Stats { ts_ns, .. }
-            | Record::Global { ts_ns, .. } => Some(ts_ns),
+            Record::Event(ev) => Some(ev.ts_ns()),
+            Record::Stats { ts_ns, .. } | Record::Global { ts_ns, .. } => Some(ts_ns),
             Record::Meta { .. } | Record::Summary { .. } | Record::Drops { .. } => None,
         }
     }
@@ -367,12 +178,12 @@ mod tests {
             s,
             r#"{"type":"summary","pid":7,"comm":"demo","read_zero":1,"write_zero":2,"cow_zero":3,"cow":4,"other":5,"regions":6}"#
         );
-        let back: Record = serde_json::from_str(&s).unwrap_or(Record::Exit { ts_ns: 0, pid: 0 });
-        assert_eq!(back, r);
+        let back: Option<Record> = serde_json::from_str(&s).ok();
+        assert_eq!(back, Some(r));
     }
 
     #[test]
-    fn events_survive_a_round_trip_through_records() {
+    fn events_are_records_with_their_own_type() {
         let ev = TraceEvent::Fault {
             ts_ns: 1,
             pid: 2,
@@ -383,13 +194,22 @@ mod tests {
             page: 6,
             error_code: 0,
         };
-        assert_eq!(Record::from_event(&ev).to_event(), Some(ev));
-        let ev = TraceEvent::Fork {
+        let s = serde_json::to_string(&Record::Event(ev)).unwrap_or_default();
+        assert_eq!(
+            s,
+            r#"{"type":"fault","ts_ns":1,"pid":2,"tid":3,"kind":"cow_zero","addr":4,"region":5,"page":6}"#
+        );
+        let back: Option<Record> = serde_json::from_str(&s).ok();
+        assert_eq!(back.and_then(|r| r.to_event()), Some(ev));
+        let fork = Record::Event(TraceEvent::Fork {
             ts_ns: 1,
             pid: 2,
             child: 3,
-        };
-        assert_eq!(Record::from_event(&ev).to_event(), Some(ev));
-        assert_eq!(Record::from_event(&ev).ts_ns(), Some(1));
+        });
+        let s = serde_json::to_string(&fork).unwrap_or_default();
+        assert_eq!(s, r#"{"type":"fork","ts_ns":1,"pid":2,"child":3}"#);
+        assert_eq!(fork.ts_ns(), Some(1));
+        assert_eq!(serde_json::from_str::<Record>(&s).ok(), Some(fork));
+        assert!(serde_json::from_str::<Record>(r#"{"type":"fault","kind":"nope"}"#).is_err());
     }
 }

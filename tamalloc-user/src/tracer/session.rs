@@ -270,7 +270,7 @@ impl Session {
                 }
                 _ => {}
             }
-            self.emit(&Record::from_event(&ev));
+            self.emit(&Record::Event(ev));
             self.view.event(&ev);
         }
         if n > 0 {
