@@ -77,18 +77,6 @@ impl TraceEvent {
             | TraceEvent::Exit { ts_ns, .. } => ts_ns,
         }
     }
-
-    pub fn pid(&self) -> u32 {
-        match *self {
-            TraceEvent::Fault { pid, .. }
-            | TraceEvent::Region { pid, .. }
-            | TraceEvent::Unmap { pid, .. }
-            | TraceEvent::Remap { pid, .. }
-            | TraceEvent::Fork { pid, .. }
-            | TraceEvent::Exec { pid, .. }
-            | TraceEvent::Exit { pid, .. } => pid,
-        }
-    }
 }
 
 /// A fault kind as its name in traces.
