@@ -27,10 +27,10 @@ use crate::util;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Fewer rounds (3 instead of 5) and a shorter decoder bench: about half the time.
+    /// Fewer rounds (3 instead of 9) and a shorter decoder bench: about a third of the time.
     #[arg(long)]
     pub quick: bool,
-    /// Rounds of every interleaved comparison (overrides the default of 5, or 3 with --quick).
+    /// Rounds of every interleaved comparison (overrides the default of 9, or 3 with --quick).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub rounds: Option<u32>,
     /// Leave out the patched-kernel part (syscalls 555/554 under QEMU).
@@ -73,7 +73,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     crate::setup::run(&crate::setup::Args::default()).context("set-up")?;
-    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 });
+    // Nine: this host's fault rate drifts by 2x over seconds (other tenants), and a median
+    // of nine interleaved rounds holds still where five did not.
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 9 });
     let root = util::workspace_root();
     util::step("Building");
     util::run(cargo(&root).args(["build", "--release", "--quiet", "-p", "tamalloc-user"]))?;
@@ -814,7 +816,8 @@ struct VmStats {
 /// processes, and measures at each step.
 fn vm_script(quick: bool) -> String {
     let iterations = if quick { 11 } else { 21 };
-    format!("tamalloc bench-stats --procs 100,1000 --iterations {iterations}\n")
+    // 400 too: where the cost per process of 555 stops growing (see the report's note).
+    format!("tamalloc bench-stats --procs 100,400,1000 --iterations {iterations}\n")
 }
 
 fn vm_stats(work: &Path, quick: bool, limit: Duration) -> anyhow::Result<VmStats> {
@@ -921,6 +924,17 @@ impl Report {
             .filter_map(|r| Some(r.elapsed_ns / base.get(&r.round)?))
             .collect();
         median(&ratios)
+    }
+
+    /// Fastest elapsed of `v` over the fastest untraced elapsed.
+    fn best_ratio(&self, v: Variant, threads: u32) -> f64 {
+        let fastest = |v| {
+            self.runs_of(v, threads)
+                .iter()
+                .map(|r| r.elapsed_ns)
+                .fold(f64::INFINITY, f64::min)
+        };
+        fastest(v) / fastest(Variant::Untraced)
     }
 
     fn render(&self, args: &Args) -> String {
@@ -1211,11 +1225,13 @@ impl Report {
              1 s view, stdout to /dev/null); the same with `--events` (every fault printed, \
              stdout to /dev/null); and `bpftrace -e '{BPFTRACE_PROGRAM}'` started before the \
              workload. Slowdown = median over rounds of (elapsed / untraced elapsed of the same \
-             round) − 1.\n"
+             round) − 1; the targets are judged on it. Best of rounds = the fastest run of the \
+             variant against the fastest untraced run − 1: noise from other tenants only ever \
+             slows a run down, so the fastest runs are the least disturbed ones.\n"
         );
         let _ = writeln!(
             s,
-            "| threads | variant | faults/s (median) | faults/s (min–max) | elapsed (median) | slowdown |\n|---|---|---|---|---|---|"
+            "| threads | variant | faults/s (median) | faults/s (min–max) | elapsed (median) | slowdown | best of rounds |\n|---|---|---|---|---|---|---|"
         );
         for threads in [1, 2] {
             for v in Variant::ALL {
@@ -1225,10 +1241,13 @@ impl Report {
                 }
                 let fps = median(&runs.iter().map(|r| r.faults_per_sec).collect::<Vec<_>>());
                 let el = median(&runs.iter().map(|r| r.elapsed_ns).collect::<Vec<_>>());
-                let slow = if v == Variant::Untraced {
-                    "–".to_owned()
+                let (slow, best) = if v == Variant::Untraced {
+                    ("–".to_owned(), "–".to_owned())
                 } else {
-                    format!("{:+.1} %", (self.ratio(v, threads) - 1.0) * 100.0)
+                    (
+                        format!("{:+.1} %", (self.ratio(v, threads) - 1.0) * 100.0),
+                        format!("{:+.1} %", (self.best_ratio(v, threads) - 1.0) * 100.0),
+                    )
                 };
                 let lo = runs
                     .iter()
@@ -1237,7 +1256,7 @@ impl Report {
                 let hi = runs.iter().map(|r| r.faults_per_sec).fold(0.0, f64::max);
                 let _ = writeln!(
                     s,
-                    "| {threads} | {} | {fps:.0} | {lo:.0}–{hi:.0} | {:.3} s | {slow} |",
+                    "| {threads} | {} | {fps:.0} | {lo:.0}–{hi:.0} | {:.3} s | {slow} | {best} |",
                     v.label(),
                     el / 1e9
                 );
@@ -1265,27 +1284,51 @@ impl Report {
                     .map(|r| r.elapsed_ns * f64::from(threads) / FAULT_PAGES as f64)
                     .collect::<Vec<_>>(),
             );
+            let best = self.best_ratio(Variant::Count, threads) - 1.0;
+            let bt_best = self.best_ratio(Variant::Bpftrace, threads) - 1.0;
+            let untraced: Vec<f64> = self
+                .runs_of(Variant::Untraced, threads)
+                .iter()
+                .map(|r| r.faults_per_sec)
+                .collect();
+            let spread = untraced.iter().fold(0.0, |a: f64, &b| a.max(b))
+                / untraced.iter().fold(f64::INFINITY, |a: f64, &b| a.min(b))
+                - 1.0;
             targets.push(Target(
                 format!("counting-mode slowdown ≤ 3 % ({threads} thread(s))"),
-                format!("{:+.1} %", count * 100.0),
+                format!(
+                    "{:+.1} % (best of rounds {:+.1} %)",
+                    count * 100.0,
+                    best * 100.0
+                ),
                 count <= 0.03,
                 format!(
-                    "the fault program's run ({prog_ns:.0} ns, part 1) next to a first-touch \
-                     fault that takes {fault_ns:.0} ns here is {:.1} % by itself; the rest is \
-                     the tracer's own work (the 1 s refresh reads /proc and the counter map) \
-                     and the sys_enter/sys_exit programs on every syscall, on the same 2 cores",
+                    "the untraced runs alone spread by {:.0} % between the slowest and the \
+                     fastest, far more than the effect measured: the median slowdown is this \
+                     host's noise. What the tracer adds per fault is its fault program's run \
+                     ({prog_ns:.0} ns with the statistics' clock reads, part 1) next to a \
+                     first-touch fault that takes {fault_ns:.0} ns here: {:.1} %, plus the \
+                     sys_enter/sys_exit programs on every syscall and the 1 s refresh",
+                    spread * 100.0,
                     prog_ns / fault_ns * 100.0
                 ),
             ));
             if !bt.is_nan() {
                 targets.push(Target(
                     format!("counting-mode slowdown ≤ ⅕ of bpftrace's ({threads} thread(s))"),
-                    format!("{:+.1} % vs {:+.1} %", count * 100.0, bt * 100.0),
+                    format!(
+                        "{:+.1} % vs {:+.1} % (best of rounds {:+.1} % vs {:+.1} %)",
+                        count * 100.0,
+                        bt * 100.0,
+                        best * 100.0,
+                        bt_best * 100.0
+                    ),
                     count <= bt / 5.0 || count <= 0.0,
-                    "both add one BPF program run per fault, of about the same cost (part 1), \
-                     and bpftrace does nothing else while the workload runs: a fifth of its \
-                     slowdown is less than one run of any hash-based fault program"
-                        .into(),
+                    format!(
+                        "the ratio of two slowdowns that are each within this host's noise \
+                         (untraced runs spread by {:.0} %) is noise too",
+                        spread * 100.0
+                    ),
                 ));
             }
         }
@@ -1401,7 +1444,8 @@ impl Report {
             s,
             "`cargo xtask vm --mem 2048 -- sh -c \"$SCRIPT\"` runs `tamalloc bench-stats` in the \
              guest, which forks children that only sleep (`pause()`; forked, not exec'd, which \
-             is quick under TCG) until the guest has 100, then 1,000 processes, and measures at \
+             is quick under TCG) until the guest has 100, then 400, then 1,000 processes, and \
+             measures at \
              each step: syscall 555 \
              with pid 0 (every process into one buffer) against what procps does (list /proc, \
              read and parse `/proc/PID/status` and `/proc/PID/oom_score` of every process), and \
@@ -1412,7 +1456,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| processes (555 / /proc) | VMAs per sleeper | 555 pid 0 | /proc scraping | /proc ÷ 555 | 554 + munmap | mmap + munmap | 554 ÷ mmap |\n|---|---|---|---|---|---|---|---|"
+            "| processes (555 / /proc) | VMAs per sleeper | 555 pid 0 | per process | /proc scraping | per process | /proc ÷ 555 | 554 + munmap | mmap + munmap | 554 ÷ mmap |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         let mut worst: Option<(f64, String)> = None;
         for row in &vm.rows {
@@ -1420,12 +1464,14 @@ impl Report {
             let ratio = g("procfs_ns") / g("syscall_ns");
             let _ = writeln!(
                 s,
-                "| {:.0} / {:.0} | {:.0} | {:.1} µs | {:.1} µs | {ratio:.1}× | {:.2} µs | {:.2} µs | {:.2} |",
+                "| {:.0} / {:.0} | {:.0} | {:.1} µs | {:.2} µs | {:.1} µs | {:.1} µs | {ratio:.1}× | {:.2} µs | {:.2} µs | {:.2} |",
                 g("procs_syscall"),
                 g("procs_procfs"),
                 g("vmas"),
                 g("syscall_ns") / 1e3,
+                g("syscall_ns") / 1e3 / g("procs_syscall"),
                 g("procfs_ns") / 1e3,
+                g("procfs_ns") / 1e3 / g("procs_procfs"),
                 g("tamalloc_ns") / 1e3,
                 g("mmap_ns") / 1e3,
                 g("tamalloc_ns") / g("mmap_ns"),
@@ -1440,13 +1486,15 @@ impl Report {
                 "555 with pid 0 ≥ 20× faster than /proc scraping".into(),
                 format!("{ratio:.1}× at worst ({at}, TCG)"),
                 ratio >= 20.0,
-                "per process, 555 takes a reference on the mm (find_lock_task_mm, mmget/mmput), \
-                 runs oom_badness (which locks the task again), checks ptrace access, and takes \
-                 mmap_lock to walk every VMA looking for tamalloc ones (the table's VMA count: \
-                 no per-mm count of tamalloc VMAs lets it skip a process without any), then \
-                 copies one record out; /proc's status and oom_score do not walk VMAs. Under \
-                 TCG the relative cost of locked instructions and tree walks also differs from \
-                 hardware"
+                "a process that never called 554 (MMF_TAMALLOC unset) costs 555 no mmap_lock \
+                 and no VMA walk: the pid lookup, task and mm references, oom_badness and one \
+                 record copied out. That cost per process is flat for /proc but not for 555, \
+                 which is several times cheaper per process at 100 processes than from about \
+                 400 on (the table). The work per process is the same, so what grows is the \
+                 price of reaching each process's task, signal and mm structures, scattered \
+                 through memory, cold after the /proc side's turn (consistent with QEMU TCG's \
+                 software TLB and the host's caches holding about 100 processes' worth, not \
+                 measured further); /proc's per-file syscall work hides the same misses"
                     .into(),
             ));
         }
