@@ -1,5 +1,7 @@
 //! Atomic read-modify-write on map values. The BPF target has no compare-and-swap, so
-//! `core::sync::atomic` hides `fetch_or`/`fetch_and`; the intrinsics lower to BPF_ATOMIC.
+//! `core::sync::atomic` hides `fetch_or`/`fetch_and`; the intrinsics lower to BPF_ATOMIC
+//! (x86's locked instructions). Sequentially consistent: a load after one is not moved
+//! before it.
 
 use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or};
 
@@ -7,12 +9,12 @@ use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or};
 #[inline(always)]
 pub fn fetch_or(word: *mut u64, bits: u64) -> u64 {
     // SAFETY: callers pass a pointer into a live, 8-byte aligned map value.
-    unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, bits) }
+    unsafe { atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(word, bits) }
 }
 
 /// `*word &= bits`, returning the old value.
 #[inline(always)]
 pub fn fetch_and(word: *mut u64, bits: u64) -> u64 {
     // SAFETY: callers pass a pointer into a live, 8-byte aligned map value.
-    unsafe { atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>(word, bits) }
+    unsafe { atomic_and::<u64, u64, { AtomicOrdering::SeqCst }>(word, bits) }
 }

@@ -81,17 +81,27 @@ fn on_fault<const STREAM: bool>(ctx: &RawTracePointContext) {
         }
     };
     let (mut kind, now) = classify(error_code, was);
-    // Two threads faulting on the same untouched page both read the old state; the one
-    // whose atomic operation finds the bit already set was not first and counts `other`.
+    // Faults racing on one page (threads of the process) all read the old state. Each marks
+    // the page with an atomic operation whose old value says who came first; the others
+    // count `other`. A page of its own never keeps its zero bit: a write clears it after
+    // marking, and a read that then finds the page marked backs off (both operations are
+    // sequentially consistent, so at least one of the two sees the other).
     if now.present && !was.present {
         if fetch_or(present, bit) & bit != 0 {
             kind = FaultKind::Other;
         }
-    } else if now.zero && !was.zero && fetch_or(zero, bit) & bit != 0 {
-        kind = FaultKind::Other;
-    }
-    if !now.zero && was.zero {
-        fetch_and(zero, !bit);
+        // SAFETY: a live map value; read again after the atomic operation.
+        if unsafe { core::ptr::read_volatile(zero) } & bit != 0 {
+            fetch_and(zero, !bit);
+        }
+    } else if now.zero && !was.zero {
+        if fetch_or(zero, bit) & bit != 0 {
+            kind = FaultKind::Other;
+        // SAFETY: as above.
+        } else if unsafe { core::ptr::read_volatile(present) } & bit != 0 {
+            kind = FaultKind::Other;
+            fetch_and(zero, !bit);
+        }
     }
     // SAFETY: as above.
     if let Some(c) = slot_counters(unsafe { (*ch).slot }) {

@@ -15,7 +15,10 @@ use tamalloc_common::{
 };
 
 use crate::{
-    maps::{COUNTERS, PENDING, TRACED, config, count_drop, emit, gate_out, slot_of},
+    maps::{
+        COUNTERS, PENDING, TRACED, config, count_drop, emit, gate_out, retire_slot, slot_counters,
+        slot_of,
+    },
     regions,
     syscalls::{SYS_EXIT, add_reserved, tracked},
 };
@@ -101,9 +104,10 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Brings the reserved bytes in `slot`, summed over CPUs, back to zero.
+/// Brings the reserved bytes in `slot`, summed over CPUs, back to zero (through the slot, not
+/// the pid: a pid's lookup would claim a slot and reopen the gate of an exiting process).
 #[inline(always)]
-fn clear_reserved(tgid: u32, slot: u32) {
+fn clear_reserved(slot: u32) {
     let ncpus = config().nr_cpus.min(MAX_CPUS);
     let mut total = 0u64;
     let mut cpu = 0u32;
@@ -122,7 +126,10 @@ fn clear_reserved(tgid: u32, slot: u32) {
         }
         cpu += 1;
     }
-    add_reserved(tgid, total.wrapping_neg(), false);
+    if let Some(c) = slot_counters(slot) {
+        // SAFETY: this CPU's copy of a per-CPU value: no other writer.
+        unsafe { (*c).reserved_bytes = (*c).reserved_bytes.wrapping_sub(total) };
+    }
 }
 
 #[tracepoint]
@@ -131,7 +138,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     if let Some(slot) = slot_of(tgid) {
         regions::forget(tgid);
-        clear_reserved(tgid, slot);
+        clear_reserved(slot);
     } else if !tracked(tgid) {
         return 0;
     }
@@ -166,7 +173,8 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     regions::forget(tgid);
     // No chunk is left: faults of this pid can skip the chunk lookup again.
     gate_out(tgid);
-    clear_reserved(tgid, slot);
+    clear_reserved(slot);
+    retire_slot(tgid, slot);
     lifecycle_event(EventKind::Exit, tgid, pid_tgid as u32, 0);
     0
 }

@@ -45,11 +45,15 @@ pub const SCRATCH_CHUNK: u32 = 1;
 #[map]
 pub static COUNTERS: PerCpuArray<PidCounters> = PerCpuArray::with_max_entries(MAX_PROCS, 0);
 
-/// The counter slot of every process with (or that had) regions. Userspace removes a
-/// process once it has read its final counters, zeroes the slot and queues it in
-/// `FREE_SLOTS`.
+/// The counter slot of every live process with (or that had) regions.
 #[map]
 pub static SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROCS, 0);
+
+/// Slots of exited processes (slot -> tgid), moved out of `SLOTS` at exit so that a new
+/// process with a reused pid gets a slot of its own. Userspace reads their final counts,
+/// zeroes them and queues them in `FREE_SLOTS`.
+#[map]
+pub static RETIRED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROCS, 0);
 
 /// Free slots, zeroed: all of them at load (userspace fills the queue), then those
 /// userspace gave back.
@@ -129,8 +133,7 @@ pub fn slot_of(tgid: u32) -> Option<u32> {
     unsafe { SLOTS.get(tgid) }.copied()
 }
 
-/// `tgid`'s counter slot, taken from the free ones on first use. Also opens the gate, even for
-/// an existing slot: a reused pid whose old slot userspace has not collected yet.
+/// `tgid`'s counter slot, taken from the free ones on first use; opens its gate.
 #[inline(always)]
 pub fn claim_slot(tgid: u32) -> Option<u32> {
     let slot = match slot_of(tgid) {
@@ -157,6 +160,15 @@ pub fn claim_slot(tgid: u32) -> Option<u32> {
 #[inline(always)]
 pub fn slot_counters(slot: u32) -> Option<*mut PidCounters> {
     COUNTERS.get_ptr_mut(slot)
+}
+
+/// Hands an exited process's slot to userspace (`RETIRED`).
+#[inline(always)]
+pub fn retire_slot(tgid: u32, slot: u32) {
+    let _ = SLOTS.remove(tgid);
+    if RETIRED.insert(slot, tgid, 0).is_err() {
+        count_drop(DROP_MAP_FULL);
+    }
 }
 
 /// This CPU's counters of `tgid`, giving it a slot on first use.

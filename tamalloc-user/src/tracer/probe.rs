@@ -166,6 +166,7 @@ impl Probe {
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("COUNTERS", opts.max_procs)
             .map_max_entries("SLOTS", opts.max_procs)
+            .map_max_entries("RETIRED", opts.max_procs)
             .map_max_entries("FREE_SLOTS", opts.max_procs)
             .load(OBJECT)
             .map_err(|e| TraceError::Load(Box::new(e)))?;
@@ -327,36 +328,67 @@ impl Probe {
         Ok(out)
     }
 
-    /// One process's counters, summed over CPUs, then forgotten (the process is gone): its
-    /// slot is zeroed and given back to the programs.
-    pub fn take_counters(&mut self, pid: u32) -> Result<Option<PidCounters>, TraceError> {
-        let map_err = |e: aya::maps::MapError| TraceError::Load(Box::new(e));
-        let slots: BpfHashMap<_, u32, u32> =
-            BpfHashMap::try_from(map_ref(&self.ebpf, "SLOTS")?).map_err(map_err)?;
-        let slot = match slots.get(&pid, 0) {
-            Ok(s) => s,
-            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(map_err(e)),
+    /// Processes with a counter slot.
+    pub fn slot_pids(&self) -> Result<Vec<u32>, TraceError> {
+        let slots: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(map_ref(&self.ebpf, "SLOTS")?)
+            .map_err(|e| TraceError::Load(Box::new(e)))?;
+        Ok(slots.keys().filter_map(Result::ok).collect())
+    }
+
+    /// The final counts of every process whose exit the programs saw (`RETIRED`), summed over
+    /// CPUs; their slots are zeroed and given back to the programs.
+    pub fn collect_retired(&mut self) -> Result<Vec<(u32, PidCounters)>, TraceError> {
+        let retired: Vec<(u32, u32)> = {
+            let map: BpfHashMap<_, u32, u32> =
+                BpfHashMap::try_from(map_ref(&self.ebpf, "RETIRED")?)
+                    .map_err(|e| TraceError::Load(Box::new(e)))?;
+            map.iter().filter_map(Result::ok).collect()
         };
+        let mut out = Vec::with_capacity(retired.len());
+        for (slot, pid) in retired {
+            if let Some(c) = self.recycle(slot) {
+                out.push((pid, c));
+            }
+            if let Ok(mut map) =
+                BpfHashMap::<_, u32, u32>::try_from(map_mut(&mut self.ebpf, "RETIRED")?)
+            {
+                let _ = map.remove(&slot);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One live process's counters, summed over CPUs, then forgotten (the process is gone
+    /// though the programs saw no exit; call [`Probe::forget`] first, so that no chunk names
+    /// the slot when it is given back).
+    pub fn take_counters(&mut self, pid: u32) -> Option<PidCounters> {
+        let slot = {
+            let mut slots: BpfHashMap<_, u32, u32> =
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, "SLOTS").ok()?).ok()?;
+            let slot = slots.get(&pid, 0).ok()?;
+            slots.remove(&pid).ok()?;
+            slot
+        };
+        self.recycle(slot)
+    }
+
+    /// Reads `slot`'s counters, zeroes them and queues the slot for reuse. Best effort after
+    /// the read: a slot that cannot be zeroed is not reused (it is lost, not mixed up).
+    fn recycle(&mut self, slot: u32) -> Option<PidCounters> {
         let mut counters: PerCpuArray<_, PidCounters> =
-            PerCpuArray::try_from(map_mut(&mut self.ebpf, "COUNTERS")?).map_err(map_err)?;
-        let total = sum(counters.get(&slot, 0).map_err(map_err)?.iter());
-        let zeroed =
-            PerCpuValues::try_from(vec![PidCounters::default(); self.nr_cpus]).map_err(|e| {
-                TraceError::Io {
-                    what: "preparing zeroed counters".into(),
-                    source: e,
-                }
-            })?;
-        counters.set(slot, zeroed, 0).map_err(map_err)?;
-        let mut slots: BpfHashMap<_, u32, u32> =
-            BpfHashMap::try_from(map_mut(&mut self.ebpf, "SLOTS")?).map_err(map_err)?;
-        slots.remove(&pid).map_err(map_err)?;
-        // Zeroed before it is queued: a process that gets it starts from nothing.
-        let mut free: Queue<_, u32> =
-            Queue::try_from(map_mut(&mut self.ebpf, "FREE_SLOTS")?).map_err(map_err)?;
-        free.push(slot, 0).map_err(map_err)?;
-        Ok(Some(total))
+            PerCpuArray::try_from(map_mut(&mut self.ebpf, "COUNTERS").ok()?).ok()?;
+        let total = sum(counters.get(&slot, 0).ok()?.iter());
+        let zeroed = PerCpuValues::try_from(vec![PidCounters::default(); self.nr_cpus]).ok();
+        if let Some(zeroed) = zeroed
+            && counters.set(slot, zeroed, 0).is_ok()
+            && let Some(Ok(mut free)) = self
+                .ebpf
+                .map_mut("FREE_SLOTS")
+                .map(Queue::<_, u32>::try_from)
+        {
+            let _ = free.push(slot, 0);
+        }
+        Some(total)
     }
 
     pub fn drops(&self) -> Result<Drops, TraceError> {

@@ -260,11 +260,7 @@ impl Session {
             let Some(ev) = ev else { continue };
             self.agg.apply(&ev);
             match ev {
-                TraceEvent::Exit { pid, .. } => {
-                    if let Some(c) = self.probe.take_counters(pid)? {
-                        self.agg.finish(pid, c);
-                    }
-                }
+                TraceEvent::Exit { .. } => self.collect_exited()?,
                 TraceEvent::Region { pid, .. } | TraceEvent::Fork { child: pid, .. } => {
                     fill_comm(&mut self.agg, pid);
                 }
@@ -279,9 +275,30 @@ impl Session {
         Ok(n)
     }
 
+    /// Final counts of the processes whose exit the programs saw (their slots are retired).
+    fn collect_exited(&mut self) -> Result<(), TraceError> {
+        for (pid, c) in self.probe.collect_retired()? {
+            self.agg.finish(pid, c);
+        }
+        Ok(())
+    }
+
     /// Reads counters and stats, records them, and refreshes the view.
     fn refresh(&mut self, last: bool) -> Result<Snapshot, TraceError> {
         let ts = monotonic_ns();
+        // Exits whose events were dropped.
+        self.collect_exited()?;
+        // Processes gone without an exit the programs could act on: the leader left with
+        // exit(2) before its threads, or a thread's syscall ending after the exit gave the
+        // process a slot again. Their regions and final counts.
+        for pid in self.probe.slot_pids()? {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                self.probe.forget(pid)?;
+                if let Some(c) = self.probe.take_counters(pid) {
+                    self.agg.finish(pid, c);
+                }
+            }
+        }
         for (pid, c) in self.probe.counters()? {
             self.agg.set_counters(pid, c);
         }
@@ -305,16 +322,9 @@ impl Session {
                         self.emit(&stats_record(ts, &s.raw, &counters, self.stats_source));
                         stats = Some(s.raw);
                     }
-                    // Gone without an exit event (dropped, or the leader left with exit(2)
-                    // before the other threads): final counters, and forget its regions.
+                    // Gone without an exit event: its counts were collected above.
                     Err(_) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
-                        // Regions first: no chunk may name the slot once it is given back.
-                        self.probe.forget(pid)?;
-                        if let Some(c) = self.probe.take_counters(pid)? {
-                            self.agg.finish(pid, c);
-                        } else {
-                            self.agg.get_mut(pid).exited = true;
-                        }
+                        self.agg.get_mut(pid).exited = true;
                     }
                     Err(_) => {}
                 }
