@@ -1,5 +1,6 @@
 //! Command-line interface: one module per subcommand.
 
+mod bench_ab;
 mod bench_bpf;
 mod bench_faults;
 mod bench_stats;
@@ -48,6 +49,9 @@ enum Command {
     /// Benchmark workload: first-touch faults, timed (for `cargo xtask bench`).
     #[command(hide = true)]
     BenchFaults(bench_faults::Args),
+    /// The tracer's overhead, attached and detached in alternation (for `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchAb(bench_ab::Args),
     /// Per-run cost of the BPF programs, ours and peers' (for `cargo xtask bench`; root).
     #[command(hide = true)]
     BenchBpf(bench_bpf::Args),
@@ -96,6 +100,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Workload(args) => workload::run(args),
         Command::CheckTrace(args) => workload::check(args),
         Command::BenchFaults(args) => bench_faults::run(args),
+        Command::BenchAb(args) => bench_ab::run(args),
         Command::BenchBpf(args) => bench_bpf::run(args),
         Command::BenchStats(args) => bench_stats::run(args),
         Command::ExecGated { fd, command } => {

@@ -124,6 +124,8 @@ pub struct Probe {
     nr_cpus: usize,
     /// Attached programs, to detach before the final drain.
     links: Vec<(&'static str, Link)>,
+    /// The streaming fault program is attached rather than the counting one.
+    stream_faults: bool,
 }
 
 /// The embedded eBPF object, built by build.rs (public for benchmarks, which also load its
@@ -205,16 +207,37 @@ impl Probe {
             ebpf,
             nr_cpus,
             links: Vec::new(),
+            stream_faults: opts.stream_faults,
         };
         for &pid in &opts.pids {
             probe.follow(pid)?;
         }
+        probe.attach()?;
+        Ok(probe)
+    }
+
+    /// Learn the regions of `pid` and of the processes it forks from now on.
+    pub fn follow(&mut self, pid: u32) -> Result<(), TraceError> {
+        let mut traced: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, "TRACED")?)
+                .map_err(|e| TraceError::Load(Box::new(e)))?;
+        traced
+            .insert(pid, 1, 0)
+            .map_err(|e| TraceError::Load(Box::new(e)))
+    }
+
+    /// Attaches every program (again, after [`Probe::detach`]: benchmarks measure the same
+    /// loaded programs attached and detached in turn).
+    pub fn attach(&mut self) -> Result<(), TraceError> {
+        if !self.links.is_empty() {
+            return Ok(());
+        }
         for &(prog, category, name, how) in ATTACHMENTS {
             let prog = match prog {
-                "page_fault" if opts.stream_faults => "page_fault_events",
+                "page_fault" if self.stream_faults => "page_fault_events",
                 p => p,
             };
-            let program = probe
+            let program = self
                 .ebpf
                 .program_mut(prog)
                 .ok_or_else(|| TraceError::Internal(format!("program {prog} missing")))?;
@@ -243,19 +266,9 @@ impl Probe {
                     Link::Raw(program.attach(name).map_err(attach_err)?)
                 }
             };
-            probe.links.push((prog, link));
+            self.links.push((prog, link));
         }
-        Ok(probe)
-    }
-
-    /// Learn the regions of `pid` and of the processes it forks from now on.
-    pub fn follow(&mut self, pid: u32) -> Result<(), TraceError> {
-        let mut traced: BpfHashMap<_, u32, u8> =
-            BpfHashMap::try_from(map_mut(&mut self.ebpf, "TRACED")?)
-                .map_err(|e| TraceError::Load(Box::new(e)))?;
-        traced
-            .insert(pid, 1, 0)
-            .map_err(|e| TraceError::Load(Box::new(e)))
+        Ok(())
     }
 
     /// Detaches every program: no new events or counts after this. Maps stay readable.
