@@ -1348,7 +1348,9 @@ impl Report {
                  passes. Overhead = attached time / detached time over all pairs − 1 (the \
                  median of the pairs' ratios beside it). `follows the workload`: its faults are \
                  in regions; `follows nothing`: what every other process on the machine pays \
-                 while a trace runs.\n",
+                 while a trace runs, and the control: its fault program is one array read \
+                 (part 1, about 1 % of a fault), so what that row shows beyond it is what this \
+                 host's noise leaves even in alternation.\n",
                 self.ab.first().map_or(0.0, |a| a.pages),
                 AB_BATCHES,
                 AB_BATCHES
@@ -1428,10 +1430,12 @@ impl Report {
                 format!(
                     "about {added_ns:.0} ns added to each first-touch fault ({fault_ns:.0} ns \
                      untraced); 3 % is {:.0} ns all in. The fault program's run measures \
-                     {prog_ns:.0} ns with the statistics' clock reads (part 1); the raw \
-                     tracepoint's dispatch comes on top. Following nothing costs {}: the time \
-                     is the region path (the chunk hash lookup, the atomic marking of the page, \
-                     the counter), which counting a page's first touch needs in this design{}",
+                     {prog_ns:.0} ns with the statistics' clock reads (part 1), the raw \
+                     tracepoint's dispatch comes on top: the region path (the chunk hash \
+                     lookup, the atomic marking of the page, the counter) is what counting a \
+                     page's first touch needs in this design. The control (following nothing, \
+                     one array read per fault) measures {} in the same alternation, so figures \
+                     a few points apart are not resolved on this host",
                     fault_ns * 0.03,
                     self.ab
                         .iter()
@@ -1440,13 +1444,6 @@ impl Report {
                             "{:+.1} %",
                             (a.sum_ratio - 1.0) * 100.0
                         )),
-                    if threads > 1 {
-                        ". With two threads faulting at once the region path costs more per \
-                         fault than with one (the A/B table), though the threads share no \
-                         chunk and the counters are per CPU: why is not known yet"
-                    } else {
-                        ""
-                    }
                 ),
             ));
             if !bt.is_nan() {
