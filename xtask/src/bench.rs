@@ -649,18 +649,22 @@ fn run_once(
             .context("creating a stderr file")?
             .into())
     };
+    // The workload alone (untraced, or beside a bpftrace that is already running).
+    let untraced = || -> anyhow::Result<()> {
+        let mut c = Spawned::spawn(
+            Command::new(bin)
+                .args(&wl)
+                .stdout(Stdio::null())
+                .stderr(stderr()?),
+        )?;
+        c.wait_ok("the workload")
+            .with_context(|| fs::read_to_string(&stderr_path).unwrap_or_default())
+    };
     let mut startup_ms = None;
     let mut footprint = None;
     match variant {
         Variant::Untraced => {
-            let mut c = Spawned::spawn(
-                Command::new(bin)
-                    .args(&wl)
-                    .stdout(Stdio::null())
-                    .stderr(stderr()?),
-            )?;
-            c.wait_ok("the workload")
-                .with_context(|| fs::read_to_string(&stderr_path).unwrap_or_default())?;
+            untraced()?;
         }
         Variant::Count | Variant::Events => {
             let mut cmd = Command::new(bin);
@@ -712,14 +716,7 @@ fn run_once(
             // "Attaching" comes just before the attach itself.
             std::thread::sleep(Duration::from_millis(300));
             let fp = watch_footprint(bt.pid());
-            let mut c = Spawned::spawn(
-                Command::new(bin)
-                    .args(&wl)
-                    .stdout(Stdio::null())
-                    .stderr(stderr()?),
-            )?;
-            c.wait_ok("the workload")
-                .with_context(|| fs::read_to_string(&stderr_path).unwrap_or_default())?;
+            untraced()?;
             bt.interrupt(Duration::from_secs(5));
             footprint = fp.recv_timeout(Duration::from_secs(5)).ok();
         }
