@@ -49,6 +49,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libelf-dev", "kernel build"),
     ("libssl-dev", "kernel build"),
     ("dwarves", "kernel build (pahole)"),
+    ("rsync", "kernel build (headers_install copies the uapi headers with it)"),
     ("cpio", "initramfs"),
     ("xz-utils", "unpacking the kernel source"),
     ("linux-source-6.1", "the kernel the patch series applies to"),
