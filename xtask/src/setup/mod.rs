@@ -12,6 +12,8 @@ use anyhow::{Context as _, bail};
 
 use crate::util::{self, is_root, output};
 
+pub mod programs;
+
 #[derive(clap::Args, Default)]
 pub struct Args {
     /// Print each check, not only what was installed.
@@ -43,13 +45,18 @@ const PACKAGES: &[(&str, &str)] = &[
     ("zlib1g-dev", "needed to link bpf-linker against LLVM 22"),
     ("gcc", "C compiler for the C API example and the kernel"),
     ("make", "kernel build"),
+    ("patch", "applying the kernel patch series"),
+    ("perl", "kernel build scripts"),
     ("flex", "kernel build"),
     ("bison", "kernel build"),
     ("bc", "kernel build"),
     ("libelf-dev", "kernel build"),
     ("libssl-dev", "kernel build"),
     ("dwarves", "kernel build (pahole)"),
-    ("rsync", "kernel build (headers_install copies the uapi headers with it)"),
+    (
+        "rsync",
+        "kernel build (headers_install copies the uapi headers with it)",
+    ),
     ("cpio", "initramfs"),
     ("xz-utils", "unpacking the kernel source"),
     ("linux-source-6.1", "the kernel the patch series applies to"),
@@ -59,6 +66,14 @@ const PACKAGES: &[(&str, &str)] = &[
     (
         "prometheus",
         "the Prometheus server that scrapes `trace --prometheus` in its test",
+    ),
+    (
+        "git",
+        "`cargo xtask rehearse` clones the repository into a fresh root",
+    ),
+    (
+        "debootstrap",
+        "`cargo xtask rehearse` builds the fresh root",
     ),
 ];
 
@@ -109,7 +124,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     link_toolchain(args)?;
     install_bpf_linker(args)?;
     ensure_tracefs(args)?;
-    Ok(())
+    check_programs()
+}
+
+/// Every program the project runs resolves on `PATH` now: a package list that misses one
+/// fails here, on the machine that lacks it, not nine minutes into a kernel build.
+fn check_programs() -> anyhow::Result<()> {
+    let missing = programs::missing_on_path();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut msg = String::from("set-up finished, but these programs are not on PATH:\n");
+    for p in &missing {
+        msg.push_str(&format!("  {:<20} {} (from {:?})\n", p.name, p.why, p.from));
+    }
+    msg.push_str("add their packages to xtask/src/setup (PACKAGES and programs.rs)");
+    bail!(msg)
 }
 
 fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
