@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod initramfs;
 mod kernel;
+mod rehearse;
 mod setup;
 mod test;
 mod util;
@@ -31,6 +32,8 @@ enum Task {
     Kernel(kernel::Args),
     /// Boot the patched kernel under QEMU and run a command, or give a shell.
     Vm(vm::Args),
+    /// The README's two commands in a fresh Debian 12 root (debootstrap; root; ~30 min).
+    Rehearse(rehearse::Args),
     /// Benchmarks: tracer overhead, event throughput, stats cost; writes BENCHMARKS.md (root).
     Bench(bench::Args),
 }
@@ -49,6 +52,7 @@ fn run() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Kernel(args) => kernel::run(&args).map(|_| ()),
         Task::Vm(args) => vm::run(&args),
+        Task::Rehearse(args) => rehearse::run(&args),
         Task::Bench(args) => bench::run(&args),
     }
 }
