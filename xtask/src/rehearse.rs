@@ -15,7 +15,6 @@
 
 use std::{
     fs,
-    os::unix::fs::MetadataExt as _,
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -257,14 +256,21 @@ impl Rehearsal {
                     .arg(self.inside(&inside)),
             )?;
         }
-        // rustup's proxies (cargo, rustc, ...) are copies of the rustup binary.
+        // rustup and its proxies (cargo, rustc, ...): links to it, or copies of it.
         let bin = self.inside("/root/.cargo/bin");
         fs::create_dir_all(&bin)?;
-        let proxy = fs::metadata(cargo.join("bin/rustup")).context("finding rustup")?;
+        let rustup_bin = fs::read(cargo.join("bin/rustup")).context("reading rustup")?;
         for e in fs::read_dir(cargo.join("bin"))?.flatten() {
-            let m = e.metadata()?;
-            if (m.dev(), m.ino()) == (proxy.dev(), proxy.ino()) || m.len() == proxy.len() {
-                fs::copy(e.path(), bin.join(e.file_name()))?;
+            let to = bin.join(e.file_name());
+            if e.file_type()?.is_symlink() {
+                let target = fs::read_link(e.path())?;
+                if target.file_name().is_some_and(|n| n == "rustup") {
+                    std::os::unix::fs::symlink(&target, &to)?;
+                }
+            } else if fs::metadata(e.path())?.len() == rustup_bin.len() as u64
+                && fs::read(e.path())? == rustup_bin
+            {
+                fs::copy(e.path(), &to)?;
             }
         }
         Ok(())
