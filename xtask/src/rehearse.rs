@@ -183,10 +183,27 @@ impl Rehearsal {
             fs::create_dir_all(to.parent().unwrap_or(&apt))?;
             fs::write(&to, text).with_context(|| format!("writing {}", to.display()))?;
         }
-        for f in ["/etc/resolv.conf", "/etc/hosts"] {
-            if let Ok(text) = fs::read(f) {
-                let _ = fs::remove_file(self.inside(f));
-                fs::write(self.inside(f), text)?;
+        // What the machine itself is configured with, not the project: DNS, apt's settings,
+        // and its trust store (this workplace's network presents its own CA).
+        let mut machine: Vec<PathBuf> = [
+            "/etc/resolv.conf",
+            "/etc/hosts",
+            "/etc/ssl/certs/ca-certificates.crt",
+        ]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+        for dir in ["/etc/apt/apt.conf.d", "/usr/local/share/ca-certificates"] {
+            if let Ok(entries) = fs::read_dir(dir) {
+                machine.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+            }
+        }
+        for f in machine {
+            if let Ok(bytes) = fs::read(&f) {
+                let to = self.inside(&f.to_string_lossy());
+                fs::create_dir_all(to.parent().unwrap_or(&self.root))?;
+                let _ = fs::remove_file(&to);
+                fs::write(&to, bytes).with_context(|| format!("writing {}", to.display()))?;
             }
         }
         // The kernel's file systems: the tracer loads BPF and reads tracefs, the tests boot
@@ -286,6 +303,18 @@ impl Rehearsal {
 
     /// Runs `command` in the clone inside the root, with a fresh login's environment.
     fn run(&self, command: &str) -> anyhow::Result<()> {
+        // The machine's own environment for its network (CA bundles, proxies), nothing of
+        // ours.
+        let network: Vec<String> = std::env::vars()
+            .filter(|(k, _)| {
+                let k = k.to_ascii_uppercase();
+                k.contains("PROXY")
+                    || k.contains("CA_")
+                    || k.contains("CERT")
+                    || k.starts_with("SSL_")
+            })
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         util::run(
             Command::new("chroot")
                 .arg(&self.root)
@@ -297,6 +326,7 @@ impl Rehearsal {
                     "LANG=C.UTF-8",
                     "CI=true",
                 ])
+                .args(network)
                 .arg(format!("PATH={PATH}"))
                 .args(["/bin/bash", "-c", &format!("cd {CLONE} && {command}")])
                 .stdin(Stdio::null()),
