@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use sha2::{Digest as _, Sha256};
 
-use crate::util;
+use crate::util::{self, say};
 
 /// Bump when the way a kernel is built changes, so that old artefacts are not reused.
 pub const HARNESS_VERSION: &str = "tamalloc-kernel-harness-1";
@@ -204,10 +204,7 @@ fn build(inputs: &Inputs, root: &Path, art: &Path) -> anyhow::Result<()> {
     let obj = art.join("obj");
     let result = build_in(inputs, &log, &pristine, &src, &obj, art);
     if let Err(e) = result {
-        let interrupted = crate::vm::interrupt_flag()
-            .map(|f| f.load(std::sync::atomic::Ordering::Relaxed))
-            .unwrap_or(false);
-        if !interrupted {
+        if !util::interrupted() {
             log.print_tail(40);
         }
         return Err(e.context(format!(
@@ -397,11 +394,6 @@ fn single_subdir(dir: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Prints one cargo-style status line.
-fn say(verb: &str, what: &str) {
-    eprintln!("\x1b[1;32m{verb:>12}\x1b[0m {what}");
-}
-
 /// `build.log`: every command and its output.
 struct BuildLog {
     path: PathBuf,
@@ -433,7 +425,7 @@ impl BuildLog {
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .process_group(0);
-        let interrupted = crate::vm::interrupt_flag()?;
+        let interrupted = util::interrupt_flag()?;
         let mut child = cmd
             .spawn()
             .with_context(|| format!("could not start {cmd:?}"))?;
@@ -443,7 +435,7 @@ impl BuildLog {
             }
             if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
                 kill_group(&mut child);
-                bail!("{}", crate::vm::interrupted_by());
+                bail!("{}", util::interrupted_by());
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         };
@@ -485,7 +477,7 @@ impl Lock {
     pub fn exclusive(path: &Path) -> anyhow::Result<Self> {
         use std::os::fd::AsRawFd as _;
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        let interrupted = crate::vm::interrupt_flag()?;
+        let interrupted = util::interrupt_flag()?;
         let mut said = false;
         loop {
             // SAFETY: the descriptor is valid for the lifetime of `file`; flock has no
@@ -499,7 +491,7 @@ impl Lock {
                 return Err(err).with_context(|| format!("locking {}", path.display()));
             }
             if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
-                bail!("{}", crate::vm::interrupted_by());
+                bail!("{}", util::interrupted_by());
             }
             if !said {
                 say("Waiting", "for another kernel build to finish");
