@@ -2,13 +2,11 @@
 
 mod bench;
 mod demo;
-mod initramfs;
 mod kernel;
 mod setup;
 mod test;
 mod util;
 mod vm;
-mod vmtest;
 
 use clap::{Parser, Subcommand};
 
