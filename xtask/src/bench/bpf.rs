@@ -1,4 +1,4 @@
-//! Part 1: the per-run cost of each BPF program (`tamalloc bench-bpf`, with
+//! Part 1: the per-run cost of each BPF program (`tamalloc-bench bpf`, with
 //! `kernel.bpf_stats_enabled`), and what the tracer's programs cost the verifier.
 
 use std::{collections::BTreeMap, path::Path, process::Command};
@@ -23,7 +23,7 @@ pub fn measure(bench: &Path, rounds: u32) -> anyhow::Result<(Vec<ProgCost>, Prog
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "none".to_owned());
     let out = util::output(Command::new(bench).args([
-        "bench-bpf",
+        "bpf",
         "--pages",
         &BPF_PAGES.to_string(),
         "--rounds",
@@ -58,7 +58,7 @@ pub fn measure(bench: &Path, rounds: u32) -> anyhow::Result<(Vec<ProgCost>, Prog
         }
     }
     if by.is_empty() {
-        bail!("tamalloc bench-bpf printed no measurement:\n{out}");
+        bail!("tamalloc-bench bpf printed no measurement:\n{out}");
     }
     let costs = by
         .into_iter()

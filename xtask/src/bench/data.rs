@@ -118,7 +118,7 @@ pub struct Footprint {
     pub cpu_s: f64,
 }
 
-/// One `tamalloc bench-ab` run: the tracer attached and detached in alternation, in-process.
+/// One `tamalloc-bench ab` run: the tracer attached and detached in alternation, in-process.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AbRun {
     pub followed: bool,
@@ -164,7 +164,7 @@ pub struct VmStats {
     pub seconds: f64,
 }
 
-/// One `bench_stats` record of `tamalloc bench-stats`: medians at one process count.
+/// One `bench_stats` record of `tamalloc-bench stats`: medians at one process count.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatsRow {
     pub procs_syscall: u64,

@@ -1,6 +1,6 @@
-//! Part 2: the slowdown of a fault-heavy workload (`tamalloc bench-faults`) under
+//! Part 2: the slowdown of a fault-heavy workload (`tamalloc-bench faults`) under
 //! `tamalloc trace`, `tamalloc trace --events` and bpftrace, interleaved over rounds, with
-//! the tracers' footprint; and the in-process A/B (`tamalloc bench-ab`).
+//! the tracers' footprint; and the in-process A/B (`tamalloc-bench ab`).
 
 use std::{
     fs,
@@ -143,7 +143,7 @@ fn run_once(
     })
 }
 
-/// `tamalloc bench-ab` following the workload and following nothing, with 1 and 2 threads.
+/// `tamalloc-bench ab` following the workload and following nothing, with 1 and 2 threads.
 pub fn ab_runs(bench: &Path, quick: bool) -> anyhow::Result<Vec<AbRun>> {
     let (pages, batches) = if quick {
         (AB_PAGES / 2, AB_BATCHES / 2)
@@ -154,22 +154,21 @@ pub fn ab_runs(bench: &Path, quick: bool) -> anyhow::Result<Vec<AbRun>> {
     for followed in [true, false] {
         for threads in [1u32, 2] {
             let mut cmd = Command::new(bench);
-            cmd.args(["bench-ab", "--threads", &threads.to_string()])
-                .args([
-                    "--pages",
-                    &pages.to_string(),
-                    "--batches",
-                    &batches.to_string(),
-                ]);
+            cmd.args(["ab", "--threads", &threads.to_string()]).args([
+                "--pages",
+                &pages.to_string(),
+                "--batches",
+                &batches.to_string(),
+            ]);
             if !followed {
                 cmd.arg("--unfollowed");
             }
             let o = cmd
                 .stderr(Stdio::inherit())
                 .output()
-                .context("running tamalloc bench-ab")?;
+                .context("running tamalloc-bench ab")?;
             if !o.status.success() {
-                bail!("tamalloc bench-ab failed: {}", o.status);
+                bail!("tamalloc-bench ab failed: {}", o.status);
             }
             let ab = records::parse(&String::from_utf8_lossy(&o.stdout))?
                 .into_iter()

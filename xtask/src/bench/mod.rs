@@ -4,8 +4,8 @@
 //! Every comparison is interleaved (each round runs every variant once, in an order rotated
 //! per round) so that drift cancels, after one warm-up; tables give medians over the rounds.
 //! Parts, each measured by its own module into the typed [`data::Report`]:
-//! 1. per-run cost of each BPF program (`tamalloc bench-bpf`: `kernel.bpf_stats_enabled`);
-//! 2. slowdown of a 1M-fault workload (`tamalloc bench-faults`) under `tamalloc trace`,
+//! 1. per-run cost of each BPF program (`tamalloc-bench bpf`: `kernel.bpf_stats_enabled`);
+//! 2. slowdown of a 1M-fault workload (`tamalloc-bench faults`) under `tamalloc trace`,
 //!    `tamalloc trace --events` and bpftrace, and the tracer's footprint in those runs;
 //! 3. drops when streaming at full speed, and the userspace decoder (criterion);
 //! 4. syscalls 555/554 against /proc and mmap inside the patched kernel under QEMU.
@@ -33,7 +33,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use data::{Report, VmPart};
-use plan::Bins;
+use plan::{BENCH_BIN, Bins};
 
 use crate::util::{self, WorkDir};
 
@@ -82,11 +82,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // of nine interleaved rounds holds still where five did not.
     let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 9 });
     util::step("Building");
-    util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "tamalloc-user"]))?;
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "tamalloc-user",
+        "-p",
+        "tamalloc-bench",
+    ]))?;
     let release = util::target_dir().join("release");
     let bins = Bins {
         tamalloc: release.join("tamalloc"),
-        bench: release.join("tamalloc"),
+        bench: release.join(BENCH_BIN),
     };
     let work = WorkDir::create(&util::target_dir().join("bench"))?;
     let work = work.path();

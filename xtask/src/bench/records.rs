@@ -1,4 +1,4 @@
-//! The JSON lines the workloads print (`tamalloc bench-bpf|faults|ab|stats`), and the two
+//! The JSON lines the workloads print (`tamalloc-bench bpf|faults|ab|stats`), and the two
 //! criterion files the decoder bench leaves, as typed records. Only the fields the
 //! benchmark reads are named; serde skips the others.
 
@@ -23,7 +23,7 @@ pub enum Record {
     Other,
 }
 
-/// `tamalloc bench-bpf`: one program of one variant in one round.
+/// `tamalloc-bench bpf`: one program of one variant in one round.
 #[derive(Debug, Deserialize)]
 pub struct BpfCost {
     pub variant: String,
@@ -36,7 +36,7 @@ pub struct BpfCost {
     pub load_ms: f64,
 }
 
-/// `tamalloc bench-bpf`: one of the tracer's programs as loaded.
+/// `tamalloc-bench bpf`: one of the tracer's programs as loaded.
 #[derive(Debug, Deserialize)]
 pub struct BpfProg {
     pub name: String,
@@ -45,7 +45,7 @@ pub struct BpfProg {
     pub load_ms: f64,
 }
 
-/// `tamalloc bench-faults --report FILE`: one timed pass.
+/// `tamalloc-bench faults --report FILE`: one timed pass.
 #[derive(Debug, Deserialize)]
 pub struct BenchFaults {
     pub start_unix_ns: u64,
@@ -53,7 +53,7 @@ pub struct BenchFaults {
     pub faults_per_sec: f64,
 }
 
-/// `tamalloc bench-ab`: the attached and detached passes summed up.
+/// `tamalloc-bench ab`: the attached and detached passes summed up.
 #[derive(Debug, Deserialize)]
 pub struct BenchAb {
     pub pages: u64,
@@ -84,7 +84,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Record>> {
     Ok(out)
 }
 
-/// The `bench_faults` record `tamalloc bench-faults --report FILE` wrote to `report`.
+/// The `bench_faults` record `tamalloc-bench faults --report FILE` wrote to `report`.
 pub fn faults_report(report: &Path) -> anyhow::Result<BenchFaults> {
     let text = fs::read_to_string(report)
         .with_context(|| format!("reading the workload's report {}", report.display()))?;

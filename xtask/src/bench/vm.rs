@@ -1,4 +1,4 @@
-//! Part 4: syscalls 555/554 against /proc and mmap, measured by `tamalloc bench-stats`
+//! Part 4: syscalls 555/554 against /proc and mmap, measured by `tamalloc-bench stats`
 //! inside the patched kernel under QEMU (`cargo xtask vm`, a child of ours).
 
 use std::{

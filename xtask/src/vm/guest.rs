@@ -20,13 +20,16 @@ pub fn shell_quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-/// The project's binaries for the guest: `tamalloc` (built here, if it builds) and the
-/// kselftest from the kernel build (if the series has it).
-/// `TAMALLOC_VM_NO_USER=1` skips building and adding `tamalloc`.
+/// The project's binaries for the guest: `tamalloc` and `tamalloc-bench` (built here, each
+/// if it builds), the C example and the kselftest from the kernel build (if the series has
+/// it). `TAMALLOC_VM_NO_USER=1` skips building and adding the first three.
 pub fn guest_binaries(kernel: &Path) -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
     if std::env::var_os("TAMALLOC_VM_NO_USER").is_some() {
-        eprintln!("warning: TAMALLOC_VM_NO_USER is set: no /usr/bin/tamalloc in the guest");
+        eprintln!(
+            "warning: TAMALLOC_VM_NO_USER is set: no /usr/bin/tamalloc or \
+             /usr/bin/tamalloc-bench in the guest"
+        );
     } else {
         match build_release("tamalloc-user", "tamalloc") {
             Ok(bin) => {
@@ -40,6 +43,10 @@ pub fn guest_binaries(kernel: &Path) -> Vec<(PathBuf, String)> {
                 files.push((bin, "/usr/bin/tamalloc".to_owned()));
             }
             Err(e) => eprintln!("warning: continuing without /usr/bin/tamalloc: {e:#}"),
+        }
+        match build_release("tamalloc-bench", "tamalloc-bench") {
+            Ok(bin) => files.push((bin, "/usr/bin/tamalloc-bench".to_owned())),
+            Err(e) => eprintln!("warning: continuing without /usr/bin/tamalloc-bench: {e:#}"),
         }
     }
     let test = kernel.join("tamalloc_test");

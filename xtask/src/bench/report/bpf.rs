@@ -13,7 +13,7 @@ impl Report {
         let _ = writeln!(s, "## 1. Per-event BPF cost\n");
         let _ = writeln!(
             s,
-            "`tamalloc bench-bpf --pages {BPF_PAGES} --rounds {}`: with `kernel.bpf_stats_enabled=1` \
+            "`tamalloc-bench bpf --pages {BPF_PAGES} --rounds {}`: with `kernel.bpf_stats_enabled=1` \
              (set for the run, restored after, also on error), each variant is loaded and attached \
              alone, then the workload writes one byte to each of {BPF_PAGES} fresh pages of a \
              tamalloc region (one thread, THP off) and `run_time_ns / run_cnt` of every program of \

@@ -14,11 +14,11 @@ impl Report {
         let _ = writeln!(s, "## 2. Slowdown of a fault-heavy workload\n");
         let _ = writeln!(
             s,
-            "`tamalloc bench-faults --pages {FAULT_PAGES} --threads T`: each of T threads \
+            "`tamalloc-bench faults --pages {FAULT_PAGES} --threads T`: each of T threads \
              allocates a region with `tamalloc::alloc` (THP off) and writes one byte to each of \
              its {FAULT_PAGES}/T pages (4 GiB in all: {FAULT_PAGES} first-touch faults), then frees \
              it; the workload times only the touching, so tracer start-up is not in it. Variants: \
-             untraced; `tamalloc trace -- tamalloc bench-faults ...` (counting, the default \
+             untraced; `tamalloc trace -- tamalloc-bench faults ...` (counting, the default \
              1 s view, stdout to /dev/null); the same with `--events` (every fault printed, \
              stdout to /dev/null); and `bpftrace -e '{BPFTRACE_PROGRAM}'` started before the \
              workload. Slowdown = median over rounds of (elapsed / untraced elapsed of the same \
@@ -70,7 +70,7 @@ impl Report {
                 s,
                 "Whole runs seconds apart cannot resolve a few percent on this host, so the \
                  same workload also runs in one process with the tracer's programs loaded once \
-                 and attached and detached in turn: `tamalloc bench-ab --threads T --pages {} \
+                 and attached and detached in turn: `tamalloc-bench ab --threads T --pages {} \
                  --batches {}` makes {} pairs of passes (one attached, one detached, alternating \
                  which goes first), each touching a fresh region after an untimed priming pass, \
                  and fails unless the tracer counted exactly the first touches of the attached \
@@ -258,7 +258,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "What start-up spends its time on: loading the tracer's {} programs took {:.0} ms \
-                 in one load (`Probe::load`, in `bench-bpf`); the verifier walked {total} \
+                 in one load (`Probe::load`, in `tamalloc-bench bpf`); the verifier walked {total} \
                  instructions in all:\n",
                 self.programs.progs.len(),
                 self.programs.load_ms

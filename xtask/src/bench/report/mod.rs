@@ -65,14 +65,14 @@ impl Report {
         let decode_secs = decode_secs(self.quick);
         let _ = writeln!(
             s,
-            "Commands run (as root, from the repository root; `tamalloc` is \
-             `target/release/tamalloc`, FILE a scratch file):\n\n```sh\n\
-             tamalloc bench-bpf --pages {BPF_PAGES} --rounds {r} --bpftrace $(command -v bpftrace)\n\
-             tamalloc bench-faults --pages {FAULT_PAGES} --threads T --prime --report FILE\n\
-             tamalloc trace -- tamalloc bench-faults --pages {FAULT_PAGES} --threads T --prime --report FILE >/dev/null\n\
-             tamalloc trace --events -- tamalloc bench-faults --pages {FAULT_PAGES} --threads T --prime --report FILE >/dev/null\n\
+            "Commands run (as root, from the repository root; `tamalloc` and \
+             `tamalloc-bench` are in `target/release/`, FILE a scratch file):\n\n```sh\n\
+             tamalloc-bench bpf --pages {BPF_PAGES} --rounds {r} --bpftrace $(command -v bpftrace)\n\
+             tamalloc-bench faults --pages {FAULT_PAGES} --threads T --prime --report FILE\n\
+             tamalloc trace -- tamalloc-bench faults --pages {FAULT_PAGES} --threads T --prime --report FILE >/dev/null\n\
+             tamalloc trace --events -- tamalloc-bench faults --pages {FAULT_PAGES} --threads T --prime --report FILE >/dev/null\n\
              bpftrace -e '{BPFTRACE_PROGRAM}'   # then the workload alone\n\
-             tamalloc trace --events -- tamalloc bench-faults --pages {FAULT_PAGES} --threads 2 --prime --report FILE >FILE2\n\
+             tamalloc trace --events -- tamalloc-bench faults --pages {FAULT_PAGES} --threads 2 --prime --report FILE >FILE2\n\
              cargo bench -p tamalloc-user --bench decode -- --noplot --warm-up-time 1 --measurement-time {decode_secs}\n\
              cargo xtask vm --mem 2048 --timeout 900 -- sh -c \"$SCRIPT\"\n\
              ```\n\nwith T = 1 and 2, and SCRIPT = `{}`.\n\n\
@@ -191,7 +191,7 @@ mod tests {
         assert!(text.contains("Written by `cargo xtask bench --quick`"));
         assert!(text.contains("--measurement-time 2\n"));
         assert!(
-            text.contains("SCRIPT = `tamalloc bench-stats --procs 100,400,1000 --iterations 11`")
+            text.contains("SCRIPT = `tamalloc-bench stats --procs 100,400,1000 --iterations 11`")
         );
     }
 }

@@ -22,7 +22,7 @@ impl Report {
         let _ = writeln!(
             s,
             "The highest fault rate this machine makes with 2 threads (untraced, part 2): \
-             **{top:.0} faults/s**. `tamalloc trace --events -- tamalloc bench-faults --pages \
+             **{top:.0} faults/s**. `tamalloc trace --events -- tamalloc-bench faults --pages \
              {FAULT_PAGES} --threads 2` with the default 4 MiB ring, stdout to a file (read \
              back for the closing `drops:` line), {} rounds:\n",
             self.drops.len()
@@ -120,7 +120,7 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "`cargo xtask vm --mem 2048 -- sh -c \"$SCRIPT\"` runs `tamalloc bench-stats` in the \
+            "`cargo xtask vm --mem 2048 -- sh -c \"$SCRIPT\"` runs `tamalloc-bench stats` in the \
              guest, which forks children that only sleep (`pause()`; forked, not exec'd, which \
              is quick under TCG) until the guest has 100, then 400, then 1,000 processes, and \
              measures at \
