@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::Target;
+use super::target::Target;
 use crate::bench::{
     data::{ProgCost, Report},
     plan::BPF_PAGES,

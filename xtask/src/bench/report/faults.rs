@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::Target;
+use super::target::Target;
 use crate::bench::{
     data::{Report, Variant, median},
     plan::{AB_BATCHES, BPFTRACE_PROGRAM, FAULT_PAGES},

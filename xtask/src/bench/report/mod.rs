@@ -4,6 +4,7 @@
 mod bpf;
 mod faults;
 mod streaming;
+mod target;
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
@@ -11,19 +12,7 @@ use super::{
     data::{ProgCost, Report, Run, Variant, median},
     plan::{BPF_PAGES, BPFTRACE_PROGRAM, FAULT_PAGES, decode_secs, vm_script},
 };
-
-/// A target the report judges.
-struct Target {
-    name: String,
-    measured: String,
-    met: bool,
-    /// What limits it, shown when it is missed.
-    limit: String,
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "**met**" } else { "**missed**" }
-}
+use target::{Target, verdict};
 
 impl Report {
     pub fn render(&self) -> String {

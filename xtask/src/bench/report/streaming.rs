@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::Target;
+use super::target::Target;
 use crate::bench::{
     data::{Report, Variant, VmPart, median},
     plan::FAULT_PAGES,
