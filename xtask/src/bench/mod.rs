@@ -96,8 +96,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         tamalloc: release.join("tamalloc"),
         bench: release.join(BENCH_BIN),
     };
-    let work = WorkDir::create(&util::target_dir().join("bench"))?;
-    let work = work.path();
+    let scratch = WorkDir::create(&util::target_dir().join("bench"))?;
+    let work = scratch.path();
     let mut r = Report {
         quick: args.quick,
         rounds,
