@@ -4,8 +4,8 @@
 set -eu
 cd /tmp
 rm -f trace.jsonl expect.jsonl demo.jsonl
-tamalloc trace --quiet --output trace.jsonl -- tamalloc workload --report expect.jsonl
-tamalloc check-trace --expect expect.jsonl --trace trace.jsonl
+tamalloc trace --quiet --output trace.jsonl -- tamalloc-bench workload --report expect.jsonl
+tamalloc-bench check-trace --expect expect.jsonl --trace trace.jsonl
 grep -q '"stats_source":"syscall"' trace.jsonl
 if grep '"type":"region"' trace.jsonl | grep -q '"fallback":true'; then
 	echo "trace: a region came from the fallback although syscall 554 exists"

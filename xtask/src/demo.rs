@@ -52,12 +52,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     util::step("Building");
-    util::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(util::workspace_root())
-            .args(["build", "--release", "--quiet", "-p", "tamalloc-user"]),
-    )?;
-    let bin = util::workspace_root().join("target/release/tamalloc");
+    util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "tamalloc-user"]))?;
+    let bin = util::target_dir().join("release/tamalloc");
     let mut cmd = if is_root() {
         Command::new(&bin)
     } else {

@@ -2,14 +2,12 @@
 
 mod bench;
 mod demo;
-mod initramfs;
 mod kernel;
 mod rehearse;
 mod setup;
 mod test;
 mod util;
 mod vm;
-mod vmtest;
 
 use clap::{Parser, Subcommand};
 

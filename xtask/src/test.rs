@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{self, is_root};
+use crate::util::{self, cargo, is_root};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,12 +18,6 @@ pub struct Args {
     /// Skip the debug-config kernel (lockdep, DEBUG_VM, KASAN).
     #[arg(long)]
     pub no_debug_kernel: bool,
-}
-
-fn cargo() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(util::workspace_root());
-    c
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -74,10 +68,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     stage("clippy (eBPF)", &mut ebpf_clippy)?;
     stage("test", cargo().args(["test", "--", "--test-threads=1"]))?;
     if !args.no_vm {
-        crate::vmtest::run_vm_tests(false).context("tests in the patched kernel")?;
+        crate::vm::run_tests(false).context("tests in the patched kernel")?;
         passed += 1;
         if !args.no_debug_kernel {
-            crate::vmtest::run_vm_tests(true).context("tests in the debug kernel")?;
+            crate::vm::run_tests(true).context("tests in the debug kernel")?;
             passed += 1;
         }
     }

@@ -10,11 +10,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
+use super::{
+    guest::guest_binaries,
     initramfs::Initramfs,
-    kernel, util,
-    vm::{self, BootOptions},
+    qemu::{self, BootOptions},
 };
+use crate::{kernel, util};
 
 /// The whole boot; a debug kernel under TCG is slow.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -24,11 +25,11 @@ const KSELFTEST: &str = "tamalloc_test";
 const WARNINGS_TEST: &str = "kernel-warnings";
 
 /// Boots the (debug) kernel once and runs every VM test; fails when one fails.
-pub fn run_vm_tests(debug: bool) -> anyhow::Result<()> {
+pub fn run(debug: bool) -> anyhow::Result<()> {
     let kernel = kernel::run(&kernel::Args { debug })?;
     let scripts = test_scripts(&util::workspace_root().join("tests/vm"))?;
     let mut initramfs = Initramfs::new();
-    for (host, guest) in vm::guest_binaries(&kernel) {
+    for (host, guest) in guest_binaries(&kernel) {
         initramfs.file(host, guest);
     }
     let mut names = Vec::new();
@@ -43,7 +44,7 @@ pub fn run_vm_tests(debug: bool) -> anyhow::Result<()> {
         timeout: Some(BOOT_TIMEOUT),
         echo: true,
     };
-    let outcome = vm::boot(&kernel, &initramfs, &opts)?;
+    let outcome = qemu::boot(&kernel, &initramfs, &opts)?;
     let mut expected = vec![KSELFTEST.to_owned()];
     expected.extend(names);
     let mut results = collect_results(&expected, &outcome.lines);
