@@ -684,4 +684,65 @@ CommitLimit:    12000000 kB\nCommitted_AS:    3000000 kB\n",
         assert_eq!(v["source"], "procfs");
         assert!(v.get("tamalloc_resident_kib").is_some());
     }
+
+    /// The exact bytes of `tamalloc stats --json` and `tamalloc global --json`: field order,
+    /// names, `comm` as lossy UTF-8 (escaped), `source` last.
+    #[test]
+    fn json_bytes_are_pinned() {
+        let mut raw = abi::ProcStats {
+            pid: 7,
+            oom_score: 1,
+            oom_score_adj: -2,
+            resident_permille: 3,
+            comm: [0; TAMALLOC_COMM_LEN],
+            vm_size_kib: 4,
+            vm_rss_kib: 5,
+            rss_anon_kib: 6,
+            rss_file_kib: 8,
+            rss_shmem_kib: 9,
+            tamalloc_regions: 10,
+            tamalloc_reserved_kib: 11,
+            tamalloc_resident_kib: 12,
+        };
+        raw.comm[..5].copy_from_slice(b"a\"\xffb\n");
+        let p = ProcStats {
+            raw,
+            source: Source::Syscall,
+        };
+        assert_eq!(
+            serde_json::to_string(&p.to_json()).unwrap_or_default(),
+            concat!(
+                r#"{"pid":7,"comm":"a\""#,
+                "\u{fffd}",
+                r#"b\n","oom_score":1,"oom_score_adj":-2,"resident_permille":3,"#,
+                r#""vm_size_kib":4,"vm_rss_kib":5,"rss_anon_kib":6,"rss_file_kib":8,"#,
+                r#""rss_shmem_kib":9,"tamalloc_regions":10,"tamalloc_reserved_kib":11,"#,
+                r#""tamalloc_resident_kib":12,"source":"syscall"}"#,
+            )
+        );
+        let g = GlobalStats {
+            raw: abi::GlobalStats {
+                nr_processes: 1,
+                vm_size_kib: 2,
+                vm_rss_kib: 3,
+                tamalloc_regions: 4,
+                tamalloc_reserved_kib: 5,
+                tamalloc_resident_kib: 6,
+                mem_total_kib: 7,
+                mem_available_kib: 8,
+                committed_as_kib: 9,
+                commit_limit_kib: 10,
+            },
+            source: Source::Procfs,
+        };
+        assert_eq!(
+            serde_json::to_string(&g.to_json()).unwrap_or_default(),
+            concat!(
+                r#"{"nr_processes":1,"vm_size_kib":2,"vm_rss_kib":3,"tamalloc_regions":4,"#,
+                r#""tamalloc_reserved_kib":5,"tamalloc_resident_kib":6,"mem_total_kib":7,"#,
+                r#""mem_available_kib":8,"committed_as_kib":9,"commit_limit_kib":10,"#,
+                r#""source":"procfs"}"#,
+            )
+        );
+    }
 }
