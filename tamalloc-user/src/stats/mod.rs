@@ -1,8 +1,8 @@
 //! Memory statistics: syscalls 555/556, or `/proc` on kernels without them.
 //!
-//! Every function tries the syscall first ([`syscall`]) and falls back to `/proc` ([`procfs`])
-//! only when it answers `ENOSYS`; the record says which one it came from ([`Source`]). The
-//! `/proc` fallback reads:
+//! Every function tries the syscall first (`syscall.rs`) and falls back to `/proc`
+//! (`procfs.rs`) only when it answers `ENOSYS`; the record says which one it came from
+//! ([`Source`]). The `/proc` fallback reads:
 //!
 //! | field | from |
 //! | --- | --- |
