@@ -4,6 +4,8 @@
 
 use std::{collections::BTreeMap, io::BufRead, path::Path};
 
+use tamalloc_common::trace::{FAULT_KINDS, FaultKind};
+
 use super::ReportError;
 use crate::tracer::{aggregate::Aggregator, decode::TraceEvent, record::Record};
 
@@ -17,7 +19,8 @@ pub(super) struct Sample {
     pub(super) ts_ns: u64,
     pub(super) vm_rss_kib: u64,
     pub(super) tamalloc_resident_kib: u64,
-    pub(super) faults: [u64; 5],
+    /// The tracer's counters so far, in [`FaultKind::ALL`] order.
+    pub(super) faults: [u64; FAULT_KINDS],
 }
 
 /// What the report knows of one process.
@@ -32,9 +35,9 @@ pub struct Proc {
     pub(super) reserved: Vec<(u64, u64)>,
     pub(super) samples: Vec<Sample>,
     /// Cumulative streamed faults by kind: (ts_ns, count) points.
-    pub(super) faults: [Vec<(u64, u64)>; 5],
+    pub(super) faults: [Vec<(u64, u64)>; FAULT_KINDS],
     /// Final counts (summary record, else the last sample or the streamed faults).
-    pub totals: [u64; 5],
+    pub totals: [u64; FAULT_KINDS],
 }
 
 impl Proc {
@@ -63,6 +66,15 @@ pub struct Trace {
     pub t0_ns: u64,
     pub procs: BTreeMap<u32, Proc>,
     pub stats_source: String,
+}
+
+/// The pages first touched by kind that a `stats` or `summary` record carries, in
+/// [`FaultKind::ALL`] order: the schema names those fields for the kinds
+/// ([`FaultKind::name`]). Read by name so that the kinds are listed once; these records are
+/// few (one per process per interval, and one at the end), so the detour costs little.
+fn fault_counts(r: &Record) -> [u64; FAULT_KINDS] {
+    let v = serde_json::to_value(r).unwrap_or_default();
+    FaultKind::ALL.map(|k| v[k.name()].as_u64().unwrap_or(0))
 }
 
 impl Trace {
@@ -162,42 +174,28 @@ impl Trace {
                 comm,
                 vm_rss_kib,
                 tamalloc_resident_kib,
-                read_zero,
-                write_zero,
-                cow_zero,
-                cow,
-                other,
                 ..
             } => {
-                let p = self.procs.entry(*pid).or_default();
-                if !comm.is_empty() {
-                    p.comm = comm.clone();
-                }
+                let p = self.named(*pid, comm);
                 p.samples.push(Sample {
                     ts_ns: *ts_ns,
                     vm_rss_kib: *vm_rss_kib,
                     tamalloc_resident_kib: *tamalloc_resident_kib,
-                    faults: [*read_zero, *write_zero, *cow_zero, *cow, *other],
+                    faults: fault_counts(r),
                 });
             }
-            Record::Summary {
-                pid,
-                comm,
-                read_zero,
-                write_zero,
-                cow_zero,
-                cow,
-                other,
-                ..
-            } => {
-                let p = self.procs.entry(*pid).or_default();
-                if !comm.is_empty() {
-                    p.comm = comm.clone();
-                }
-                p.totals = [*read_zero, *write_zero, *cow_zero, *cow, *other];
-            }
+            Record::Summary { pid, comm, .. } => self.named(*pid, comm).totals = fault_counts(r),
             Record::Global { .. } | Record::Drops { .. } => {}
         }
+    }
+
+    /// Process `pid`, named `comm` unless that is empty.
+    fn named(&mut self, pid: u32, comm: &str) -> &mut Proc {
+        let p = self.procs.entry(pid).or_default();
+        if !comm.is_empty() {
+            comm.clone_into(&mut p.comm);
+        }
+        p
     }
 
     fn reserved_now(&mut self, ts_ns: u64, pid: u32, agg: &Aggregator) {
@@ -224,5 +222,23 @@ impl Trace {
                     .join(", "),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_counts_follow_the_kinds() {
+        let record = |json: &str| serde_json::from_str::<Record>(json).expect("a record");
+        let summary = record(
+            r#"{"type":"summary","pid":1,"comm":"a","read_zero":1,"write_zero":2,"cow_zero":3,"cow":4,"other":5,"regions":6}"#,
+        );
+        assert_eq!(fault_counts(&summary), [1, 2, 3, 4, 5]);
+        let drops = record(
+            r#"{"type":"drops","count":9,"fault_events":9,"control_events":9,"map_full":9}"#,
+        );
+        assert_eq!(fault_counts(&drops), [0; FAULT_KINDS]);
     }
 }

@@ -2,7 +2,7 @@
 //! VmRSS) and pages first touched, cumulative, by kind; as steps, thinned to a bounded size.
 
 use plotters::style::RGBColor;
-use tamalloc_common::trace::FaultKind;
+use tamalloc_common::trace::{FAULT_KINDS, FaultKind};
 
 use super::load::{Proc, Trace};
 
@@ -25,7 +25,7 @@ pub const RESERVED: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 pub const RESIDENT: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 pub const VM_RSS: RGBColor = RGBColor(0x7f, 0x7f, 0x7f);
 /// Colours of the fault kinds, in [`FaultKind::ALL`] order.
-pub const KIND_COLORS: [RGBColor; 5] = [
+pub const KIND_COLORS: [RGBColor; FAULT_KINDS] = [
     RGBColor(0x2c, 0xa0, 0x2c),
     RGBColor(0xff, 0x7f, 0x0e),
     RGBColor(0x94, 0x67, 0xbd),
@@ -98,8 +98,10 @@ pub fn series(t: &Trace, pid: u32) -> (Vec<Series>, Vec<Series>) {
         points: steps(&reserved, end),
     });
     // Cumulative faults by kind, as (seconds, pages).
-    let kinds: Vec<Vec<(f64, f64)>> = (0..5)
-        .map(|k| {
+    let kinds: Vec<Vec<(f64, f64)>> = FaultKind::ALL
+        .iter()
+        .map(|&kind| {
+            let k = kind as usize;
             if p.streamed() {
                 p.faults[k]
                     .iter()
