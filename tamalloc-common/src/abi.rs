@@ -35,6 +35,9 @@ pub const TAMALLOC_VMA_NAME: &str = "tamalloc";
 pub const TAMALLOC_COMM_LEN: usize = 16;
 
 /// One process, as syscall 555 reports it (`struct tamalloc_proc_stats`).
+///
+/// Serialized (feature `user`) with the uapi names, `comm` as a string (the impl, and why it
+/// is written by hand, is in `abi::json`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcStats {
@@ -65,8 +68,11 @@ pub struct ProcStats {
 pub const TAMALLOC_PROC_STATS_SIZE_VER0: usize = 96;
 
 /// System-wide totals, as syscall 556 reports them (`struct tamalloc_global_stats`).
+///
+/// Serialized (feature `user`) with the uapi names, in layout order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct GlobalStats {
     /// Processes (not kernel threads) in the caller's pid namespace.
     pub nr_processes: u64,
@@ -93,6 +99,105 @@ impl ProcStats {
             .position(|&b| b == 0)
             .unwrap_or(self.comm.len());
         &self.comm[..end]
+    }
+}
+
+/// The JSON form of [`ProcStats`]: `pid`, then `comm`, then the other fields in layout order.
+///
+/// Written by hand rather than derived because `tamalloc stats --json` has always put `comm`
+/// second while the uapi layout puts it fifth, and because `comm` is written as lossy UTF-8 up
+/// to its first NUL. The destructuring has no `..`, so a field added to the struct does not
+/// compile until it is serialized here too.
+#[cfg(feature = "user")]
+mod json {
+    use core::fmt;
+
+    use serde::ser::{Serialize, SerializeStruct as _, Serializer};
+
+    use super::ProcStats;
+
+    impl Serialize for ProcStats {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let Self {
+                pid,
+                oom_score,
+                oom_score_adj,
+                resident_permille,
+                comm: _,
+                vm_size_kib,
+                vm_rss_kib,
+                rss_anon_kib,
+                rss_file_kib,
+                rss_shmem_kib,
+                tamalloc_regions,
+                tamalloc_reserved_kib,
+                tamalloc_resident_kib,
+            } = self;
+            let mut s = serializer.serialize_struct("ProcStats", 13)?;
+            s.serialize_field("pid", pid)?;
+            s.serialize_field("comm", &Lossy(self.comm_bytes()))?;
+            s.serialize_field("oom_score", oom_score)?;
+            s.serialize_field("oom_score_adj", oom_score_adj)?;
+            s.serialize_field("resident_permille", resident_permille)?;
+            s.serialize_field("vm_size_kib", vm_size_kib)?;
+            s.serialize_field("vm_rss_kib", vm_rss_kib)?;
+            s.serialize_field("rss_anon_kib", rss_anon_kib)?;
+            s.serialize_field("rss_file_kib", rss_file_kib)?;
+            s.serialize_field("rss_shmem_kib", rss_shmem_kib)?;
+            s.serialize_field("tamalloc_regions", tamalloc_regions)?;
+            s.serialize_field("tamalloc_reserved_kib", tamalloc_reserved_kib)?;
+            s.serialize_field("tamalloc_resident_kib", tamalloc_resident_kib)?;
+            s.end()
+        }
+    }
+
+    /// Bytes shown as `String::from_utf8_lossy` would (each invalid sequence is one U+FFFD),
+    /// without allocating: this crate is no_std.
+    struct Lossy<'a>(&'a [u8]);
+
+    impl fmt::Display for Lossy<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            for chunk in self.0.utf8_chunks() {
+                f.write_str(chunk.valid())?;
+                if !chunk.invalid().is_empty() {
+                    f.write_str("\u{fffd}")?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    impl Serialize for Lossy<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_str(self)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        extern crate std;
+        use std::{format, string::String};
+
+        use super::Lossy;
+
+        #[test]
+        fn lossy_is_from_utf8_lossy() {
+            let cases: [&[u8]; 6] = [
+                b"demo",
+                b"",
+                b"a\xffb",
+                b"\xe2\x82",
+                b"\xf0\x9f\x92\x96 ok \xc3",
+                b"\xed\xa0\x80x",
+            ];
+            for bytes in cases {
+                assert_eq!(
+                    format!("{}", Lossy(bytes)),
+                    String::from_utf8_lossy(bytes),
+                    "{bytes:?}"
+                );
+            }
+        }
     }
 }
 

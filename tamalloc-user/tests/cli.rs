@@ -124,22 +124,8 @@ fn stats_table_has_stable_columns() {
     );
     let header: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
-        header,
-        [
-            "PID",
-            "COMM",
-            "VSZ",
-            "RSS",
-            "ANON",
-            "FILE",
-            "SHMEM",
-            "OOM",
-            "ADJ",
-            "RES%",
-            "TA-REGIONS",
-            "TA-RESERVED",
-            "TA-RESIDENT"
-        ]
+        header.join(" "),
+        "PID COMM VSZ RSS ANON FILE SHMEM OOM ADJ RES% TA-REGIONS TA-RESERVED TA-RESIDENT"
     );
     let row: Vec<&str> = lines[2].split_whitespace().collect();
     assert_eq!(row.len(), 13, "{}", lines[2]);

@@ -90,6 +90,19 @@ impl Svg {
     fn has_text(&self, t: &str) -> bool {
         self.texts.iter().any(|x| x.contains(t))
     }
+    /// One panel of `demo --read-first` (every page read, then written): one line and one
+    /// legend swatch each for reserved, resident, VmRSS, read_zero and cow_zero.
+    fn assert_read_first_panel(&self) {
+        for (color, what) in [
+            (RESERVED, "reserved"),
+            (RESIDENT, "resident"),
+            (VM_RSS, "VmRSS"),
+            (READ_ZERO, "read_zero"),
+            (COW_ZERO, "cow_zero"),
+        ] {
+            assert_eq!(self.lines(color), (1, 1), "{what}");
+        }
+    }
     /// Polylines of a colour: the series' lines and their legend swatches (2 points).
     fn lines(&self, color: &str) -> (usize, usize) {
         let of: Vec<_> = self.polylines.iter().filter(|p| p.0 == color).collect();
@@ -285,15 +298,7 @@ fn report_svg_from_a_real_traced_run() {
     );
     let svg = parse(&dir.path("r.svg"));
     assert!(svg.has_text(&format!("pid {pid} (tamalloc): 1 region, 4.0 MiB")));
-    for (color, what) in [
-        (RESERVED, "reserved"),
-        (RESIDENT, "resident"),
-        (VM_RSS, "VmRSS"),
-        (READ_ZERO, "read_zero"),
-        (COW_ZERO, "cow_zero"),
-    ] {
-        assert_eq!(svg.lines(color), (1, 1), "{what}");
-    }
+    svg.assert_read_first_panel();
     // The staircase of 1024 first touches reaches the top.
     let cow = svg
         .polylines
@@ -308,13 +313,5 @@ fn report_svg_in_the_docs_is_a_report_of_the_read_first_demo() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/lazy-zeroing.svg");
     let svg = parse(&path);
     assert!(svg.has_text("(tamalloc): 1 region, 32.0 MiB reserved at most"));
-    for (color, what) in [
-        (RESERVED, "reserved"),
-        (RESIDENT, "resident"),
-        (VM_RSS, "VmRSS"),
-        (READ_ZERO, "read_zero"),
-        (COW_ZERO, "cow_zero"),
-    ] {
-        assert_eq!(svg.lines(color), (1, 1), "{what}");
-    }
+    svg.assert_read_first_panel();
 }

@@ -26,7 +26,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let g = stats::global_stats().context("reading the global statistics")?;
     let mut out = std::io::stdout().lock();
     let written = if args.json {
-        serde_json::to_string(&g.to_json())
+        serde_json::to_string(&g)
             .map_err(std::io::Error::from)
             .and_then(|line| writeln!(out, "{line}"))
     } else {

@@ -74,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         records.iter().try_for_each(|r| {
-            let line = serde_json::to_string(&r.to_json())?;
+            let line = serde_json::to_string(r)?;
             writeln!(out, "{line}")
         })
     } else {

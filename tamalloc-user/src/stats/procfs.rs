@@ -1,256 +1,13 @@
-//! Memory statistics: syscalls 555/556, or `/proc` on kernels without them.
-//!
-//! Every function tries the syscall first and falls back to `/proc` only when it answers
-//! `ENOSYS`; the record says which one it came from ([`Source`]). The `/proc` fallback reads:
-//!
-//! | field | from |
-//! | --- | --- |
-//! | `comm`, `vm_size_kib`, `vm_rss_kib`, `rss_anon_kib`, `rss_file_kib`, `rss_shmem_kib` | `/proc/PID/status` (`Name`, `VmSize`, `VmRSS`, `RssAnon`, `RssFile`, `RssShmem`) |
-//! | `oom_score`, `oom_score_adj` | `/proc/PID/oom_score`, `/proc/PID/oom_score_adj` |
-//! | `resident_permille` | `vm_rss_kib * 1000 / vm_size_kib` |
-//! | `tamalloc_regions`, `tamalloc_reserved_kib`, `tamalloc_resident_kib` | `/proc/PID/maps` entries named `[anon:tamalloc]`, and their `Size`/`Rss` in `/proc/PID/smaps` (read only when there is one) |
-//! | global `mem_*`, `committed_as_kib`, `commit_limit_kib` | `/proc/meminfo` |
-//! | global `nr_processes`, sums | every `/proc/PID` with a `VmSize` (kernel threads and zombies have none) |
-//!
-//! Fallback regions (plain `mmap`) carry no name, so they are not counted as tamalloc regions
-//! by `/proc`; only the patched kernel's `[anon:tamalloc]` VMAs are.
+//! The `/proc` fallback of [`super`]: the same records as syscalls 555/556, read from
+//! `/proc/PID/{status,oom_score,oom_score_adj,maps,smaps}` and `/proc/meminfo` (the table in
+//! [`super`] says which field comes from where).
 
-use std::{io::Read as _, mem::size_of};
+use std::io::Read as _;
 
-use serde::Serialize;
-use tamalloc_common::abi::{
-    self, SYS_GET_GLOBAL_MEMORY_USAGE_STATS, SYS_GET_MEMORY_USAGE_STATS, TAMALLOC_COMM_LEN,
-};
+use tamalloc_common::abi::{self, TAMALLOC_COMM_LEN};
 
-use crate::error::{Error, last_errno};
-
-/// Where a record came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    /// Syscall 555 or 556 of the patched kernel.
-    Syscall,
-    /// `/proc`, on a kernel without the syscalls.
-    Procfs,
-}
-
-impl Source {
-    /// `"syscall"` or `"procfs"`, the JSON value.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Syscall => "syscall",
-            Self::Procfs => "procfs",
-        }
-    }
-}
-
-/// One process's statistics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcStats {
-    /// Exactly `struct tamalloc_proc_stats`.
-    pub raw: abi::ProcStats,
-    pub source: Source,
-}
-
-impl ProcStats {
-    pub fn pid(&self) -> u32 {
-        self.raw.pid as u32
-    }
-
-    /// The command name (lossy UTF-8).
-    pub fn comm(&self) -> String {
-        String::from_utf8_lossy(self.raw.comm_bytes()).into_owned()
-    }
-
-    /// The JSON form: the uapi field names, `comm` as a string, and `source`.
-    pub fn to_json(&self) -> ProcStatsJson {
-        let r = &self.raw;
-        ProcStatsJson {
-            pid: r.pid,
-            comm: self.comm(),
-            oom_score: r.oom_score,
-            oom_score_adj: r.oom_score_adj,
-            resident_permille: r.resident_permille,
-            vm_size_kib: r.vm_size_kib,
-            vm_rss_kib: r.vm_rss_kib,
-            rss_anon_kib: r.rss_anon_kib,
-            rss_file_kib: r.rss_file_kib,
-            rss_shmem_kib: r.rss_shmem_kib,
-            tamalloc_regions: r.tamalloc_regions,
-            tamalloc_reserved_kib: r.tamalloc_reserved_kib,
-            tamalloc_resident_kib: r.tamalloc_resident_kib,
-            source: self.source,
-        }
-    }
-}
-
-/// JSON record of `tamalloc stats --json`: the uapi names of `struct tamalloc_proc_stats`.
-#[derive(Clone, Debug, Serialize)]
-pub struct ProcStatsJson {
-    pub pid: i32,
-    pub comm: String,
-    pub oom_score: u32,
-    pub oom_score_adj: i32,
-    pub resident_permille: u32,
-    pub vm_size_kib: u64,
-    pub vm_rss_kib: u64,
-    pub rss_anon_kib: u64,
-    pub rss_file_kib: u64,
-    pub rss_shmem_kib: u64,
-    pub tamalloc_regions: u64,
-    pub tamalloc_reserved_kib: u64,
-    pub tamalloc_resident_kib: u64,
-    pub source: Source,
-}
-
-/// System-wide statistics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GlobalStats {
-    /// Exactly `struct tamalloc_global_stats`.
-    pub raw: abi::GlobalStats,
-    pub source: Source,
-}
-
-/// JSON record of `tamalloc global --json`: the uapi names of `struct tamalloc_global_stats`.
-#[derive(Clone, Debug, Serialize)]
-pub struct GlobalStatsJson {
-    pub nr_processes: u64,
-    pub vm_size_kib: u64,
-    pub vm_rss_kib: u64,
-    pub tamalloc_regions: u64,
-    pub tamalloc_reserved_kib: u64,
-    pub tamalloc_resident_kib: u64,
-    pub mem_total_kib: u64,
-    pub mem_available_kib: u64,
-    pub committed_as_kib: u64,
-    pub commit_limit_kib: u64,
-    pub source: Source,
-}
-
-impl GlobalStats {
-    pub fn to_json(&self) -> GlobalStatsJson {
-        let r = &self.raw;
-        GlobalStatsJson {
-            nr_processes: r.nr_processes,
-            vm_size_kib: r.vm_size_kib,
-            vm_rss_kib: r.vm_rss_kib,
-            tamalloc_regions: r.tamalloc_regions,
-            tamalloc_reserved_kib: r.tamalloc_reserved_kib,
-            tamalloc_resident_kib: r.tamalloc_resident_kib,
-            mem_total_kib: r.mem_total_kib,
-            mem_available_kib: r.mem_available_kib,
-            committed_as_kib: r.committed_as_kib,
-            commit_limit_kib: r.commit_limit_kib,
-            source: self.source,
-        }
-    }
-}
-
-const PROC_STATS_SIZE: usize = size_of::<abi::ProcStats>();
-
-/// `get_memory_usage_stats(pid, buf, count, sizeof *buf, 0)`; `Err(errno)` on failure.
-fn sys_proc_stats(pid: i32, buf: &mut [abi::ProcStats]) -> Result<usize, i32> {
-    let count = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-    let ptr = if buf.is_empty() {
-        std::ptr::null_mut()
-    } else {
-        buf.as_mut_ptr()
-    };
-    // SAFETY: the kernel writes at most `count` records of PROC_STATS_SIZE bytes into `buf`,
-    // which has room for them; abi::ProcStats is plain data valid for any bytes.
-    let r = unsafe {
-        libc::syscall(
-            SYS_GET_MEMORY_USAGE_STATS as libc::c_long,
-            pid as libc::c_long,
-            ptr,
-            count as libc::c_long,
-            PROC_STATS_SIZE,
-            0 as libc::c_long,
-        )
-    };
-    if r < 0 {
-        Err(last_errno())
-    } else {
-        Ok(r as usize)
-    }
-}
-
-/// The statistics of process `pid` (syscall 555, else `/proc`).
-///
-/// A pid that is not a user process (does not exist, has exited, is a kernel thread or a
-/// thread id that is not a process id) is [`Error::NoSuchProcess`] (`ESRCH`), as in 555.
-pub fn proc_stats(pid: u32) -> Result<ProcStats, Error> {
-    let Ok(spid) = i32::try_from(pid) else {
-        return Err(Error::NoSuchProcess { pid });
-    };
-    if spid == 0 {
-        return Err(Error::os("get_memory_usage_stats", Some(0), libc::EINVAL));
-    }
-    let mut one = [abi::ProcStats::default()];
-    match sys_proc_stats(spid, &mut one) {
-        Ok(_) => Ok(ProcStats {
-            raw: one[0],
-            source: Source::Syscall,
-        }),
-        Err(libc::ENOSYS) => proc_stats_procfs(pid),
-        Err(libc::ESRCH) => Err(Error::NoSuchProcess { pid }),
-        Err(e) => Err(Error::os("get_memory_usage_stats", Some(pid.into()), e)),
-    }
-}
-
-/// Every process of the caller's pid namespace, by pid (syscall 555 with pid 0, else `/proc`;
-/// kernel threads are left out by both).
-pub fn all_proc_stats() -> Result<Vec<ProcStats>, Error> {
-    let mut buf: Vec<abi::ProcStats> = Vec::new();
-    for _ in 0..16 {
-        match sys_proc_stats(0, &mut buf) {
-            Ok(n) if n <= buf.len() => {
-                buf.truncate(n);
-                let mut out: Vec<ProcStats> = buf
-                    .into_iter()
-                    .map(|raw| ProcStats {
-                        raw,
-                        source: Source::Syscall,
-                    })
-                    .collect();
-                out.sort_by_key(|p| p.raw.pid);
-                return Ok(out);
-            }
-            // More processes than room: grow with some slack and ask again.
-            Ok(n) => buf = vec![abi::ProcStats::default(); n + n / 8 + 16],
-            Err(libc::ENOSYS) => return all_proc_stats_procfs(),
-            Err(e) => return Err(Error::os("get_memory_usage_stats", Some(0), e)),
-        }
-    }
-    Err(Error::os("get_memory_usage_stats", Some(0), libc::EAGAIN))
-}
-
-/// System-wide statistics (syscall 556, else `/proc`).
-pub fn global_stats() -> Result<GlobalStats, Error> {
-    let mut raw = abi::GlobalStats::default();
-    // SAFETY: the kernel writes at most `usize` = sizeof(raw) bytes into `raw`, plain data.
-    let r = unsafe {
-        libc::syscall(
-            SYS_GET_GLOBAL_MEMORY_USAGE_STATS as libc::c_long,
-            &raw mut raw,
-            size_of::<abi::GlobalStats>(),
-            0 as libc::c_long,
-        )
-    };
-    if r >= 0 {
-        return Ok(GlobalStats {
-            raw,
-            source: Source::Syscall,
-        });
-    }
-    match last_errno() {
-        libc::ENOSYS => global_stats_procfs(),
-        e => Err(Error::os("get_global_memory_usage_stats", None, e)),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// /proc
+use super::{GlobalStats, ProcStats, Source};
+use crate::error::Error;
 
 /// Reads a whole (small) /proc file into `buf`.
 fn read_into(path: &str, buf: &mut Vec<u8>) -> std::io::Result<()> {
@@ -297,6 +54,15 @@ fn parse_i64(s: &[u8]) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
+/// The `Key: value` lines of a `/proc` file such as `status` or `meminfo`, as (key, value
+/// after the colon); lines without a colon are skipped.
+fn fields(bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    bytes.split(|&b| b == b'\n').filter_map(|line| {
+        let colon = line.iter().position(|&b| b == b':')?;
+        Some((&line[..colon], &line[colon + 1..]))
+    })
+}
+
 /// The fields of `/proc/PID/status` that matter here.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Status {
@@ -314,11 +80,7 @@ pub struct Status {
 /// Parses `/proc/PID/status` with one pass over its lines.
 pub fn parse_status(bytes: &[u8]) -> Status {
     let mut st = Status::default();
-    for line in bytes.split(|&b| b == b'\n') {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let (key, value) = (&line[..colon], &line[colon + 1..]);
+    for (key, value) in fields(bytes) {
         match key {
             b"Name" => {
                 let name = value.trim_ascii();
@@ -498,7 +260,7 @@ fn read_proc(pid: u32, buf: &mut Vec<u8>) -> Result<ProcStats, Error> {
     })
 }
 
-/// [`proc_stats`] from `/proc` only (whatever the kernel has).
+/// [`proc_stats`](super::proc_stats) from `/proc` only (whatever the kernel has).
 pub fn proc_stats_procfs(pid: u32) -> Result<ProcStats, Error> {
     read_proc(pid, &mut Vec::with_capacity(2048))
 }
@@ -513,7 +275,7 @@ fn proc_pids() -> Result<Vec<u32>, Error> {
     Ok(pids)
 }
 
-/// [`all_proc_stats`] from `/proc` only. Processes that exit meanwhile are left out.
+/// [`all_proc_stats`](super::all_proc_stats) from `/proc` only. Processes that exit meanwhile are left out.
 pub fn all_proc_stats_procfs() -> Result<Vec<ProcStats>, Error> {
     let mut buf = Vec::with_capacity(2048);
     let mut out = Vec::new();
@@ -536,25 +298,23 @@ pub struct MemInfo {
     pub commit_limit_kib: u64,
 }
 
+/// Parses `/proc/meminfo`; a missing field is 0. (A pass per field: the file is ~50 lines.)
 pub fn parse_meminfo(bytes: &[u8]) -> MemInfo {
-    let mut m = MemInfo::default();
-    for line in bytes.split(|&b| b == b'\n') {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let v = leading_u64(&line[colon + 1..]).unwrap_or(0);
-        match &line[..colon] {
-            b"MemTotal" => m.mem_total_kib = v,
-            b"MemAvailable" => m.mem_available_kib = v,
-            b"CommitLimit" => m.commit_limit_kib = v,
-            b"Committed_AS" => m.committed_as_kib = v,
-            _ => {}
-        }
+    let kib = |key: &[u8]| {
+        fields(bytes)
+            .find(|&(k, _)| k == key)
+            .and_then(|(_, v)| leading_u64(v))
+            .unwrap_or(0)
+    };
+    MemInfo {
+        mem_total_kib: kib(b"MemTotal"),
+        mem_available_kib: kib(b"MemAvailable"),
+        committed_as_kib: kib(b"Committed_AS"),
+        commit_limit_kib: kib(b"CommitLimit"),
     }
-    m
 }
 
-/// [`global_stats`] from `/proc` only.
+/// [`global_stats`](super::global_stats) from `/proc` only.
 pub fn global_stats_procfs() -> Result<GlobalStats, Error> {
     let mut buf = Vec::with_capacity(4096);
     read_into("/proc/meminfo", &mut buf).map_err(|e| Error::io("/proc/meminfo", e))?;
@@ -665,23 +425,5 @@ CommitLimit:    12000000 kB\nCommitted_AS:    3000000 kB\n",
                 commit_limit_kib: 12_000_000,
             }
         );
-    }
-
-    #[test]
-    fn json_uses_uapi_names() {
-        let mut raw = abi::ProcStats {
-            pid: 7,
-            ..Default::default()
-        };
-        raw.comm[..3].copy_from_slice(b"abc");
-        let p = ProcStats {
-            raw,
-            source: Source::Procfs,
-        };
-        let v = serde_json::to_value(p.to_json()).unwrap();
-        assert_eq!(v["pid"], 7);
-        assert_eq!(v["comm"], "abc");
-        assert_eq!(v["source"], "procfs");
-        assert!(v.get("tamalloc_resident_kib").is_some());
     }
 }

@@ -1,0 +1,244 @@
+//! Reading a JSON lines trace into what the report draws: per process, the reserved bytes
+//! over time (replayed with the tracer's own [`Aggregator`]), the `stats` samples and the
+//! streamed faults, cumulative by kind.
+
+use std::{collections::BTreeMap, io::BufRead, path::Path};
+
+use tamalloc_common::trace::{FAULT_KINDS, FaultKind};
+
+use super::ReportError;
+use crate::tracer::{aggregate::Aggregator, decode::TraceEvent, record::Record};
+
+/// Fault points closer together than this are merged (the curve keeps its shape, the
+/// memory stays bounded by the trace's duration rather than its number of faults).
+const FAULT_RESOLUTION_NS: u64 = 10_000_000;
+
+/// One `stats` sample.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Sample {
+    pub(super) ts_ns: u64,
+    pub(super) vm_rss_kib: u64,
+    pub(super) tamalloc_resident_kib: u64,
+    /// The tracer's counters so far, in [`FaultKind::ALL`] order.
+    pub(super) faults: [u64; FAULT_KINDS],
+}
+
+/// What the report knows of one process.
+#[derive(Clone, Debug, Default)]
+pub struct Proc {
+    pub comm: String,
+    /// Regions created in this process.
+    pub regions: u64,
+    /// The largest reserved size, in bytes.
+    pub peak_reserved: u64,
+    /// Reserved bytes over time (a step function).
+    pub(super) reserved: Vec<(u64, u64)>,
+    pub(super) samples: Vec<Sample>,
+    /// Cumulative streamed faults by kind: (ts_ns, count) points.
+    pub(super) faults: [Vec<(u64, u64)>; FAULT_KINDS],
+    /// Final counts (summary record, else the last sample or the streamed faults).
+    pub totals: [u64; FAULT_KINDS],
+}
+
+impl Proc {
+    fn interesting(&self) -> bool {
+        self.regions > 0
+            || self.peak_reserved > 0
+            || self.totals.iter().any(|&n| n > 0)
+            || self.faults.iter().any(|f| !f.is_empty())
+    }
+
+    /// Whether the kernel reported tamalloc resident sizes (syscall 555), else they are
+    /// derived from the first-touch writes.
+    pub(super) fn kernel_resident(&self) -> bool {
+        self.samples.iter().any(|s| s.tamalloc_resident_kib > 0)
+    }
+
+    pub(super) fn streamed(&self) -> bool {
+        self.faults.iter().any(|f| !f.is_empty())
+    }
+}
+
+/// A trace, reduced to what the report draws.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// The first timestamp in the trace: time 0 of the report.
+    pub t0_ns: u64,
+    pub procs: BTreeMap<u32, Proc>,
+    pub stats_source: String,
+}
+
+/// The pages first touched by kind that a `stats` or `summary` record carries, in
+/// [`FaultKind::ALL`] order: the schema names those fields for the kinds
+/// ([`FaultKind::name`]). Read by name so that the kinds are listed once; these records are
+/// few (one per process per interval, and one at the end), so the detour costs little.
+fn fault_counts(r: &Record) -> [u64; FAULT_KINDS] {
+    let v = serde_json::to_value(r).unwrap_or_default();
+    FaultKind::ALL.map(|k| v[k.name()].as_u64().unwrap_or(0))
+}
+
+impl Trace {
+    /// Reads a JSON lines trace. Records of types this version does not know are skipped.
+    pub fn load(path: &Path) -> Result<Self, ReportError> {
+        let read = |source| ReportError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(read)?;
+        let mut t = Trace::default();
+        let mut agg = Aggregator::new();
+        let mut first: Option<u64> = None;
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(read)?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parse = |why: String| ReportError::Parse {
+                path: path.to_owned(),
+                line: i + 1,
+                why,
+            };
+            let r = match serde_json::from_str::<Record>(&line) {
+                Ok(r) => r,
+                Err(e) => {
+                    // A record type from a newer schema: skip it. Anything else is an error.
+                    let v: serde_json::Value =
+                        serde_json::from_str(&line).map_err(|e| parse(e.to_string()))?;
+                    if v.get("type").is_some_and(serde_json::Value::is_string) && e.is_data() {
+                        continue;
+                    }
+                    return Err(parse(e.to_string()));
+                }
+            };
+            if let Some(ts) = r.ts_ns() {
+                first = Some(first.map_or(ts, |f| f.min(ts)));
+            }
+            t.add(&r, &mut agg);
+        }
+        t.t0_ns = first.unwrap_or(0);
+        for p in t.procs.values_mut() {
+            if p.totals.iter().all(|&n| n == 0) {
+                if let Some(s) = p.samples.last() {
+                    p.totals = s.faults;
+                }
+                for (k, f) in p.faults.iter().enumerate() {
+                    p.totals[k] = p.totals[k].max(f.last().map_or(0, |l| l.1));
+                }
+            }
+        }
+        t.procs.retain(|_, p| p.interesting());
+        if t.procs.is_empty() {
+            return Err(ReportError::Empty(path.to_owned()));
+        }
+        Ok(t)
+    }
+
+    fn add(&mut self, r: &Record, agg: &mut Aggregator) {
+        if let Some(ev) = r.to_event() {
+            agg.apply(&ev);
+        }
+        match r {
+            Record::Meta { stats_source, .. } => self.stats_source = stats_source.clone(),
+            Record::Event(TraceEvent::Region { ts_ns, pid, .. }) => {
+                self.procs.entry(*pid).or_default().regions += 1;
+                self.reserved_now(*ts_ns, *pid, agg);
+            }
+            Record::Event(TraceEvent::Unmap { ts_ns, pid, .. })
+            | Record::Event(TraceEvent::Remap { ts_ns, pid, .. })
+            | Record::Event(TraceEvent::Exec { ts_ns, pid })
+            | Record::Event(TraceEvent::Exit { ts_ns, pid }) => {
+                if self.procs.contains_key(pid) {
+                    self.reserved_now(*ts_ns, *pid, agg);
+                }
+            }
+            Record::Event(TraceEvent::Fork { ts_ns, pid, child }) => {
+                if self.procs.contains_key(pid) {
+                    let comm = self.procs[pid].comm.clone();
+                    self.procs.entry(*child).or_default().comm = comm;
+                    self.reserved_now(*ts_ns, *child, agg);
+                }
+            }
+            Record::Event(TraceEvent::Fault {
+                ts_ns, pid, kind, ..
+            }) => {
+                let points = &mut self.procs.entry(*pid).or_default().faults[*kind as usize];
+                let n = points.last().map_or(0, |p| p.1) + 1;
+                match points.last_mut() {
+                    Some(last) if ts_ns.saturating_sub(last.0) < FAULT_RESOLUTION_NS => last.1 = n,
+                    _ => points.push((*ts_ns, n)),
+                }
+            }
+            Record::Stats {
+                ts_ns,
+                pid,
+                comm,
+                vm_rss_kib,
+                tamalloc_resident_kib,
+                ..
+            } => {
+                let p = self.named(*pid, comm);
+                p.samples.push(Sample {
+                    ts_ns: *ts_ns,
+                    vm_rss_kib: *vm_rss_kib,
+                    tamalloc_resident_kib: *tamalloc_resident_kib,
+                    faults: fault_counts(r),
+                });
+            }
+            Record::Summary { pid, comm, .. } => self.named(*pid, comm).totals = fault_counts(r),
+            Record::Global { .. } | Record::Drops { .. } => {}
+        }
+    }
+
+    /// Process `pid`, named `comm` unless that is empty.
+    fn named(&mut self, pid: u32, comm: &str) -> &mut Proc {
+        let p = self.procs.entry(pid).or_default();
+        if !comm.is_empty() {
+            comm.clone_into(&mut p.comm);
+        }
+        p
+    }
+
+    fn reserved_now(&mut self, ts_ns: u64, pid: u32, agg: &Aggregator) {
+        let bytes = agg.get(pid).map_or(0, |s| s.regions.values().sum::<u64>());
+        let p = self.procs.entry(pid).or_default();
+        p.peak_reserved = p.peak_reserved.max(bytes);
+        if p.reserved.last().is_none_or(|l| l.1 != bytes) {
+            p.reserved.push((ts_ns, bytes));
+        }
+    }
+
+    /// The pids the report shows: `pid` alone, or all.
+    pub fn select(&self, pid: Option<u32>) -> Result<Vec<u32>, ReportError> {
+        match pid {
+            None => Ok(self.procs.keys().copied().collect()),
+            Some(p) if self.procs.contains_key(&p) => Ok(vec![p]),
+            Some(p) => Err(ReportError::NoSuchPid {
+                pid: p,
+                known: self
+                    .procs
+                    .keys()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_counts_follow_the_kinds() {
+        let record = |json: &str| serde_json::from_str::<Record>(json).expect("a record");
+        let summary = record(
+            r#"{"type":"summary","pid":1,"comm":"a","read_zero":1,"write_zero":2,"cow_zero":3,"cow":4,"other":5,"regions":6}"#,
+        );
+        assert_eq!(fault_counts(&summary), [1, 2, 3, 4, 5]);
+        let drops = record(
+            r#"{"type":"drops","count":9,"fault_events":9,"control_events":9,"map_full":9}"#,
+        );
+        assert_eq!(fault_counts(&drops), [0; FAULT_KINDS]);
+    }
+}
