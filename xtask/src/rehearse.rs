@@ -42,11 +42,14 @@ const SUITE: &str = "bookworm";
 const BASE_EXTRA: &str = "ca-certificates,gcc,libc6-dev";
 /// Inside the root: the clone, and the PATH a root login on a fresh machine has.
 const CLONE: &str = "/root/tamalloc";
+/// `sh -c` script run as `ENTER ROOT CMD...` in a new mount namespace: make ROOT the root.
+const ENTER: &str = "set -e; mount --rbind \"$0\" \"$0\"; cd \"$0\"; mkdir -p .oldroot; \
+    pivot_root . .oldroot; cd /; umount -l /.oldroot; rmdir /.oldroot; exec \"$@\"";
 const PATH: &str = "/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     if !is_root() {
-        bail!("the rehearsal builds a root file system and chroots into it: run it as root");
+        bail!("the rehearsal builds a root file system and enters it: run it as root");
     }
     crate::setup::run(&crate::setup::Args::default()).context("set-up (debootstrap, git)")?;
     let started = Instant::now();
@@ -315,8 +318,20 @@ impl Rehearsal {
             })
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        // Not chroot: the kernel refuses user namespaces to a chrooted process, which a
+        // fresh machine is not (a test runs `unshare --user`). So, as containers do: a
+        // private mount namespace whose root is pivoted to ours, the host's unmounted.
         util::run(
-            Command::new("chroot")
+            Command::new("unshare")
+                .args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                    ENTER,
+                ])
                 .arg(&self.root)
                 .args([
                     "/usr/bin/env",

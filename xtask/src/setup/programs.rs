@@ -110,9 +110,9 @@ pub const PROGRAMS: &[Program] = &[
         "`cargo xtask rehearse` builds a fresh root",
     ),
     p(
-        "chroot",
-        Base("coreutils"),
-        "`cargo xtask rehearse` runs in the fresh root",
+        "pivot_root",
+        Base("util-linux"),
+        "`cargo xtask rehearse` enters the fresh root",
     ),
     p("umount", Base("mount"), "`cargo xtask rehearse` cleans up"),
     p(
