@@ -440,6 +440,17 @@ impl Probe {
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }
+
+    /// Each distinct loaded program, by name, with what the kernel reports of it (id,
+    /// verified instructions, run statistics): for benchmarks.
+    pub fn program_infos(&self) -> Vec<(String, aya::programs::ProgramInfo)> {
+        let mut seen = std::collections::HashSet::new();
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| Some((name.to_owned(), p.info().ok()?)))
+            .filter(|(_, info)| seen.insert(info.id()))
+            .collect()
+    }
 }
 
 /// Loads the programs `sys_exit` tail-calls and puts them in their slots.
