@@ -128,9 +128,8 @@ pub struct Probe {
     stream_faults: bool,
 }
 
-/// The embedded eBPF object, built by build.rs (public for benchmarks, which also load its
-/// `page_fault_reference` program).
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tamalloc"));
+/// The embedded eBPF object, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tamalloc"));
 
 impl Probe {
     /// Checks the environment, loads, configures and attaches everything.
@@ -434,11 +433,6 @@ impl Probe {
     /// How many tracepoints the programs are attached to.
     pub fn attachments(&self) -> usize {
         ATTACHMENTS.len()
-    }
-
-    /// The loaded object, for benchmarks that read program statistics.
-    pub fn ebpf(&self) -> &Ebpf {
-        &self.ebpf
     }
 
     /// Each distinct loaded program, by name, with what the kernel reports of it (id,
