@@ -1,75 +1,9 @@
-//! Builds the eBPF object (tamalloc-ebpf) for `bpfel-unknown-none` and leaves it in OUT_DIR
-//! for `include_bytes_aligned!`.
-//!
-//! The BPF target needs the core library's source (`-Z build-std=core`). rustup cannot
-//! download rust-src here, so the toolchain is, in order of preference:
-//! 1. `$TAMALLOC_BPF_TOOLCHAIN`, if set;
-//! 2. rustup's `nightly`, when it has rust-src;
-//! 3. `tamalloc-bpf`: Debian's rustc-web linked into rustup by `cargo xtask setup`, with
-//!    `RUSTC_BOOTSTRAP=1` to unlock build-std on a stable compiler.
-
-use std::{path::Path, process::Command};
-
-use anyhow::{Context as _, bail};
-use aya_build::{Package, Toolchain};
-
-const SETUP_HINT: &str = "run `cargo xtask setup` (as root on Debian 12) to install it";
-
-fn sysroot_has_core_source(toolchain: &str) -> bool {
-    let Ok(out) = Command::new("rustup")
-        .args(["run", toolchain, "rustc", "--print", "sysroot"])
-        .output()
-    else {
-        return false;
-    };
-    if !out.status.success() {
-        return false;
-    }
-    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    Path::new(&sysroot)
-        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
-        .exists()
-}
+//! Builds the shipped eBPF object (tamalloc-ebpf) into OUT_DIR as `tamalloc`, for
+//! `include_bytes_aligned!`; the toolchain choice is tamalloc-build-ebpf's (build-ebpf/).
 
 fn main() -> anyhow::Result<()> {
-    println!("cargo:rerun-if-env-changed=TAMALLOC_BPF_TOOLCHAIN");
-    let chosen = if let Ok(t) = std::env::var("TAMALLOC_BPF_TOOLCHAIN") {
-        t
-    } else if sysroot_has_core_source("nightly") {
-        "nightly".to_owned()
-    } else if sysroot_has_core_source("tamalloc-bpf") {
-        "tamalloc-bpf".to_owned()
-    } else {
-        bail!(
-            "no Rust toolchain with the core library source for the BPF target: neither rustup's \
-             nightly with rust-src nor the `tamalloc-bpf` toolchain (Debian's rustc-web + \
-             rust-web-src); {SETUP_HINT}"
-        );
-    };
-    if which_bpf_linker().is_none() {
-        bail!("bpf-linker is not on PATH; {SETUP_HINT}");
-    }
-    if chosen != "nightly" {
-        // SAFETY: build scripts are single-threaded; aya-build reads it and passes it on to
-        // the cargo that builds the eBPF crate.
-        unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
-    }
-    let ebpf = Package {
-        name: "tamalloc-ebpf",
-        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../tamalloc-ebpf"),
-        ..Default::default()
-    };
-    let toolchain = match chosen.as_str() {
-        "nightly" => Toolchain::Nightly,
-        other => Toolchain::Custom(other),
-    };
-    aya_build::build_ebpf([ebpf], toolchain)
-        .with_context(|| format!("building the eBPF programs with toolchain `{chosen}`"))
-}
-
-fn which_bpf_linker() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("bpf-linker"))
-        .find(|p| p.is_file())
+    tamalloc_build_ebpf::build(
+        "tamalloc-ebpf",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../tamalloc-ebpf"),
+    )
 }

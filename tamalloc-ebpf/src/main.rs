@@ -16,7 +16,6 @@ mod atomics;
 mod faults;
 mod lifecycle;
 mod maps;
-mod reference;
 mod regions;
 mod syscalls;
 

@@ -1,16 +1,11 @@
 //! Command-line interface: one module per subcommand.
 
-mod bench_ab;
-mod bench_bpf;
-mod bench_faults;
-mod bench_stats;
 mod compare;
 mod demo;
 mod global;
 mod report;
 mod stats;
 mod trace;
-mod workload;
 
 use clap::{Parser, Subcommand};
 
@@ -40,24 +35,6 @@ enum Command {
     /// One measurement of `compare`, in a fresh process (internal).
     #[command(hide = true)]
     CompareChild(compare::ChildArgs),
-    /// A workload that knows the faults it causes (for testing the tracer).
-    #[command(hide = true)]
-    Workload(workload::Args),
-    /// Compare a workload's expectations with a trace's summaries (for testing the tracer).
-    #[command(hide = true)]
-    CheckTrace(workload::CheckArgs),
-    /// Benchmark workload: first-touch faults, timed (for `cargo xtask bench`).
-    #[command(hide = true)]
-    BenchFaults(bench_faults::Args),
-    /// The tracer's overhead, attached and detached in alternation (for `cargo xtask bench`).
-    #[command(hide = true)]
-    BenchAb(bench_ab::Args),
-    /// Per-run cost of the BPF programs, ours and peers' (for `cargo xtask bench`; root).
-    #[command(hide = true)]
-    BenchBpf(bench_bpf::Args),
-    /// Syscalls 555/554 against /proc and mmap (for `cargo xtask bench`, patched kernel).
-    #[command(hide = true)]
-    BenchStats(bench_stats::Args),
     /// Internal: wait for the tracer's gate on FD, then exec CMD (see `trace -- CMD`).
     #[command(hide = true)]
     ExecGated {
@@ -97,12 +74,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Report(args) => report::run(args),
         Command::Compare(args) => compare::run(args),
         Command::CompareChild(args) => compare::run_child(args),
-        Command::Workload(args) => workload::run(args),
-        Command::CheckTrace(args) => workload::check(args),
-        Command::BenchFaults(args) => bench_faults::run(args),
-        Command::BenchAb(args) => bench_ab::run(args),
-        Command::BenchBpf(args) => bench_bpf::run(args),
-        Command::BenchStats(args) => bench_stats::run(args),
         Command::ExecGated { fd, command } => {
             let err = tamalloc::tracer::session::exec_gated(fd, &command);
             Err(anyhow::Error::new(err).context(format!("cannot run `{}`", command[0])))

@@ -128,9 +128,8 @@ pub struct Probe {
     stream_faults: bool,
 }
 
-/// The embedded eBPF object, built by build.rs (public for benchmarks, which also load its
-/// `page_fault_reference` program).
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tamalloc"));
+/// The embedded eBPF object, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tamalloc"));
 
 impl Probe {
     /// Checks the environment, loads, configures and attaches everything.
@@ -436,9 +435,15 @@ impl Probe {
         ATTACHMENTS.len()
     }
 
-    /// The loaded object, for benchmarks that read program statistics.
-    pub fn ebpf(&self) -> &Ebpf {
-        &self.ebpf
+    /// Each distinct loaded program, by name, with what the kernel reports of it (id,
+    /// verified instructions, run statistics): for benchmarks.
+    pub fn program_infos(&self) -> Vec<(String, aya::programs::ProgramInfo)> {
+        let mut seen = std::collections::HashSet::new();
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| Some((name.to_owned(), p.info().ok()?)))
+            .filter(|(_, info)| seen.insert(info.id()))
+            .collect()
     }
 }
 

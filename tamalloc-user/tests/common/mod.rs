@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests (each test crate uses its own subset).
+//! Helpers shared by the integration tests (each test crate uses its own subset), tamalloc-user's
+//! and tamalloc-bench's (whose tests/common includes this file).
 #![allow(
     dead_code,
     reason = "each test crate compiles this module and uses a subset"
@@ -7,6 +8,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
+    sync::OnceLock,
 };
 
 use serde_json::Value;
@@ -14,8 +16,49 @@ use serde_json::Value;
 /// The fault kinds, in the order of every output format.
 pub const KINDS: [&str; 5] = ["read_zero", "write_zero", "cow_zero", "cow", "other"];
 
+/// The product's `tamalloc` binary: cargo's own for tamalloc-user's tests, the one in the
+/// same target dir for another package's (built first, so never missing or stale).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tamalloc")
+    static BUILT: OnceLock<String> = OnceLock::new();
+    option_env!("CARGO_BIN_EXE_tamalloc").unwrap_or_else(|| BUILT.get_or_init(build_product))
+}
+
+/// `cargo build -p tamalloc-user --bin tamalloc` into this test's target dir and profile
+/// (target/<profile>/deps/<test> is where cargo runs a test from).
+fn build_product() -> String {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .filter(|d| d.ends_with("deps"))
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("target/ above the profile");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args([
+        "build",
+        "--quiet",
+        "--package",
+        "tamalloc-user",
+        "--bin",
+        "tamalloc",
+    ])
+    .arg("--target-dir")
+    .arg(target_dir);
+    if profile_dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build -p tamalloc-user");
+    assert!(
+        status.success(),
+        "cargo build -p tamalloc-user --bin tamalloc failed"
+    );
+    let bin = profile_dir.join("tamalloc");
+    assert!(
+        bin.is_file(),
+        "{} is missing after the build",
+        bin.display()
+    );
+    bin.to_str().expect("utf-8 target path").to_owned()
 }
 
 /// Tracing loads eBPF programs: a test that does says so instead of passing silently.
@@ -72,17 +115,19 @@ pub fn by_type<'a>(records: &'a [Value], ty: &str) -> Vec<&'a Value> {
 
 /// `tamalloc trace ARGS -- COMMAND`, which must succeed.
 pub fn trace(args: &[&str], command: &[&str]) -> Output {
-    let out = Command::new(bin())
-        .arg("trace")
-        .args(args)
-        .arg("--")
-        .args(command)
-        .output()
-        .expect("run tamalloc trace");
+    let mut cmd = Command::new(bin());
+    cmd.arg("trace").args(args).arg("--").args(command);
+    succeeds(cmd, "tamalloc trace")
+}
+
+/// Runs `cmd` (`what`, in messages), which must succeed; its output.
+pub fn succeeds(mut cmd: Command, what: &str) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
     assert!(
         out.status.success(),
-        "tamalloc trace failed: {}\n{}",
+        "{what} failed: {}\n{}{}",
         out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out

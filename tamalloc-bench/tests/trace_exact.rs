@@ -1,4 +1,5 @@
-//! The tracer against workloads that know their own faults, on the host kernel.
+//! The tracer (`tamalloc trace`) against workloads that know their own faults
+//! (`tamalloc-bench workload`), on the host kernel.
 //!
 //! These tests load eBPF programs, so they need root (CI runs as root); without it they
 //! fail with that message rather than pass silently. The kernel here has no syscall 554,
@@ -10,25 +11,21 @@ use serde_json::Value;
 
 mod common;
 
-use common::{KINDS, TempDir, bin, by_type, json_lines, require_root, trace};
+use common::{
+    KINDS, TempDir, bin, by_type, json_lines, require_root, rig, succeeds, trace, trace_workload,
+};
 
 /// Every process the workload reports must have a summary with exactly its counts; the
-/// binary's own `check-trace` does the comparison (it also runs inside the VM).
+/// rig's own `check-trace` does the comparison (it also runs inside the VM).
 fn assert_exact(expect: &Path, trace: &Path) {
-    let out = Command::new(bin())
+    let mut check = Command::new(rig());
+    check
         .arg("check-trace")
         .arg("--expect")
         .arg(expect)
         .arg("--trace")
-        .arg(trace)
-        .output()
-        .expect("run tamalloc check-trace");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(trace);
+    succeeds(check, "tamalloc-bench check-trace");
 }
 
 #[test]
@@ -36,16 +33,9 @@ fn trace_counts_every_kind_exactly_across_fork_munmap_and_mremap() {
     require_root();
     let dir = TempDir::new("exact");
     let (out, report) = (dir.path("trace.jsonl"), dir.path("expect.jsonl"));
-    trace(
+    trace_workload(
         &["--quiet", "--output", out.to_str().expect("utf-8 path")],
-        &[
-            bin(),
-            "workload",
-            "--seed",
-            "7",
-            "--report",
-            report.to_str().expect("utf-8"),
-        ],
+        report.to_str().expect("utf-8"),
     );
     let expect = json_lines(&report);
     let records = json_lines(&out);
@@ -89,7 +79,7 @@ fn trace_keeps_two_processes_apart() {
     let (out, report) = (dir.path("trace.jsonl"), dir.path("expect.jsonl"));
     let script = format!(
         "{b} workload --seed 3 --report {r} & {b} workload --seed 11 --pages 512 --report {r}; wait",
-        b = bin(),
+        b = rig(),
         r = report.display()
     );
     trace(
@@ -109,7 +99,7 @@ fn trace_reuses_the_room_of_exited_processes() {
     // a time, so runs 2..4 count only if the tracer gave back the room of the runs before.
     let script = format!(
         "for s in 1 2 3 4; do {b} workload --seed $s --pages 256 --report {r}; sleep 0.5; done",
-        b = bin(),
+        b = rig(),
         r = report.display()
     );
     trace(
@@ -148,7 +138,7 @@ fn trace_counts_stay_exact_when_a_tiny_ring_drops_events() {
             out.to_str().expect("utf-8"),
         ],
         &[
-            bin(),
+            rig(),
             "workload",
             "--pages",
             "65536",
@@ -184,7 +174,7 @@ fn trace_summary_is_printed_without_output_file() {
     let out = trace(
         &["--interval", "50ms"],
         &[
-            bin(),
+            rig(),
             "workload",
             "--report",
             report.to_str().expect("utf-8"),
@@ -202,98 +192,6 @@ fn trace_summary_is_printed_without_output_file() {
             "no row for pid {pid} in:\n{stdout}"
         );
     }
-}
-
-fn trace_error(envs: &[(&str, &str)], args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .arg("trace")
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .expect("run tamalloc trace");
-    assert!(!out.status.success(), "expected a failure");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "one clear line, got:\n{err}"
-    );
-    err
-}
-
-#[test]
-fn trace_errors_are_one_clear_line() {
-    require_root();
-    // Not root: drop to nobody.
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .args([bin(), "trace", "--duration", "1s"])
-        .output()
-        .expect("run setpriv");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("needs root"), "{err}");
-
-    // BPF refused by the kernel: in a user namespace the mapped root passes our capability
-    // check, but the kernel refuses bpf() outside the initial namespace.
-    let out = Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            bin(),
-            "trace",
-            "--duration",
-            "1s",
-        ])
-        .output()
-        .expect("run unshare");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "one clear line, got:\n{err}"
-    );
-    assert!(err.contains("the kernel refused the eBPF object"), "{err}");
-
-    let dir = TempDir::new("errors");
-    // tracefs missing where it is expected (and not mountable there).
-    let missing = dir.path("no-such-dir");
-    let err = trace_error(
-        &[("TAMALLOC_TRACEFS", missing.to_str().expect("utf-8"))],
-        &["-d", "1s"],
-    );
-    assert!(err.contains("tracefs is not mounted"), "{err}");
-    // A tracefs without the tracepoints we need.
-    std::fs::create_dir_all(dir.path("fake/events")).expect("mkdir");
-    let err = trace_error(
-        &[(
-            "TAMALLOC_TRACEFS",
-            dir.path("fake").to_str().expect("utf-8"),
-        )],
-        &["-d", "1s"],
-    );
-    assert!(
-        err.contains("tracepoint raw_syscalls:sys_enter is not available"),
-        "{err}"
-    );
-    // An output file that cannot be written.
-    let err = trace_error(&[], &["-d", "1s", "--output", "/proc/version/trace.jsonl"]);
-    assert!(
-        err.contains("cannot write the trace to /proc/version/trace.jsonl"),
-        "{err}"
-    );
-    // A pid that does not exist.
-    let err = trace_error(&[], &["-p", "999999999"]);
-    assert!(err.contains("process 999999999 not found"), "{err}");
-    // Bad values are refused by the parser.
-    let err = trace_error(&[], &["--ring-size", "3000"]);
-    assert!(err.contains("power of two"), "{err}");
 }
 
 /// Waits for the tracer's "Attached ..." line on stderr; returns the rest of stderr's reader.
@@ -319,16 +217,16 @@ fn trace_comm_filter_and_sigint_leave_a_complete_file() {
     let (out, report) = (dir.path("trace.jsonl"), dir.path("expect.jsonl"));
     // The same workload under another command name must not be learned.
     let other = dir.path("othername");
-    std::fs::copy(bin(), &other).expect("copy the binary");
+    std::fs::copy(rig(), &other).expect("copy the binary");
     let mut tracer = Command::new(bin())
-        .args(["trace", "--quiet", "--comm", "tamalloc", "--output"])
+        .args(["trace", "--quiet", "--comm", "tamalloc-bench", "--output"])
         .arg(&out)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start tamalloc trace");
     let _stderr = wait_attached(&mut tracer);
-    for (exe, seed) in [(bin(), "5"), (other.to_str().expect("utf-8"), "6")] {
+    for (exe, seed) in [(rig(), "5"), (other.to_str().expect("utf-8"), "6")] {
         let status = Command::new(exe)
             .args(["workload", "--seed", seed, "--report"])
             .arg(&report)
@@ -349,7 +247,7 @@ fn trace_comm_filter_and_sigint_leave_a_complete_file() {
         records.last().map(|r| &r["type"]),
         Some(&Value::from("drops"))
     );
-    // The workloads ran one after the other: the first two lines are `tamalloc`'s child
+    // The workloads ran one after the other: the first two lines are `tamalloc-bench`'s child
     // and parent, the last two `othername`'s, which must not appear at all.
     let expect = json_lines(&report);
     assert_eq!(expect.len(), 4);

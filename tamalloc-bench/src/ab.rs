@@ -1,8 +1,8 @@
-//! `tamalloc bench-ab` (hidden): the tracer's overhead on first-touch faults, measured in
+//! `tamalloc-bench ab`: the tracer's overhead on first-touch faults, measured in
 //! one process, A/B in fine alternation (for `cargo xtask bench`; root).
 //!
 //! The tracer's programs are loaded once, following this process in counting mode. Then
-//! `--batches` pairs of `bench-faults` passes run here: in each pair, one pass with every
+//! `--batches` pairs of `faults` passes run here: in each pair, one pass with every
 //! program detached and one with every program attached, in alternating order. A pass touches
 //! `--pages / --batches` fresh pages with `--threads` threads, after an untimed priming pass.
 //! This host's fault rate drifts by up to 2x over seconds (other tenants): the two sides of
@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use tamalloc::tracer::{Probe, ProbeOptions};
 use tamalloc_common::trace::FaultKind;
 
-use super::bench_faults::run_workload;
+use crate::faults::run_workload;
 
 #[derive(clap::Args)]
 pub struct Args {

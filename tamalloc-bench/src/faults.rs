@@ -1,4 +1,4 @@
-//! `tamalloc bench-faults` (hidden): the benchmark workload of `cargo xtask bench`.
+//! `tamalloc-bench faults`: the benchmark workload of `cargo xtask bench`.
 //!
 //! THP is switched off for the process, then each of `--threads` threads allocates one region
 //! with `tamalloc::alloc` and writes one byte to each of its pages (one first-touch
@@ -11,8 +11,6 @@
 //! "elapsed_ns","faults_per_sec"}`.
 
 use std::{
-    fs::OpenOptions,
-    io::Write as _,
     path::PathBuf,
     ptr,
     sync::{Arc, Barrier},
@@ -20,6 +18,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+
+use crate::output::emit;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -123,7 +123,7 @@ fn prime(pages: u64, threads: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the workload in this process (also used in-process by `bench-bpf`).
+/// Runs the workload in this process (also used in-process by `ab` and `bpf`).
 pub fn run_workload(
     pages: u64,
     threads: u32,
@@ -208,15 +208,5 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         o.elapsed_ns,
         o.faults_per_sec()
     );
-    match &args.report {
-        Some(p) => OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .and_then(|mut f| f.write_all(line.as_bytes()))
-            .with_context(|| format!("writing {}", p.display())),
-        None => std::io::stdout()
-            .write_all(line.as_bytes())
-            .context("writing to stdout"),
-    }
+    emit(args.report.as_deref(), &line)
 }

@@ -1,4 +1,4 @@
-//! `tamalloc workload` (hidden): a process that knows exactly which faults it causes in its
+//! `tamalloc-bench workload`: a process that knows exactly which faults it causes in its
 //! tamalloc regions, for checking the tracer. It touches a seeded random pattern (read-only,
 //! write-first, read-then-write and untouched pages), forks a child that writes the pages
 //! its parent left untouched and some of the others, unmaps part of a region, grows another
@@ -6,9 +6,11 @@
 //! `{"type":"expect","pid":..,"read_zero":..,"write_zero":..,"cow_zero":..,"cow":..,
 //! "other":0,"regions":..}`.
 
-use std::{collections::HashMap, fs::OpenOptions, io::Write as _, path::PathBuf, ptr};
+use std::{path::PathBuf, ptr};
 
 use anyhow::{Context as _, bail};
+
+use crate::output::emit;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -64,20 +66,6 @@ fn read(base: *mut u8, page: usize) {
 fn write(base: *mut u8, page: usize) {
     // SAFETY: `page` is inside a live writable mapping of the caller's.
     unsafe { ptr::write_volatile(base.add(page * PAGE), 0x5a) };
-}
-
-fn report(path: &Option<PathBuf>, line: &str) -> anyhow::Result<()> {
-    match path {
-        Some(p) => OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .and_then(|mut f| f.write_all(line.as_bytes()))
-            .with_context(|| format!("writing {}", p.display())),
-        None => std::io::stdout()
-            .write_all(line.as_bytes())
-            .context("writing to stdout"),
-    }
 }
 
 fn mmap_plain(len: usize, addr: *mut libc::c_void, flags: libc::c_int) -> anyhow::Result<*mut u8> {
@@ -195,7 +183,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             write(a_base, p);
             c.cow += 1;
         }
-        let code = i32::from(report(&args.report, &c.line()).is_err());
+        let code = i32::from(emit(args.report.as_deref(), &c.line()).is_err());
         // SAFETY: leave without running the parent's exit handlers twice.
         unsafe { libc::_exit(code) };
     }
@@ -288,81 +276,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         write(unsafe { tail.add(page * PAGE) }, 0);
     }
 
-    report(&args.report, &exp.line())?;
+    emit(args.report.as_deref(), &exp.line())?;
     // SAFETY: both ranges are ours and no longer used.
     unsafe {
         libc::munmap(a_base.cast(), a_len);
         libc::munmap(grown.cast(), 32 * PAGE);
     }
-    Ok(())
-}
-
-/// `tamalloc check-trace` (hidden): compares a workload's expectation lines with a trace's
-/// `summary` records, exactly, per pid.
-#[derive(clap::Args)]
-pub struct CheckArgs {
-    /// The workload's `--report` file.
-    #[arg(long)]
-    expect: PathBuf,
-    /// The trace (`tamalloc trace --output FILE`, JSON lines).
-    #[arg(long)]
-    trace: PathBuf,
-}
-
-const FIELDS: [&str; 6] = [
-    "read_zero",
-    "write_zero",
-    "cow_zero",
-    "cow",
-    "other",
-    "regions",
-];
-
-fn records(path: &PathBuf, ty: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        if v["type"] == ty {
-            out.push(v);
-        }
-    }
-    Ok(out)
-}
-
-pub fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let expect = records(&args.expect, "expect")?;
-    let summaries: HashMap<u64, serde_json::Value> = records(&args.trace, "summary")?
-        .into_iter()
-        .filter_map(|s| Some((s["pid"].as_u64()?, s)))
-        .collect();
-    if expect.is_empty() {
-        bail!("{} holds no expectation", args.expect.display());
-    }
-    let mut wrong = Vec::new();
-    for e in &expect {
-        let pid = e["pid"].as_u64().unwrap_or_default();
-        let Some(s) = summaries.get(&pid) else {
-            wrong.push(format!("pid {pid}: no summary in the trace"));
-            continue;
-        };
-        for f in FIELDS {
-            if s[f] != e[f] {
-                wrong.push(format!(
-                    "pid {pid}: {f} traced {} but the workload did {}",
-                    s[f], e[f]
-                ));
-            }
-        }
-    }
-    if !wrong.is_empty() {
-        bail!(
-            "the trace does not match the workload: {}",
-            wrong.join("; ")
-        );
-    }
-    println!("check-trace: {} processes match exactly", expect.len());
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `tamalloc bench-bpf` (hidden): what each BPF program costs per run, from the kernel's own
+//! `tamalloc-bench bpf`: what each BPF program costs per run, from the kernel's own
 //! statistics (`kernel.bpf_stats_enabled=1`: `run_time_ns` and `run_cnt` of every program).
 //!
 //! Each round measures, in a rotating order, the tracer's programs (counting mode, following
@@ -6,7 +6,7 @@
 //! (`page_fault_reference`: a per-CPU counter on `exceptions:page_fault_user`, a raw
 //! tracepoint like ours) and bpftrace's
 //! per-PID fault count. Each measurement loads and attaches one of them, reads every program's
-//! statistics, runs the `bench-faults` workload in this process (one thread, `--pages`
+//! statistics, runs the `faults` workload in this process (one thread, `--pages`
 //! first-touch faults), reads them again, and prints one JSON line per program that ran:
 //! `{"type":"bpf_cost","round","variant","regions","program","id","run_cnt","run_time_ns",
 //! "pages","elapsed_ns","counted","load_ms"}` (deltas over the workload; `counted` is the
@@ -28,15 +28,22 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::programs::{RawTracePoint, loaded_programs};
-use tamalloc::tracer::{Probe, ProbeOptions, probe::OBJECT};
+use tamalloc::tracer::{Probe, ProbeOptions};
 use tamalloc_common::trace::FaultKind;
 
-use super::bench_faults::run_workload;
+use crate::faults::run_workload;
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// `BPF_PROG_TYPE_TRACEPOINT`.
 const PROG_TYPE_TRACEPOINT: u32 = 5;
 const BPFTRACE_PROGRAM: &str = "tracepoint:exceptions:page_fault_user { @[pid] = count(); }";
+
+/// The reference program's object, built from ebpf/ by build.rs (never shipped).
+static REFERENCE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reference"));
+/// Its one program, `fn page_fault_reference` in ebpf/src/main.rs, and where it attaches.
+const REFERENCE_PROGRAM: &str = "page_fault_reference";
+const REFERENCE_TRACEPOINT: &str = "page_fault_user";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -76,7 +83,7 @@ impl Drop for StatsEnabled {
     fn drop(&mut self) {
         if let Err(e) = std::fs::write(STATS_SYSCTL, &self.previous) {
             eprintln!(
-                "tamalloc: could not restore {STATS_SYSCTL} to {}: {e}",
+                "tamalloc-bench: could not restore {STATS_SYSCTL} to {}: {e}",
                 self.previous
             );
         }
@@ -265,7 +272,7 @@ impl Drop for Drain {
     }
 }
 
-/// Ids of the loaded programs of an aya object.
+/// Ids of the loaded programs of the reference object.
 fn ids_of(ebpf: &aya::Ebpf) -> Vec<u32> {
     ebpf.programs()
         .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
@@ -302,20 +309,22 @@ fn measure(args: &Args, round: u32, variant: Variant) -> anyhow::Result<()> {
                     p.take_events().context("taking the event ring")?,
                 ));
             }
-            let ids = ids_of(p.ebpf());
+            let ids = p.program_infos().iter().map(|(_, i)| i.id()).collect();
             probe = Some(p);
             ids
         }
         Variant::Reference => {
-            let mut ebpf = aya::Ebpf::load(OBJECT).context("loading the eBPF object")?;
+            let mut ebpf =
+                aya::Ebpf::load(REFERENCE_OBJECT).context("loading the reference eBPF object")?;
             let prog: &mut RawTracePoint = ebpf
-                .program_mut("page_fault_reference")
-                .context("program page_fault_reference missing from the object")?
+                .program_mut(REFERENCE_PROGRAM)
+                .with_context(|| format!("program {REFERENCE_PROGRAM} missing from the object"))?
                 .try_into()
-                .context("page_fault_reference is not a raw tracepoint program")?;
-            prog.load().context("loading page_fault_reference")?;
-            prog.attach("page_fault_user")
-                .context("attaching page_fault_reference")?;
+                .with_context(|| format!("{REFERENCE_PROGRAM} is not a raw tracepoint program"))?;
+            prog.load()
+                .with_context(|| format!("loading {REFERENCE_PROGRAM}"))?;
+            prog.attach(REFERENCE_TRACEPOINT)
+                .with_context(|| format!("attaching {REFERENCE_PROGRAM}"))?;
             let ids = ids_of(&ebpf);
             reference = Some(ebpf);
             ids
@@ -368,12 +377,7 @@ fn describe_programs() -> anyhow::Result<()> {
     })
     .context("loading the tracer's programs")?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let mut seen = std::collections::BTreeSet::new();
-    for (name, prog) in p.ebpf().programs() {
-        let Ok(info) = prog.info() else { continue };
-        if !seen.insert(info.id()) {
-            continue;
-        }
+    for (name, info) in p.program_infos() {
         println!(
             "{{\"type\":\"bpf_prog\",\"name\":\"{name}\",\"verified_insns\":{},\"jited_bytes\":{},\"load_ms\":{load_ms:.1}}}",
             info.verified_instruction_count().unwrap_or(0),

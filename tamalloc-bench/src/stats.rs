@@ -1,4 +1,4 @@
-//! `tamalloc bench-stats` (hidden): the cost of the statistics and allocation syscalls of the
+//! `tamalloc-bench stats`: the cost of the statistics and allocation syscalls of the
 //! patched kernel against what tools do without them. Run inside the patched kernel (`cargo
 //! xtask bench` boots it under QEMU).
 //!

@@ -1,0 +1,2 @@
+//! Empty library so tamalloc-bench can build-depend on this crate and rebuild when it changes.
+#![no_std]
