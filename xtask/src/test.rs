@@ -40,18 +40,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "clippy",
         cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
     )?;
-    // The eBPF crate only builds for the BPF target, with the toolchain build.rs uses.
+    // The eBPF crates (the product's and the bench's reference program) only build for the
+    // BPF target, with the toolchain their build scripts use.
     let toolchain = crate::setup::bpf_toolchain()?;
     let mut ebpf_clippy = Command::new("rustup");
     ebpf_clippy
         .current_dir(util::workspace_root())
         .args([
             "run",
-            toolchain,
+            &toolchain,
             "cargo",
             "clippy",
             "--package",
             "tamalloc-ebpf",
+            "--package",
+            "tamalloc-bench-ebpf",
             "--bins",
         ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])

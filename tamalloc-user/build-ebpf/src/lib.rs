@@ -46,13 +46,17 @@ pub fn build(name: &str, root_dir: &str) -> anyhow::Result<()> {
         .with_context(|| format!("building the eBPF programs of {name} with toolchain `{chosen}`"))
 }
 
-fn choose_toolchain() -> anyhow::Result<String> {
+/// The rustup name under which `cargo xtask setup` links Debian's rustc-web.
+pub const LINKED_TOOLCHAIN: &str = "tamalloc-bpf";
+
+/// The rustup toolchain that builds (and lints) the eBPF crates, in the order above.
+pub fn choose_toolchain() -> anyhow::Result<String> {
     if let Ok(t) = std::env::var("TAMALLOC_BPF_TOOLCHAIN") {
         Ok(t)
-    } else if sysroot_has_core_source("nightly") {
+    } else if has_core_source("nightly") {
         Ok("nightly".to_owned())
-    } else if sysroot_has_core_source("tamalloc-bpf") {
-        Ok("tamalloc-bpf".to_owned())
+    } else if has_core_source(LINKED_TOOLCHAIN) {
+        Ok(LINKED_TOOLCHAIN.to_owned())
     } else {
         bail!(
             "no Rust toolchain with the core library source for the BPF target: neither rustup's \
@@ -62,7 +66,8 @@ fn choose_toolchain() -> anyhow::Result<String> {
     }
 }
 
-fn sysroot_has_core_source(toolchain: &str) -> bool {
+/// Whether rustup's `toolchain` has the core library's source (for `-Z build-std=core`).
+pub fn has_core_source(toolchain: &str) -> bool {
     let Ok(out) = Command::new("rustup")
         .args(["run", toolchain, "rustc", "--print", "sysroot"])
         .output()

@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use tamalloc_build_ebpf::{LINKED_TOOLCHAIN as BPF_TOOLCHAIN, has_core_source};
 
 use crate::util::{self, is_root, output};
 
@@ -78,8 +79,6 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
-/// The rustup name under which Debian's rustc-web is linked.
-pub const BPF_TOOLCHAIN: &str = "tamalloc-bpf";
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let debian12 = std::fs::read_to_string("/etc/os-release")
@@ -163,37 +162,22 @@ fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
         .collect())
 }
 
-fn toolchain_has_core_source(toolchain: &str) -> bool {
-    output(Command::new("rustup").args(["run", toolchain, "rustc", "--print", "sysroot"]))
-        .map(|s| {
-            Path::new(s.trim())
-                .join("lib/rustlib/src/rust/library/core/Cargo.toml")
-                .exists()
-        })
-        .unwrap_or(false)
-}
-
-/// The rustup toolchain that builds (and lints) the eBPF crate, as build.rs chooses it.
-pub fn bpf_toolchain() -> anyhow::Result<&'static str> {
-    if toolchain_has_core_source("nightly") {
-        Ok("nightly")
-    } else if toolchain_has_core_source(BPF_TOOLCHAIN) {
-        Ok(BPF_TOOLCHAIN)
-    } else {
-        bail!("no toolchain with the core library source; run `cargo xtask setup`")
-    }
+/// The rustup toolchain that builds (and lints) the eBPF crates, chosen as their build
+/// scripts choose it.
+pub fn bpf_toolchain() -> anyhow::Result<String> {
+    tamalloc_build_ebpf::choose_toolchain()
 }
 
 /// Makes a toolchain with core's source available: nightly + rust-src where present, else
 /// Debian's rustc-web linked into rustup.
 fn link_toolchain(args: &Args) -> anyhow::Result<()> {
-    if toolchain_has_core_source("nightly") {
+    if has_core_source("nightly") {
         if args.verbose {
             eprintln!("setup: BPF toolchain: nightly with rust-src");
         }
         return Ok(());
     }
-    if toolchain_has_core_source(BPF_TOOLCHAIN) {
+    if has_core_source(BPF_TOOLCHAIN) {
         if args.verbose {
             eprintln!("setup: BPF toolchain: {BPF_TOOLCHAIN} (Debian rustc-web)");
         }
@@ -203,7 +187,7 @@ fn link_toolchain(args: &Args) -> anyhow::Result<()> {
         "Linking /usr (Debian rustc-web) as rustup toolchain {BPF_TOOLCHAIN}"
     ));
     util::run(Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]))?;
-    if !toolchain_has_core_source(BPF_TOOLCHAIN) {
+    if !has_core_source(BPF_TOOLCHAIN) {
         bail!(
             "{BPF_TOOLCHAIN} has no core library source under /usr/lib/rustlib/src/rust; \
              is rust-web-src installed?"
