@@ -1,11 +1,13 @@
 //! Types shared by the tamalloc eBPF programs, the userspace tracer and the syscall ABI.
 //!
-//! `abi` mirrors `include/uapi/linux/tamalloc.h` from the kernel patch; `trace` holds the
-//! records the eBPF programs write into maps and ring buffers. Everything here is `#[repr(C)]`
+//! `abi` mirrors `include/uapi/linux/tamalloc.h` from the kernel patch; `maps` names the
+//! eBPF object's maps and programs for both sides; `trace` holds the records the eBPF
+//! programs write into those maps and ring buffers. Everything here is `#[repr(C)]`
 //! plain data so that both sides read the same bytes.
 #![no_std]
 
 pub mod abi;
+pub mod maps;
 pub mod trace;
 
 #[cfg(feature = "user")]

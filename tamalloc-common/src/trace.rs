@@ -13,6 +13,8 @@
 //! `munmap`s or an `mremap`, so a page's region is "the nearest start marker at or below it
 //! in its chunk, else the chunk's carry", and its page index follows from the marker.
 
+use crate::maps::prog;
+
 /// log2 of the page size the tracer assumes (x86-64 base pages).
 pub const PAGE_SHIFT: u32 = 12;
 pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
@@ -337,16 +339,16 @@ pub const EXIT_MREMAP_CLEAR_TARGET: u32 = 8;
 pub const EXIT_MMAP_FIXED: u32 = 9;
 pub const TAIL_SLOTS: u32 = 10;
 pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
-    (EXIT_LEARN, "exit_learn"),
-    (ENTER_MUNMAP, "enter_munmap"),
-    (EXIT_MREMAP, "exit_mremap"),
-    (EXIT_MREMAP_SHRINK, "exit_mremap_shrink"),
-    (EXIT_MREMAP_GROW, "exit_mremap_grow"),
-    (EXIT_MREMAP_MOVE, "exit_mremap_move"),
-    (EXIT_MREMAP_DROP_OLD, "exit_mremap_drop_old"),
-    (EXIT_MADVISE, "exit_madvise"),
-    (EXIT_MREMAP_CLEAR_TARGET, "exit_mremap_clear_target"),
-    (EXIT_MMAP_FIXED, "exit_mmap_fixed"),
+    (EXIT_LEARN, prog::EXIT_LEARN),
+    (ENTER_MUNMAP, prog::ENTER_MUNMAP),
+    (EXIT_MREMAP, prog::EXIT_MREMAP),
+    (EXIT_MREMAP_SHRINK, prog::EXIT_MREMAP_SHRINK),
+    (EXIT_MREMAP_GROW, prog::EXIT_MREMAP_GROW),
+    (EXIT_MREMAP_MOVE, prog::EXIT_MREMAP_MOVE),
+    (EXIT_MREMAP_DROP_OLD, prog::EXIT_MREMAP_DROP_OLD),
+    (EXIT_MADVISE, prog::EXIT_MADVISE),
+    (EXIT_MREMAP_CLEAR_TARGET, prog::EXIT_MREMAP_CLEAR_TARGET),
+    (EXIT_MMAP_FIXED, prog::EXIT_MMAP_FIXED),
 ];
 
 /// Indices of the per-CPU `DROPS` array.

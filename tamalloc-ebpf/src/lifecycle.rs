@@ -103,6 +103,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     lifecycle_event(EventKind::Fork, parent, pid_tgid as u32, u64::from(child));
     0
 }
+named_program!(sched_process_fork = SCHED_PROCESS_FORK);
 
 /// Brings the reserved bytes in `slot`, summed over CPUs, back to zero (through the slot, not
 /// the pid: a pid's lookup would claim a slot and reopen the gate of an exiting process).
@@ -147,6 +148,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     lifecycle_event(EventKind::Exec, tgid, pid_tgid as u32, 0);
     0
 }
+named_program!(sched_process_exec = SCHED_PROCESS_EXEC);
 
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
@@ -178,3 +180,4 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     lifecycle_event(EventKind::Exit, tgid, pid_tgid as u32, 0);
     0
 }
+named_program!(sched_process_exit = SCHED_PROCESS_EXIT);

@@ -12,6 +12,9 @@
     reason = "BPF has no CAS, so only the intrinsics give fetch_or/fetch_and"
 )]
 
+#[macro_use]
+mod names;
+
 mod atomics;
 mod faults;
 mod lifecycle;

@@ -284,6 +284,7 @@ pub struct MarkerSweep {
 /// against the same 512 bytes. Per CPU, and tracepoint programs do not nest on a CPU.
 #[map]
 static SWEEP: PerCpuArray<MarkerSweep> = PerCpuArray::with_max_entries(1, 0);
+named_map!(SWEEP);
 
 extern "C" fn sweep_marker(i: u64, _ctx: *mut c_void) -> i64 {
     // bpf_loop's context must be on the stack, so the sweep is looked up here.

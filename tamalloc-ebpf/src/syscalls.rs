@@ -116,6 +116,7 @@ pub fn sys_enter(ctx: TracePointContext) -> u32 {
     }
     0
 }
+named_program!(sys_enter = SYS_ENTER);
 
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, nr: i64) {
@@ -199,6 +200,7 @@ pub fn enter_munmap(ctx: TracePointContext) -> u32 {
     unmap(pid_tgid, addr, len);
     0
 }
+named_program!(enter_munmap = ENTER_MUNMAP);
 
 /// Forgets `[addr, addr + len)` of the current process and reports it.
 #[inline(always)]
@@ -243,6 +245,7 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
     unsafe { TAIL_PROGS.tail_call(&ctx, slot) };
     0
 }
+named_program!(sys_exit = SYS_EXIT);
 
 /// The stash of the syscall this thread is leaving, if it was stashed for `nr`.
 #[inline(always)]
@@ -281,6 +284,7 @@ pub fn exit_learn(ctx: TracePointContext) -> u32 {
     let _ = PENDING.remove(pid_tgid);
     0
 }
+named_program!(exit_learn = EXIT_LEARN);
 
 /// mmap(MAP_FIXED) succeeded: whatever region pages were there are gone.
 #[tracepoint]
@@ -295,6 +299,7 @@ pub fn exit_mmap_fixed(ctx: TracePointContext) -> u32 {
     }
     0
 }
+named_program!(exit_mmap_fixed = EXIT_MMAP_FIXED);
 
 /// madvise(addr, len, MADV_DONTNEED and friends): the pages are dropped, their next touch
 /// is a first touch again.
@@ -312,6 +317,7 @@ pub fn exit_madvise(ctx: TracePointContext) -> u32 {
     }
     0
 }
+named_program!(exit_madvise = EXIT_MADVISE);
 
 /// mremap(old, old_len, new_len, flags, new_addr) of a region page: pick the case and
 /// tail-call its program. The stash stays until the last program of the case is done.
@@ -347,6 +353,7 @@ pub fn exit_mremap(ctx: TracePointContext) -> u32 {
     let _ = PENDING.remove(pid_tgid);
     0
 }
+named_program!(exit_mremap = EXIT_MREMAP);
 
 /// The mremap stash and its page-aligned lengths, for the case programs.
 #[inline(always)]
@@ -373,6 +380,7 @@ pub fn exit_mremap_shrink(_ctx: TracePointContext) -> u32 {
     control(EventKind::Remap, tgid, tid, old, [old_len, old, new_len], 0);
     0
 }
+named_program!(exit_mremap_shrink = EXIT_MREMAP_SHRINK);
 
 #[tracepoint]
 pub fn exit_mremap_grow(_ctx: TracePointContext) -> u32 {
@@ -393,6 +401,7 @@ pub fn exit_mremap_grow(_ctx: TracePointContext) -> u32 {
     control(EventKind::Remap, tgid, tid, old, [old_len, old, new_len], 0);
     0
 }
+named_program!(exit_mremap_grow = EXIT_MREMAP_GROW);
 
 #[tracepoint]
 pub fn exit_mremap_move(ctx: TracePointContext) -> u32 {
@@ -416,6 +425,7 @@ pub fn exit_mremap_move(ctx: TracePointContext) -> u32 {
     let _ = PENDING.remove(pid_tgid);
     0
 }
+named_program!(exit_mremap_move = EXIT_MREMAP_MOVE);
 
 /// MREMAP_FIXED replaced whatever was mapped at the target, region pages included.
 #[tracepoint]
@@ -433,6 +443,7 @@ pub fn exit_mremap_clear_target(ctx: TracePointContext) -> u32 {
     let _ = PENDING.remove(pid_tgid);
     0
 }
+named_program!(exit_mremap_clear_target = EXIT_MREMAP_CLEAR_TARGET);
 
 /// The old range of a moved region. With MREMAP_DONTUNMAP it stays mapped but empty; the
 /// tracer stops counting it (the moved pages are the region now).
@@ -454,6 +465,7 @@ pub fn exit_mremap_drop_old(ctx: TracePointContext) -> u32 {
     );
     0
 }
+named_program!(exit_mremap_drop_old = EXIT_MREMAP_DROP_OLD);
 
 #[inline(always)]
 /// Emits a control event; `args` fill `arg1..arg3` (their meaning depends on `kind`).
