@@ -28,10 +28,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::programs::{RawTracePoint, loaded_programs};
-use tamalloc::tracer::{Probe, ProbeOptions, probe::OBJECT};
+use tamalloc::tracer::{Probe, ProbeOptions};
 use tamalloc_common::trace::FaultKind;
 
 use super::bench_faults::run_workload;
+
+/// The eBPF object the tracer embeds, for its reference program.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tamalloc"));
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// `BPF_PROG_TYPE_TRACEPOINT`.
@@ -302,7 +305,7 @@ fn measure(args: &Args, round: u32, variant: Variant) -> anyhow::Result<()> {
                     p.take_events().context("taking the event ring")?,
                 ));
             }
-            let ids = ids_of(p.ebpf());
+            let ids = p.program_infos().iter().map(|(_, i)| i.id()).collect();
             probe = Some(p);
             ids
         }
@@ -368,12 +371,7 @@ fn describe_programs() -> anyhow::Result<()> {
     })
     .context("loading the tracer's programs")?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let mut seen = std::collections::BTreeSet::new();
-    for (name, prog) in p.ebpf().programs() {
-        let Ok(info) = prog.info() else { continue };
-        if !seen.insert(info.id()) {
-            continue;
-        }
+    for (name, info) in p.program_infos() {
         println!(
             "{{\"type\":\"bpf_prog\",\"name\":\"{name}\",\"verified_insns\":{},\"jited_bytes\":{},\"load_ms\":{load_ms:.1}}}",
             info.verified_instruction_count().unwrap_or(0),
