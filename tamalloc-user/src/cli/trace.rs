@@ -1,14 +1,13 @@
 //! `tamalloc trace`: the live first-touch fault tracer.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tamalloc::{
-    export::{self, Format},
+    output::{self, Format, Tee, prometheus, terminal},
     tracer::{
-        ProbeOptions, prometheus,
-        session::{self, TraceOptions, View},
-        view,
+        ProbeOptions, View, command,
+        session::{self, TraceOptions},
     },
 };
 
@@ -62,7 +61,14 @@ pub struct Args {
     command: Vec<String>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// Traces, and returns the status to exit with: CMD's with `-- CMD` (128 + N when signal N
+/// killed it), as `strace`, `perf stat` and `time` do; else success.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Before anything is loaded or created: a command that cannot run costs no attach, and
+    // main exits 127 (not found) or 126 (not executable) as shells do.
+    if let Some(program) = args.command.first() {
+        command::check(program)?;
+    }
     for pid in &args.pids {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             bail!("process {pid} not found");
@@ -84,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let sink = match &args.output {
         Some(path) => Some(
-            export::open(path, args.format)
+            output::open(path, args.format)
                 .with_context(|| format!("cannot write the trace to {}", path.display()))?,
         ),
         None => None,
@@ -102,7 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut view = view::for_stdout(args.events, args.quiet);
+    let mut view = terminal::for_stdout(args.events, args.quiet);
     if let Some(listener) = listener {
         let (metrics, registry) = prometheus::metrics();
         let _entered = runtime.enter();
@@ -110,15 +116,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .context("serving the Prometheus endpoint")?;
         // Runs on the current-thread runtime whenever `block_on` below waits.
         runtime.spawn(prometheus::serve(listener, registry));
-        view = Box::new(view::Tee::new(vec![
-            view,
-            Box::new(metrics) as Box<dyn View>,
-        ]));
+        view = Box::new(Tee::new(vec![view, Box::new(metrics) as Box<dyn View>]));
     }
-    runtime
+    let outcome = runtime
         .block_on(session::run(opts, sink, view))
         .context("tracing failed")?;
-    Ok(())
+    Ok(outcome
+        .command
+        .map_or(ExitCode::SUCCESS, |s| ExitCode::from(command::exit_code(s))))
 }
 
 fn parse_comm(s: &str) -> Result<String, String> {

@@ -1,16 +1,16 @@
 //! How a session shows itself: a live table redrawn in place on a terminal (like `top`),
 //! plain timestamped blocks otherwise (and with `--events`, one line per fault, bpftrace
 //! style). Output is buffered and flushed once per batch of events and once per refresh,
-//! never per line. [`Tee`] shows one session in several views (e.g. the table and the
-//! Prometheus endpoint).
+//! never per line.
 
 use std::io::{self, IsTerminal as _, Write};
 
 use tamalloc_common::trace::FaultKind;
 
-use super::{
+use crate::tracer::{
+    View,
     decode::TraceEvent,
-    session::{Row, Snapshot, View},
+    session::{Row, Snapshot},
 };
 
 /// KiB as a short human size (1023K, 1.5M, 12G).
@@ -236,35 +236,6 @@ impl View for PlainView {
     }
 }
 
-/// Several views of one session, called in order.
-pub struct Tee {
-    views: Vec<Box<dyn View>>,
-}
-
-impl Tee {
-    pub fn new(views: Vec<Box<dyn View>>) -> Self {
-        Self { views }
-    }
-}
-
-impl View for Tee {
-    fn event(&mut self, ev: &TraceEvent) {
-        self.views.iter_mut().for_each(|v| v.event(ev));
-    }
-
-    fn refresh(&mut self, snap: &Snapshot) {
-        self.views.iter_mut().for_each(|v| v.refresh(snap));
-    }
-
-    fn finish(&mut self, snap: &Snapshot) {
-        self.views.iter_mut().for_each(|v| v.finish(snap));
-    }
-
-    fn flush(&mut self) {
-        self.views.iter_mut().for_each(|v| v.flush());
-    }
-}
-
 /// The closing summary, as bpftrace prints its maps at the end.
 fn print_summary(out: &mut impl Write, snap: &Snapshot) {
     let _ = writeln!(out, "\nSummary after {:.1}s:", snap.elapsed.as_secs_f64());
@@ -284,45 +255,6 @@ fn print_summary(out: &mut impl Write, snap: &Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Default)]
-    struct Count(std::rc::Rc<std::cell::RefCell<[u32; 4]>>);
-
-    impl View for Count {
-        fn event(&mut self, _: &TraceEvent) {
-            self.0.borrow_mut()[0] += 1;
-        }
-        fn refresh(&mut self, _: &Snapshot) {
-            self.0.borrow_mut()[1] += 1;
-        }
-        fn finish(&mut self, _: &Snapshot) {
-            self.0.borrow_mut()[2] += 1;
-        }
-        fn flush(&mut self) {
-            self.0.borrow_mut()[3] += 1;
-        }
-    }
-
-    #[test]
-    fn tee_calls_every_view() {
-        let (a, b) = (Count::default(), Count::default());
-        let (ca, cb) = (a.0.clone(), b.0.clone());
-        let mut tee = Tee::new(vec![Box::new(a), Box::new(b)]);
-        let snap = Snapshot {
-            elapsed: std::time::Duration::ZERO,
-            rows: Vec::new(),
-            global: None,
-            drops: Default::default(),
-            stats_source: "procfs",
-            command_status: None,
-        };
-        tee.event(&TraceEvent::Exit { ts_ns: 1, pid: 2 });
-        tee.flush();
-        tee.refresh(&snap);
-        tee.finish(&snap);
-        assert_eq!(*ca.borrow(), [1, 1, 1, 1]);
-        assert_eq!(*cb.borrow(), [1, 1, 1, 1]);
-    }
 
     #[test]
     fn human_kib() {

@@ -22,9 +22,7 @@ use std::{
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::tracer::{decode::TraceEvent, record::Record};
-
-use super::Sink;
+use crate::tracer::{Sink, decode::TraceEvent, record::Record};
 
 /// One trace event. `s` only for instants, `tid` absent on process-scoped events.
 #[derive(Serialize)]

@@ -6,9 +6,7 @@ use std::io::{self, Write};
 
 use serde_json::Value;
 
-use crate::tracer::record::Record;
-
-use super::Sink;
+use crate::tracer::{Sink, record::Record};
 
 /// The columns, in order. README's "CSV" section documents them.
 pub const COLUMNS: &[&str] = &[
