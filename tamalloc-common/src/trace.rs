@@ -58,14 +58,12 @@ impl FaultKind {
         FaultKind::Other,
     ];
 
+    /// The kind whose discriminant (and index in [`FaultKind::ALL`]) is `v`.
     pub const fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            0 => Some(Self::ReadZero),
-            1 => Some(Self::WriteZero),
-            2 => Some(Self::CowZero),
-            3 => Some(Self::Cow),
-            4 => Some(Self::Other),
-            _ => None,
+        if (v as usize) < FAULT_KINDS {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
         }
     }
 
@@ -430,7 +428,8 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for k in FaultKind::ALL {
+        for (i, k) in FaultKind::ALL.into_iter().enumerate() {
+            assert_eq!(k as usize, i, "ALL is in discriminant order");
             assert_eq!(FaultKind::from_u8(k as u8), Some(k));
         }
         assert_eq!(FaultKind::from_u8(5), None);

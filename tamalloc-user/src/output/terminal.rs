@@ -5,7 +5,7 @@
 
 use std::io::{self, IsTerminal as _, Write};
 
-use tamalloc_common::trace::FaultKind;
+use tamalloc_common::trace::{FAULT_KINDS, FaultKind};
 
 use crate::tracer::{
     View,
@@ -40,11 +40,31 @@ fn header(snap: &Snapshot) -> String {
     )
 }
 
-const COLUMNS: &str = "    PID COMM             REGIONS RESERVED READ_ZERO WRITE_ZERO COW_ZERO      COW  OTHER    VmRSS     dRSS  OOM  RES‰";
+/// Widths of the fault kinds' columns, in [`FaultKind::ALL`] order.
+const KIND_WIDTHS: [usize; FAULT_KINDS] = [9, 10, 8, 8, 6];
+
+/// The header row: one column per fault kind, named after it.
+fn columns() -> String {
+    let mut s = format!(
+        "{:>7} {:<16} {:>7} {:>8}",
+        "PID", "COMM", "REGIONS", "RESERVED"
+    );
+    for (k, w) in FaultKind::ALL.iter().zip(KIND_WIDTHS) {
+        s.push_str(&format!(" {:>w$}", k.name().to_uppercase()));
+    }
+    s.push_str(&format!(
+        " {:>8} {:>8} {:>4} {:>5}",
+        "VmRSS", "dRSS", "OOM", "RES‰"
+    ));
+    s
+}
 
 fn row_line(r: &Row) -> String {
     let p = &r.state;
-    let f = |k| p.faults(k);
+    let mut faults = String::new();
+    for (k, w) in FaultKind::ALL.iter().zip(KIND_WIDTHS) {
+        faults.push_str(&format!(" {:>w$}", p.faults(*k)));
+    }
     let (rss, oom, res) = match &r.stats {
         Some(s) => (
             kib(s.vm_rss_kib),
@@ -60,16 +80,11 @@ fn row_line(r: &Row) -> String {
         Some(d) => format!("-{}", kib(d.unsigned_abs())),
     };
     format!(
-        "{:>7} {:<16} {:>7} {:>8} {:>9} {:>10} {:>8} {:>8} {:>6} {:>8} {:>8} {:>4} {:>5}",
+        "{:>7} {:<16} {:>7} {:>8}{faults} {:>8} {:>8} {:>4} {:>5}",
         r.pid,
         truncate(&p.comm, 16),
         p.counters.regions,
         kib(p.reserved_bytes() / 1024),
-        f(FaultKind::ReadZero),
-        f(FaultKind::WriteZero),
-        f(FaultKind::CowZero),
-        f(FaultKind::Cow),
-        f(FaultKind::Other),
         rss,
         delta,
         oom,
@@ -116,7 +131,7 @@ pub fn table(snap: &Snapshot) -> String {
     let mut out = String::new();
     out.push_str(&header(snap));
     out.push('\n');
-    out.push_str(COLUMNS);
+    out.push_str(&columns());
     out.push('\n');
     for r in &snap.rows {
         out.push_str(&row_line(r));
@@ -255,6 +270,29 @@ fn print_summary(out: &mut impl Write, snap: &Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_keeps_its_columns() {
+        assert_eq!(
+            columns(),
+            "    PID COMM             REGIONS RESERVED READ_ZERO WRITE_ZERO COW_ZERO      COW  OTHER    VmRSS     dRSS  OOM  RES‰"
+        );
+        let mut state = crate::tracer::aggregate::ProcState {
+            comm: "demo".into(),
+            ..Default::default()
+        };
+        state.counters.faults = [1, 22, 333, 4444, 55555];
+        let row = Row {
+            pid: 42,
+            state,
+            stats: None,
+            rss_delta_kib: Some(-2048),
+        };
+        assert_eq!(
+            row_line(&row),
+            "     42 demo                   0       0K         1         22      333     4444  55555        -    -2.0M    -     -"
+        );
+    }
 
     #[test]
     fn human_kib() {
