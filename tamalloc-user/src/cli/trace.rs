@@ -56,7 +56,9 @@ pub struct Args {
     /// Print only the summary at the end, no live view.
     #[arg(short, long)]
     quiet: bool,
-    /// Command to run and follow, with its descendants; the trace ends when it exits.
+    /// Command to run and follow, with its descendants; the trace ends when it exits, and
+    /// exits with its status (128+N if signal N killed it, as when the trace ends first and
+    /// kills it; 127 or 126 if it cannot be run).
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
 }
