@@ -37,6 +37,28 @@ fn a_command_killed_by_a_signal_gives_128_plus_its_number() {
     assert_eq!(trace(&["sh", "-c", "kill -TERM $$"]).0, Some(128 + 15));
 }
 
+#[test]
+fn a_trace_that_ends_first_exits_0() {
+    require_root();
+    let out = Command::new(bin())
+        .args([
+            "trace",
+            "--quiet",
+            "--duration",
+            "500ms",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .output()
+        .expect("run tamalloc trace");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the command was killed, the trace ended normally"
+    );
+}
+
 /// No root needed: the command is checked first. Proof that nothing was loaded or attached:
 /// tracefs is pointed at a directory that does not exist, so the tracer, had it got that
 /// far, would have failed on it (or, without root, on the privilege check) with another

@@ -57,14 +57,15 @@ pub struct Args {
     #[arg(short, long)]
     quiet: bool,
     /// Command to run and follow, with its descendants; the trace ends when it exits, and
-    /// exits with its status (128+N if signal N killed it, as when the trace ends first and
-    /// kills it; 127 or 126 if it cannot be run).
+    /// exits with its status (128+N if signal N killed it; 127 or 126 if it cannot be run).
+    /// A trace that ends first (--duration, Ctrl-C) kills it and exits 0.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
-/// Traces, and returns the status to exit with: CMD's with `-- CMD` (128 + N when signal N
-/// killed it), as `strace`, `perf stat` and `time` do; else success.
+/// Traces, and returns the status to exit with: CMD's with `-- CMD` when CMD's end ended
+/// the trace (128 + N when signal N killed it), as `strace`, `perf stat` and `time` do;
+/// else success.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Before anything is loaded or created: a command that cannot run costs no attach, and
     // main exits 127 (not found) or 126 (not executable) as shells do.

@@ -63,8 +63,8 @@ pub struct Snapshot {
 pub struct Outcome {
     /// The final snapshot (the view's summary).
     pub last: Snapshot,
-    /// How the followed command ended; a command still running when the trace ended
-    /// (duration, Ctrl-C) is killed, and this says so.
+    /// How the followed command ended, when its end ended the trace (`None` when the trace
+    /// ended first, on its duration or a signal, and killed it).
     pub command: Option<ExitStatus>,
 }
 
@@ -214,18 +214,10 @@ pub async fn run(
             source: e,
         });
     }
-    let command = match child.as_mut() {
-        Some(c) => {
-            if s.command_status.is_none() {
-                let _ = c.start_kill();
-            }
-            c.wait().await.ok()
-        }
-        None => None,
-    };
+    // A command still running (the trace ended first) is killed as `child` drops.
     Ok(Outcome {
+        command: s.command_status,
         last: snap,
-        command,
     })
 }
 
