@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tamalloc_common::{
     abi::{GlobalStats, ProcStats},
-    trace::{FAULT_KINDS, PidCounters},
+    trace::{FAULT_KINDS, FaultKind, PidCounters},
 };
 
 use super::decode::TraceEvent;
@@ -124,28 +124,18 @@ impl Record {
         }
     }
 
-    /// The fault counts of a `stats` or `summary` record, by kind (index `kind as usize`,
-    /// names `FaultKind::name`).
+    /// The fault counts of a `stats` or `summary` record, by kind (index `kind as usize`):
+    /// their fields are named after the kinds ([`FaultKind::name`]).
     pub fn faults(&self) -> Option<[u64; FAULT_KINDS]> {
-        match *self {
-            Record::Stats {
-                read_zero,
-                write_zero,
-                cow_zero,
-                cow,
-                other,
-                ..
-            }
-            | Record::Summary {
-                read_zero,
-                write_zero,
-                cow_zero,
-                cow,
-                other,
-                ..
-            } => Some([read_zero, write_zero, cow_zero, cow, other]),
-            _ => None,
+        if !matches!(self, Record::Stats { .. } | Record::Summary { .. }) {
+            return None;
         }
+        let fields = serde_json::to_value(self).ok()?;
+        let mut out = [0; FAULT_KINDS];
+        for k in FaultKind::ALL {
+            out[k as usize] = fields.get(k.name())?.as_u64()?;
+        }
+        Some(out)
     }
 
     /// A `global` record from syscall 556 (or its /proc equivalent).
@@ -218,7 +208,6 @@ mod tests {
 
     #[test]
     fn each_kind_has_its_field_and_its_count() {
-        use tamalloc_common::trace::FaultKind;
         let mut counters = PidCounters::default();
         for k in FaultKind::ALL {
             counters.faults[k as usize] = 10 + k as u64;
