@@ -11,9 +11,9 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use tamalloc_common::trace::{
-    CHUNK_PAGES, CHUNK_SHIFT, ChunkKey, DROP_FAULT_EVENTS, Event, EventKind, FaultKind, PAGE_SHIFT,
-    PageState, classify,
+use tamalloc_common::{
+    maps::{CHUNK_PAGES, CHUNK_SHIFT, ChunkKey, DROP_FAULT_EVENTS},
+    trace::{Event, EventKind, FaultKind, PAGE_SHIFT, PageState, classify},
 };
 
 use crate::{

@@ -11,7 +11,8 @@ use aya_ebpf::{
 };
 use tamalloc_common::{
     abi::{SYS_CLONE, SYS_CLONE3, SYS_FORK, SYS_VFORK},
-    trace::{DROP_CONTROL_EVENTS, Event, EventKind, MAX_CPUS, PidCounters},
+    maps::{DROP_CONTROL_EVENTS, MAX_CPUS, PidCounters},
+    trace::{Event, EventKind},
 };
 
 use crate::{

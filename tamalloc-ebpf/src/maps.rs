@@ -4,9 +4,12 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, Queue, RingBuf},
 };
-use tamalloc_common::trace::{
-    Chunk, ChunkKey, Config, DROP_MAP_FULL, DROP_SLOTS, Event, MAX_PROCS, MarkerKey,
-    PID_GATE_WORDS, Pending, PidCounters, RegionRef,
+use tamalloc_common::{
+    maps::{
+        Chunk, ChunkKey, Config, DROP_MAP_FULL, DROP_SLOTS, MAX_PROCS, MarkerKey, PID_GATE_WORDS,
+        Pending, PidCounters, RegionRef,
+    },
+    trace::Event,
 };
 
 use crate::atomics::{fetch_and, fetch_or};
@@ -81,7 +84,7 @@ named_map!(PID_GATE);
 #[map]
 pub static TAIL_PROGS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
 named_map!(TAIL_PROGS);
-pub use tamalloc_common::trace::{
+pub use tamalloc_common::maps::{
     ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP_FIXED, EXIT_MREMAP, EXIT_MREMAP_CLEAR_TARGET,
     EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW, EXIT_MREMAP_MOVE, EXIT_MREMAP_SHRINK, TAIL_SLOTS,
 };

@@ -1,4 +1,4 @@
-//! Region bookkeeping in `CHUNKS` and `MARKERS` (see `tamalloc_common::trace`): which
+//! Region bookkeeping in `CHUNKS` and `MARKERS` (see `tamalloc_common::maps`): which
 //! pages are region pages and of which region, and what each maps. This module answers for
 //! one page; [`range`] changes a range of pages, [`process`] all of a process's.
 //!
@@ -8,9 +8,11 @@
 mod process;
 mod range;
 
-use tamalloc_common::trace::{
-    CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, Chunk, ChunkKey, DROP_MAP_FULL, MarkerKey, PAGE_SHIFT,
-    RegionRef,
+use tamalloc_common::{
+    maps::{
+        CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, Chunk, ChunkKey, DROP_MAP_FULL, MarkerKey, RegionRef,
+    },
+    trace::PAGE_SHIFT,
 };
 
 pub use self::{

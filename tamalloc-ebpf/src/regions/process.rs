@@ -5,8 +5,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_for_each_map_elem;
-use tamalloc_common::trace::{
-    CHUNK_WORDS, Chunk, ChunkKey, DROP_MAP_FULL, MarkerKey, PAGE_SIZE, RegionRef,
+use tamalloc_common::{
+    maps::{CHUNK_WORDS, Chunk, ChunkKey, DROP_MAP_FULL, MarkerKey, RegionRef},
+    trace::PAGE_SIZE,
 };
 
 use super::{chunk_key, marker_key};

@@ -5,8 +5,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{helpers::generated::bpf_loop, macros::map, maps::PerCpuArray};
-use tamalloc_common::trace::{
-    CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, DROP_MAP_FULL, PAGE_SHIFT, PAGE_SIZE, RegionRef,
+use tamalloc_common::{
+    maps::{CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, DROP_MAP_FULL, RegionRef},
+    trace::{PAGE_SHIFT, PAGE_SIZE},
 };
 
 use super::{MAX_CHUNK_LOOPS, chunk_key, chunk_ptr, marker_key, region_at, set_marker, word_mask};

@@ -19,10 +19,8 @@ use tamalloc_common::{
         ENOSYS, SYS_CLONE, SYS_CLONE3, SYS_FORK, SYS_MMAP, SYS_MREMAP, SYS_MUNMAP, SYS_TAMALLOC,
         SYS_VFORK, TAMALLOC_MAP_FLAGS, TAMALLOC_PROT,
     },
-    trace::{
-        CONFIG_FILTER_COMM, CONFIG_FILTER_PID, DROP_CONTROL_EVENTS, Event, EventKind, PAGE_SIZE,
-        Pending, REGION_FALLBACK, page_align,
-    },
+    maps::{CONFIG_FILTER_COMM, CONFIG_FILTER_PID, DROP_CONTROL_EVENTS, Pending},
+    trace::{Event, EventKind, PAGE_SIZE, REGION_FALLBACK, page_align},
 };
 
 mod mremap;

@@ -50,7 +50,7 @@ pub struct Args {
     ring_size: u32,
     /// Processes with regions the tracer counts at once; an exited process's room is reused.
     /// Beyond it, new processes are not counted and the summary reports `map_full` drops.
-    #[arg(long, default_value_t = tamalloc_common::trace::MAX_PROCS, value_name = "N",
+    #[arg(long, default_value_t = tamalloc_common::maps::MAX_PROCS, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     max_procs: u32,
     /// Print only the summary at the end, no live view.

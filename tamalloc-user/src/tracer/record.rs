@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 use tamalloc_common::{
     abi::{GlobalStats, ProcStats},
-    trace::{FAULT_KINDS, FaultKind, PidCounters},
+    maps::PidCounters,
+    trace::{FAULT_KINDS, FaultKind},
 };
 
 use super::decode::TraceEvent;

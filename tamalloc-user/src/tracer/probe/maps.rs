@@ -7,12 +7,9 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues, Queue, RingBuf},
 };
-use tamalloc_common::{
-    maps as name,
-    trace::{
-        Chunk, ChunkKey, Config, DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS, DROP_MAP_FULL, MarkerKey,
-        PidCounters, RegionRef,
-    },
+use tamalloc_common::maps::{
+    self as name, Chunk, ChunkKey, Config, DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS, DROP_MAP_FULL,
+    MarkerKey, PidCounters, RegionRef,
 };
 
 use super::{Probe, refused};

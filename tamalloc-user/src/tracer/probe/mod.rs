@@ -17,9 +17,9 @@ use aya::{
         raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
-use tamalloc_common::{
-    maps::{self as name, prog},
-    trace::{CONFIG_FILTER_COMM, CONFIG_FILTER_PID, Config, MAX_CPUS, MAX_PROCS, TAIL_PROGRAMS},
+use tamalloc_common::maps::{
+    self as name, CONFIG_FILTER_COMM, CONFIG_FILTER_PID, Config, MAX_CPUS, MAX_PROCS,
+    TAIL_PROGRAMS, prog,
 };
 
 pub use self::{maps::Drops, tracefs::field_offset};
