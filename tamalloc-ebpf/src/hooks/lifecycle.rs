@@ -16,12 +16,12 @@ use tamalloc_common::{
 };
 
 use crate::{
+    hooks::syscalls::{SYS_EXIT, add_reserved, tracked},
     maps::{
         COUNTERS, PENDING, TRACED, config, count_drop, emit, gate_out, retire_slot, slot_counters,
         slot_of,
     },
     regions,
-    syscalls::{SYS_EXIT, add_reserved, tracked},
 };
 
 const CLONE_VM: u64 = 0x100;
