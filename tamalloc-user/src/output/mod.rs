@@ -11,7 +11,7 @@ pub mod terminal;
 
 use std::{fs::File, io, path::Path};
 
-use crate::tracer::{Sink, View, decode::TraceEvent, session::Snapshot};
+use crate::tracer::{Sink, Snapshot, View, decode::TraceEvent};
 
 /// Output formats of `tamalloc trace --output`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -28,7 +28,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::tracer::{View, decode::TraceEvent, session::Snapshot};
+use crate::tracer::{Snapshot, View, decode::TraceEvent};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FaultLabels {
@@ -248,7 +248,7 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracer::{aggregate::ProcState, session::Row};
+    use crate::tracer::{Row, aggregate::ProcState};
 
     fn snapshot(write_zero: u64, exited: bool) -> Snapshot {
         let mut state = ProcState {

@@ -7,11 +7,7 @@ use std::io::{self, IsTerminal as _, Write};
 
 use tamalloc_common::trace::{FAULT_KINDS, FaultKind};
 
-use crate::tracer::{
-    View,
-    decode::TraceEvent,
-    session::{Row, Snapshot},
-};
+use crate::tracer::{Row, Snapshot, View, decode::TraceEvent};
 
 /// KiB as a short human size (1023K, 1.5M, 12G).
 pub fn kib(v: u64) -> String {

@@ -22,7 +22,7 @@ pub mod session;
 pub mod sink;
 
 pub use probe::{Drops, Probe, ProbeOptions};
-pub use sink::{Sink, View};
+pub use sink::{Row, Sink, Snapshot, View};
 
 /// Why tracing could not start or go on. Each message is one line a user can act on.
 #[derive(Debug, thiserror::Error)]

@@ -16,11 +16,12 @@ use tokio::{
 };
 
 use super::{
-    Drops, Probe, ProbeOptions, Sink, TraceError, View,
+    Probe, ProbeOptions, TraceError,
     aggregate::Aggregator,
     command::spawn_followed,
     decode::{TraceEvent, decode},
     record::{Record, SCHEMA_VERSION, stats_record},
+    sink::{Row, Sink, Snapshot, View},
 };
 use crate::stats;
 
@@ -34,28 +35,6 @@ pub struct TraceOptions {
     pub command: Vec<String>,
     pub duration: Option<Duration>,
     pub interval: Duration,
-}
-
-/// One row of the live view.
-#[derive(Clone, Debug)]
-pub struct Row {
-    pub pid: u32,
-    pub state: super::aggregate::ProcState,
-    pub stats: Option<tamalloc_common::abi::ProcStats>,
-    /// VmRSS change since the previous refresh, in KiB.
-    pub rss_delta_kib: Option<i64>,
-}
-
-/// What a view shows at each refresh and at the end.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    pub elapsed: Duration,
-    pub rows: Vec<Row>,
-    pub global: Option<tamalloc_common::abi::GlobalStats>,
-    pub drops: Drops,
-    /// `syscall` or `procfs`.
-    pub stats_source: &'static str,
-    pub command_status: Option<ExitStatus>,
 }
 
 /// How a session ended.

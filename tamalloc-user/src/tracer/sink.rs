@@ -1,10 +1,33 @@
-//! ⑤ What a session hands its results to. The tracer defines these traits and calls them;
-//! `crate::output` implements them (files, the terminal, Prometheus), so the tracer never
-//! depends on an output.
+//! ⑤ What a session hands its results to: [`Record`]s to a [`Sink`], events and
+//! [`Snapshot`]s to a [`View`]. The tracer defines these and calls them; `crate::output`
+//! implements them (files, the terminal, Prometheus), so the tracer never depends on an
+//! output.
 
-use std::io;
+use std::{io, process::ExitStatus, time::Duration};
 
-use super::{decode::TraceEvent, record::Record, session::Snapshot};
+use super::{Drops, aggregate::ProcState, decode::TraceEvent, record::Record};
+
+/// One row of the live view.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub pid: u32,
+    pub state: ProcState,
+    pub stats: Option<tamalloc_common::abi::ProcStats>,
+    /// VmRSS change since the previous refresh, in KiB.
+    pub rss_delta_kib: Option<i64>,
+}
+
+/// What a view shows at each refresh and at the end.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub elapsed: Duration,
+    pub rows: Vec<Row>,
+    pub global: Option<tamalloc_common::abi::GlobalStats>,
+    pub drops: Drops,
+    /// `syscall` or `procfs`.
+    pub stats_source: &'static str,
+    pub command_status: Option<ExitStatus>,
+}
 
 /// Somewhere trace records go (a trace file). Records arrive in order, and the file must be
 /// complete and valid once [`Sink::finish`] has run, including after Ctrl-C.
