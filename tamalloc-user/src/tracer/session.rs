@@ -37,16 +37,6 @@ pub struct TraceOptions {
     pub interval: Duration,
 }
 
-/// How a session ended.
-#[derive(Debug)]
-pub struct Outcome {
-    /// The final snapshot (the view's summary).
-    pub last: Snapshot,
-    /// How the followed command ended, when its end ended the trace (`None` when the trace
-    /// ended first, on its duration or a signal, and killed it).
-    pub command: Option<ExitStatus>,
-}
-
 struct Session {
     probe: Probe,
     agg: Aggregator,
@@ -70,6 +60,16 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The final snapshot (the view's summary).
+    pub last: Snapshot,
+    /// How the followed command ended, when its end ended the trace (`None` when the trace
+    /// ended first, on its duration or a signal, and killed it).
+    pub command: Option<ExitStatus>,
 }
 
 /// Runs a session to its end.
