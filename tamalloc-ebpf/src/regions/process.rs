@@ -13,8 +13,28 @@ use tamalloc_common::{
 use super::{chunk_key, marker_key};
 use crate::maps::{CHUNK_BUF, CHUNKS, MARKERS, SCRATCH_CHUNK, claim_slot, count_drop};
 
+/// What `bpf_for_each_map_elem` hands its callbacks.
+type Ptr = *mut c_void;
+
 /// A `bpf_for_each_map_elem` callback: (map, key, value, context) -> 0 to go on.
-type EachEntry = extern "C" fn(*mut c_void, *mut c_void, *mut c_void, *mut c_void) -> i64;
+type EachEntry = extern "C" fn(Ptr, Ptr, Ptr, Ptr) -> i64;
+
+/// A callback's entry of a `K -> V` map, and our context.
+///
+/// # Safety
+/// `key`, `value` and `ctx` are what `bpf_for_each_map_elem` passed a callback walking a
+/// `K -> V` map with a [`ProcCtx`] (see [`ProcCtx::each_entry`]).
+#[inline(always)]
+unsafe fn entry<'a, K, V>(key: Ptr, value: Ptr, ctx: Ptr) -> (&'a K, &'a V, &'a mut ProcCtx) {
+    // SAFETY: as the caller promises; the entry and the context outlive the callback.
+    unsafe {
+        (
+            &*(key as *const K),
+            &*(value as *const V),
+            &mut *(ctx as *mut ProcCtx),
+        )
+    }
+}
 
 #[repr(C)]
 struct ProcCtx {
@@ -32,40 +52,19 @@ impl ProcCtx {
     /// this context (the one walk `fork` and `forget` share).
     #[inline(always)]
     fn each_entry(&mut self, chunk: EachEntry, marker: EachEntry) {
-        let ctx = self as *mut ProcCtx as *mut c_void;
+        let ctx = self as *mut ProcCtx as Ptr;
         // SAFETY: the callbacks match bpf_for_each_map_elem's ABI, take their context as
         // this `ProcCtx`, and it outlives the calls.
         unsafe {
-            bpf_for_each_map_elem(
-                &CHUNKS as *const _ as *mut c_void,
-                chunk as *mut c_void,
-                ctx,
-                0,
-            );
-            bpf_for_each_map_elem(
-                &MARKERS as *const _ as *mut c_void,
-                marker as *mut c_void,
-                ctx,
-                0,
-            );
+            bpf_for_each_map_elem(&CHUNKS as *const _ as Ptr, chunk as Ptr, ctx, 0);
+            bpf_for_each_map_elem(&MARKERS as *const _ as Ptr, marker as Ptr, ctx, 0);
         }
     }
 }
 
-extern "C" fn fork_chunk(
-    _map: *mut c_void,
-    key: *mut c_void,
-    value: *mut c_void,
-    ctx: *mut c_void,
-) -> i64 {
-    // SAFETY: bpf_for_each_map_elem passes CHUNKS' key and value and our `ProcCtx`.
-    let (key, value, ctx) = unsafe {
-        (
-            &*(key as *const ChunkKey),
-            &*(value as *const Chunk),
-            &mut *(ctx as *mut ProcCtx),
-        )
-    };
+extern "C" fn fork_chunk(_map: Ptr, key: Ptr, value: Ptr, ctx: Ptr) -> i64 {
+    // SAFETY: `fork` walks CHUNKS with its `ProcCtx`.
+    let (key, value, ctx) = unsafe { entry::<ChunkKey, Chunk>(key, value, ctx) };
     if key.tgid() == ctx.from {
         // Whether the child's entries for zero-page pages were copied depends on the VMA
         // having an anon_vma; without the bit, either kind of fault there classifies right.
@@ -94,20 +93,9 @@ extern "C" fn fork_chunk(
     0
 }
 
-extern "C" fn fork_marker(
-    _map: *mut c_void,
-    key: *mut c_void,
-    value: *mut c_void,
-    ctx: *mut c_void,
-) -> i64 {
-    // SAFETY: bpf_for_each_map_elem passes MARKERS' key and value and our `ProcCtx`.
-    let (key, value, ctx) = unsafe {
-        (
-            &*(key as *const MarkerKey),
-            &*(value as *const RegionRef),
-            &*(ctx as *const ProcCtx),
-        )
-    };
+extern "C" fn fork_marker(_map: Ptr, key: Ptr, value: Ptr, ctx: Ptr) -> i64 {
+    // SAFETY: `fork` walks MARKERS with its `ProcCtx`.
+    let (key, value, ctx) = unsafe { entry::<MarkerKey, RegionRef>(key, value, ctx) };
     if key.tgid == ctx.from
         && MARKERS
             .insert(marker_key(ctx.to, key.page_addr), value, 0)
@@ -134,28 +122,18 @@ pub fn fork(from: u32, to: u32) -> u64 {
     ctx.bytes
 }
 
-extern "C" fn forget_chunk(
-    _map: *mut c_void,
-    key: *mut c_void,
-    _value: *mut c_void,
-    ctx: *mut c_void,
-) -> i64 {
-    // SAFETY: bpf_for_each_map_elem passes CHUNKS' key and our `ProcCtx`.
-    let (key, ctx) = unsafe { (&*(key as *const ChunkKey), &*(ctx as *const ProcCtx)) };
+extern "C" fn forget_chunk(_map: Ptr, key: Ptr, value: Ptr, ctx: Ptr) -> i64 {
+    // SAFETY: `forget` walks CHUNKS with its `ProcCtx`.
+    let (key, _, ctx) = unsafe { entry::<ChunkKey, Chunk>(key, value, ctx) };
     if key.tgid() == ctx.from {
         let _ = CHUNKS.remove(key);
     }
     0
 }
 
-extern "C" fn forget_marker(
-    _map: *mut c_void,
-    key: *mut c_void,
-    _value: *mut c_void,
-    ctx: *mut c_void,
-) -> i64 {
-    // SAFETY: bpf_for_each_map_elem passes MARKERS' key and our `ProcCtx`.
-    let (key, ctx) = unsafe { (&*(key as *const MarkerKey), &*(ctx as *const ProcCtx)) };
+extern "C" fn forget_marker(_map: Ptr, key: Ptr, value: Ptr, ctx: Ptr) -> i64 {
+    // SAFETY: `forget` walks MARKERS with its `ProcCtx`.
+    let (key, _, ctx) = unsafe { entry::<MarkerKey, RegionRef>(key, value, ctx) };
     if key.tgid == ctx.from {
         let _ = MARKERS.remove(key);
     }
