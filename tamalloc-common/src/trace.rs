@@ -1,26 +1,9 @@
-//! Records shared between the eBPF programs and the userspace tracer.
-//!
-//! Region bookkeeping is page-granular but stored per 2 MiB *chunk* of a process's address
-//! space, so the fault path costs one hash lookup whatever the number of regions:
-//!
-//! ```text
-//! CHUNKS[(tgid, addr >> 21)] -> Chunk { in_region, zero, start bitmaps (512 pages),
-//!                                       carry: the region entering at page 0 }
-//! MARKERS[(tgid, page addr)] -> RegionRef   for every page with a `start` bit
-//! ```
-//!
-//! A region keeps the identity it was born with (its first address) even after partial
-//! `munmap`s or an `mremap`, so a page's region is "the nearest start marker at or below it
-//! in its chunk, else the chunk's carry", and its page index follows from the marker.
-
+//! What the programs classify and report: the fault kinds and the pure [`classify`] (tested
+//! on the host), and [`Event`], the record on the ring. The maps' names, keys and values are
+//! in [`crate::maps`].
 /// log2 of the page size the tracer assumes (x86-64 base pages).
 pub const PAGE_SHIFT: u32 = 12;
 pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
-/// Pages per chunk: 512 x 4 KiB = 2 MiB, one PMD.
-pub const CHUNK_PAGES: u64 = 512;
-pub const CHUNK_SHIFT: u32 = PAGE_SHIFT + 9;
-pub const CHUNK_WORDS: usize = (CHUNK_PAGES / 64) as usize;
-
 /// Rounds `len` up to whole pages, or `None` when that overflows (the kernel's -ENOMEM).
 pub const fn page_align(len: u64) -> Option<u64> {
     match len.checked_add(PAGE_SIZE - 1) {
@@ -56,14 +39,12 @@ impl FaultKind {
         FaultKind::Other,
     ];
 
+    /// The kind whose discriminant (and index in [`FaultKind::ALL`]) is `v`.
     pub const fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            0 => Some(Self::ReadZero),
-            1 => Some(Self::WriteZero),
-            2 => Some(Self::CowZero),
-            3 => Some(Self::Cow),
-            4 => Some(Self::Other),
-            _ => None,
+        if (v as usize) < FAULT_KINDS {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
         }
     }
 
@@ -144,124 +125,6 @@ pub const fn classify(error_code: u64, page: PageState) -> (FaultKind, PageState
     }
 }
 
-/// Per-process counters, one copy per CPU: `COUNTERS[slot]`, a per-CPU array, where `SLOTS`
-/// maps a process to its slot and every chunk of the process carries it too, so that the
-/// fault path reaches the counters without a hash lookup. `reserved_bytes` moves up and down
-/// on different CPUs: only the sum is meaningful.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PidCounters {
-    pub faults: [u64; FAULT_KINDS],
-    /// Regions created (cumulative).
-    pub regions: u64,
-    /// Bytes of live region pages (wrapping: sum over CPUs).
-    pub reserved_bytes: u64,
-}
-
-/// Processes with counters at once (slots of `COUNTERS`).
-pub const MAX_PROCS: u32 = 8192;
-
-/// The largest tgid plus one (`PID_MAX_LIMIT` on 64-bit).
-pub const PID_LIMIT: u32 = 1 << 22;
-/// Words of the `PID_GATE` bitmap: bit `tgid` is set once the process has a counter slot,
-/// so a fault of any other process costs one array read, not a hash lookup.
-pub const PID_GATE_WORDS: u32 = PID_LIMIT / 64;
-
-/// `CHUNKS` key: the tgid in the top 24 bits, `addr >> CHUNK_SHIFT` (under 2^35 for
-/// 5-level paging's 56-bit user addresses) in the low 40. One word hashes and compares
-/// faster than a (tgid, chunk) pair, and the fault path pays that on every fault.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ChunkKey(u64);
-
-impl ChunkKey {
-    const CHUNK_BITS: u32 = 40;
-
-    #[inline(always)]
-    pub const fn new(tgid: u32, chunk: u64) -> Self {
-        Self(((tgid as u64) << Self::CHUNK_BITS) | (chunk & ((1 << Self::CHUNK_BITS) - 1)))
-    }
-
-    #[inline(always)]
-    pub const fn tgid(self) -> u32 {
-        (self.0 >> Self::CHUNK_BITS) as u32
-    }
-
-    /// `addr >> CHUNK_SHIFT` of the chunk's first page.
-    #[inline(always)]
-    pub const fn chunk(self) -> u64 {
-        self.0 & ((1 << Self::CHUNK_BITS) - 1)
-    }
-}
-
-/// A region page's identity: the region's first address and the page's index in it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RegionRef {
-    pub id: u64,
-    pub index: u64,
-}
-
-/// 512 pages of one process's address space. Bit `i` of word `i / 64` is page `i`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Chunk {
-    /// The page belongs to a live tamalloc region.
-    pub in_region: [u64; CHUNK_WORDS],
-    /// The page maps the shared zero page (it was read before it was written).
-    pub zero: [u64; CHUNK_WORDS],
-    /// The page maps a page of its own (it was written).
-    pub present: [u64; CHUNK_WORDS],
-    /// A `MARKERS` entry names the region of this page and those after it in the chunk.
-    pub start: [u64; CHUNK_WORDS],
-    /// The region that page 0 continues, when page 0 has no start marker.
-    pub carry: RegionRef,
-    /// The process's `COUNTERS` slot.
-    pub slot: u32,
-    pub _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct MarkerKey {
-    pub tgid: u32,
-    pub _pad: u32,
-    pub page_addr: u64,
-}
-
-/// A syscall seen at `sys_enter`, kept per thread until its `sys_exit`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pending {
-    pub nr: u64,
-    pub args: [u64; 5],
-    /// Page-aligned length of a 554 call that returned -ENOSYS: the thread's next matching
-    /// `mmap` is a fallback region. 0 when not armed.
-    pub fallback_len: u64,
-}
-
-/// Tracer settings written by userspace before attaching (`Array<Config>`, index 0).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Config {
-    pub flags: u64,
-    /// With `CONFIG_FILTER_COMM`: learn regions of processes with this comm too.
-    pub comm: [u8; 16],
-    /// Offset of `child_pid` in `sched:sched_process_fork` (it differs between kernels;
-    /// the loader reads it from tracefs).
-    pub fork_child_pid_offset: u32,
-    /// Possible CPUs, for summing per-CPU values inside the programs.
-    pub nr_cpus: u32,
-}
-
-/// The most CPUs the programs sum per-CPU values over.
-pub const MAX_CPUS: u32 = 256;
-
-/// Learn regions only for processes in `TRACED` (and their descendants).
-pub const CONFIG_FILTER_PID: u64 = 1 << 1;
-/// Learn regions for processes whose comm equals `Config::comm`.
-pub const CONFIG_FILTER_COMM: u64 = 1 << 2;
-
 /// What an [`Event`] reports.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,45 +180,6 @@ pub struct Event {
     pub _pad: [u8; 6],
 }
 
-/// Slots of `TAIL_PROGS`, the programs `sys_enter`/`sys_exit` tail-call, and their names.
-pub const EXIT_LEARN: u32 = 0;
-/// munmap, at `sys_enter`: forgotten before the kernel frees the range for reuse.
-pub const ENTER_MUNMAP: u32 = 1;
-pub const EXIT_MREMAP: u32 = 2;
-/// mremap in place, smaller.
-pub const EXIT_MREMAP_SHRINK: u32 = 3;
-/// mremap in place, larger.
-pub const EXIT_MREMAP_GROW: u32 = 4;
-/// mremap to a new address: the new range first, then [`EXIT_MREMAP_DROP_OLD`].
-pub const EXIT_MREMAP_MOVE: u32 = 5;
-pub const EXIT_MREMAP_DROP_OLD: u32 = 6;
-/// madvise(MADV_DONTNEED, MADV_FREE, MADV_REMOVE, MADV_DONTNEED_LOCKED).
-pub const EXIT_MADVISE: u32 = 7;
-/// mremap with MREMAP_FIXED onto region pages: forget them, then [`EXIT_MREMAP_MOVE`].
-pub const EXIT_MREMAP_CLEAR_TARGET: u32 = 8;
-/// mmap with MAP_FIXED over region pages: forget them.
-pub const EXIT_MMAP_FIXED: u32 = 9;
-pub const TAIL_SLOTS: u32 = 10;
-pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
-    (EXIT_LEARN, "exit_learn"),
-    (ENTER_MUNMAP, "enter_munmap"),
-    (EXIT_MREMAP, "exit_mremap"),
-    (EXIT_MREMAP_SHRINK, "exit_mremap_shrink"),
-    (EXIT_MREMAP_GROW, "exit_mremap_grow"),
-    (EXIT_MREMAP_MOVE, "exit_mremap_move"),
-    (EXIT_MREMAP_DROP_OLD, "exit_mremap_drop_old"),
-    (EXIT_MADVISE, "exit_madvise"),
-    (EXIT_MREMAP_CLEAR_TARGET, "exit_mremap_clear_target"),
-    (EXIT_MMAP_FIXED, "exit_mmap_fixed"),
-];
-
-/// Indices of the per-CPU `DROPS` array.
-pub const DROP_FAULT_EVENTS: u32 = 0;
-pub const DROP_CONTROL_EVENTS: u32 = 1;
-/// A map was full: a region, marker or counter could not be stored.
-pub const DROP_MAP_FULL: u32 = 2;
-pub const DROP_SLOTS: u32 = 3;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,20 +229,6 @@ mod tests {
     }
 
     #[test]
-    fn chunk_key_keeps_tgid_and_chunk_apart() {
-        let top_chunk = ((1u64 << 56) - 1) >> CHUNK_SHIFT;
-        for (tgid, chunk) in [
-            (1, 0),
-            (PID_LIMIT - 1, top_chunk),
-            (4242, 0x7fff_ffff_f000 >> 21),
-        ] {
-            let k = ChunkKey::new(tgid, chunk);
-            assert_eq!((k.tgid(), k.chunk()), (tgid, chunk));
-        }
-        assert_ne!(ChunkKey::new(1, 2), ChunkKey::new(2, 1));
-    }
-
-    #[test]
     fn page_align_rounds_and_detects_overflow() {
         assert_eq!(page_align(1), Some(4096));
         assert_eq!(page_align(4096), Some(4096));
@@ -428,11 +238,11 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for k in FaultKind::ALL {
+        for (i, k) in FaultKind::ALL.into_iter().enumerate() {
+            assert_eq!(k as usize, i, "ALL is in discriminant order");
             assert_eq!(FaultKind::from_u8(k as u8), Some(k));
         }
         assert_eq!(FaultKind::from_u8(5), None);
         assert_eq!(core::mem::size_of::<Event>(), 56);
-        assert_eq!(core::mem::size_of::<Chunk>(), 280);
     }
 }

@@ -4,33 +4,41 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, Queue, RingBuf},
 };
-use tamalloc_common::trace::{
-    Chunk, ChunkKey, Config, DROP_MAP_FULL, DROP_SLOTS, Event, MAX_PROCS, MarkerKey,
-    PID_GATE_WORDS, Pending, PidCounters, RegionRef,
+use tamalloc_common::{
+    maps::{
+        Chunk, ChunkKey, Config, DROP_MAP_FULL, DROP_SLOTS, MAX_PROCS, MarkerKey, PID_GATE_WORDS,
+        Pending, PidCounters, RegionRef,
+    },
+    trace::Event,
 };
 
 use crate::atomics::{fetch_and, fetch_or};
 
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+named_map!(CONFIG);
 
 /// Processes userspace asked to follow (and their descendants), with a pid/comm filter.
 #[map]
 pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+named_map!(TRACED);
 
 /// Syscall arguments between `sys_enter` and `sys_exit`, per thread. LRU: a thread killed
 /// inside a syscall never reaches its `sys_exit`.
 #[map]
 pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
+named_map!(PENDING);
 
 /// Allocated on demand (BPF_F_NO_PREALLOC): room for 512 GiB of region address space
 /// without holding that memory while idle.
 #[map]
 pub static CHUNKS: HashMap<ChunkKey, Chunk> = HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+named_map!(CHUNKS);
 
 #[map]
 pub static MARKERS: HashMap<MarkerKey, RegionRef> =
     HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
+named_map!(MARKERS);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -38,47 +46,56 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// zeroed chunk to insert), slot [`SCRATCH_CHUNK`] is a work copy.
 #[map]
 pub static CHUNK_BUF: PerCpuArray<Chunk> = PerCpuArray::with_max_entries(2, 0);
+named_map!(CHUNK_BUF);
 pub const ZERO_CHUNK: u32 = 0;
 pub const SCRATCH_CHUNK: u32 = 1;
 
 /// Per-process counters, by slot (see [`claim_slot`]).
 #[map]
 pub static COUNTERS: PerCpuArray<PidCounters> = PerCpuArray::with_max_entries(MAX_PROCS, 0);
+named_map!(COUNTERS);
 
 /// The counter slot of every live process with (or that had) regions.
 #[map]
 pub static SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROCS, 0);
+named_map!(SLOTS);
 
 /// Slots of exited processes (slot -> tgid), moved out of `SLOTS` at exit so that a new
 /// process with a reused pid gets a slot of its own. Userspace reads their final counts,
 /// zeroes them and queues them in `FREE_SLOTS`.
 #[map]
 pub static RETIRED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROCS, 0);
+named_map!(RETIRED);
 
 /// Free slots, zeroed: all of them at load (userspace fills the queue), then those
 /// userspace gave back.
 #[map]
 pub static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(MAX_PROCS, 0);
+named_map!(FREE_SLOTS);
 
 /// Bit `tgid`: the process has a slot (so it may have chunks). Bits are set before a
 /// process's first chunk exists and cleared after its last one is gone, so a clear bit
 /// lets the fault path return after one array read.
 #[map]
 pub static PID_GATE: Array<u64> = Array::with_max_entries(PID_GATE_WORDS, 0);
+named_map!(PID_GATE);
 
 /// The programs `sys_enter`/`sys_exit` tail-call for the syscall at hand.
 #[map]
 pub static TAIL_PROGS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
-pub use tamalloc_common::trace::{
+named_map!(TAIL_PROGS);
+pub use tamalloc_common::maps::{
     ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP_FIXED, EXIT_MREMAP, EXIT_MREMAP_CLEAR_TARGET,
     EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW, EXIT_MREMAP_MOVE, EXIT_MREMAP_SHRINK, TAIL_SLOTS,
 };
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+named_map!(EVENTS);
 
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
+named_map!(DROPS);
 
 /// Counts one lost record or map insert in `slot`.
 #[inline(always)]

@@ -4,7 +4,7 @@
 pub mod alloc;
 pub mod capi;
 pub mod error;
-pub mod export;
+pub mod output;
 pub mod report;
 pub mod size;
 pub mod stats;

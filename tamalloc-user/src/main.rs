@@ -1,10 +1,16 @@
-//! The `tamalloc` command. `main` only runs [`run`] and prints the error chain.
+//! The `tamalloc` command. `main` only runs [`cli::run`], prints the error chain, and exits
+//! with the status `run` chose.
 
 mod cli;
 
-fn main() {
-    if let Err(err) = cli::run() {
-        eprintln!("tamalloc: {err:#}");
-        std::process::exit(1);
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::run() {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("tamalloc: {err:#}");
+            cli::failure_status(&err)
+        }
     }
 }

@@ -7,7 +7,10 @@ mod report;
 mod stats;
 mod trace;
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+use tamalloc::tracer::command::CommandError;
 
 /// tamalloc: a lazy-zeroing allocator, its memory statistics, and a tracer of first-touch
 /// page faults in its regions.
@@ -65,9 +68,11 @@ fn parse_or_exit() -> Cli {
     })
 }
 
-pub fn run() -> anyhow::Result<()> {
+/// Runs the subcommand, and returns the status to exit with.
+pub fn run() -> anyhow::Result<ExitCode> {
     match parse_or_exit().command {
-        Command::Trace(args) => trace::run(args),
+        // CMD's status (`trace -- CMD`); every other subcommand succeeds or fails.
+        Command::Trace(args) => return trace::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Global(args) => global::run(args),
         Command::Demo(args) => demo::run(args),
@@ -75,8 +80,17 @@ pub fn run() -> anyhow::Result<()> {
         Command::Compare(args) => compare::run(args),
         Command::CompareChild(args) => compare::run_child(args),
         Command::ExecGated { fd, command } => {
-            let err = tamalloc::tracer::session::exec_gated(fd, &command);
-            Err(anyhow::Error::new(err).context(format!("cannot run `{}`", command[0])))
+            let err = tamalloc::tracer::command::exec_gated(fd, &command);
+            Err(anyhow::Error::new(err))
         }
     }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+/// The status to exit with after `err`: 127 or 126 when a command could not be run (as
+/// shells), else 1.
+pub fn failure_status(err: &anyhow::Error) -> ExitCode {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<CommandError>())
+        .map_or(ExitCode::FAILURE, |e| ExitCode::from(e.exit_code()))
 }

@@ -1,14 +1,13 @@
 //! `tamalloc trace`: the live first-touch fault tracer.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tamalloc::{
-    export::{self, Format},
+    output::{self, Format, Tee, prometheus, terminal},
     tracer::{
-        ProbeOptions, prometheus,
-        session::{self, TraceOptions, View},
-        view,
+        ProbeOptions, View, command,
+        session::{self, TraceOptions},
     },
 };
 
@@ -51,18 +50,28 @@ pub struct Args {
     ring_size: u32,
     /// Processes with regions the tracer counts at once; an exited process's room is reused.
     /// Beyond it, new processes are not counted and the summary reports `map_full` drops.
-    #[arg(long, default_value_t = tamalloc_common::trace::MAX_PROCS, value_name = "N",
+    #[arg(long, default_value_t = tamalloc_common::maps::MAX_PROCS, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     max_procs: u32,
     /// Print only the summary at the end, no live view.
     #[arg(short, long)]
     quiet: bool,
-    /// Command to run and follow, with its descendants; the trace ends when it exits.
+    /// Command to run and follow, with its descendants; the trace ends when it exits, and
+    /// exits with its status (128+N if signal N killed it; 127 or 126 if it cannot be run).
+    /// A trace that ends first (--duration, Ctrl-C) kills it and exits 0.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// Traces, and returns the status to exit with: CMD's with `-- CMD` when CMD's end ended
+/// the trace (128 + N when signal N killed it), as `strace`, `perf stat` and `time` do;
+/// else success.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Before anything is loaded or created: a command that cannot run costs no attach, and
+    // main exits 127 (not found) or 126 (not executable) as shells do.
+    if let Some(program) = args.command.first() {
+        command::check(program)?;
+    }
     for pid in &args.pids {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             bail!("process {pid} not found");
@@ -84,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let sink = match &args.output {
         Some(path) => Some(
-            export::open(path, args.format)
+            output::open(path, args.format)
                 .with_context(|| format!("cannot write the trace to {}", path.display()))?,
         ),
         None => None,
@@ -102,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut view = view::for_stdout(args.events, args.quiet);
+    let mut view = terminal::for_stdout(args.events, args.quiet);
     if let Some(listener) = listener {
         let (metrics, registry) = prometheus::metrics();
         let _entered = runtime.enter();
@@ -110,15 +119,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .context("serving the Prometheus endpoint")?;
         // Runs on the current-thread runtime whenever `block_on` below waits.
         runtime.spawn(prometheus::serve(listener, registry));
-        view = Box::new(view::Tee::new(vec![
-            view,
-            Box::new(metrics) as Box<dyn View>,
-        ]));
+        view = Box::new(Tee::new(vec![view, Box::new(metrics) as Box<dyn View>]));
     }
-    runtime
+    let outcome = runtime
         .block_on(session::run(opts, sink, view))
         .context("tracing failed")?;
-    Ok(())
+    Ok(outcome
+        .command
+        .map_or(ExitCode::SUCCESS, |s| ExitCode::from(command::exit_code(s))))
 }
 
 fn parse_comm(s: &str) -> Result<String, String> {

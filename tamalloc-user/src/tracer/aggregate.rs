@@ -7,7 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use tamalloc_common::trace::{FAULT_KINDS, FaultKind, PidCounters};
+use tamalloc_common::{
+    maps::PidCounters,
+    trace::{FAULT_KINDS, FaultKind},
+};
 
 use super::decode::TraceEvent;
 

@@ -66,16 +66,25 @@ pub enum TraceEvent {
 }
 
 impl TraceEvent {
-    pub fn ts_ns(&self) -> u64 {
+    /// When the event happened, and the process it is about (for a fork, the parent).
+    fn when_and_who(&self) -> (u64, u32) {
         match *self {
-            TraceEvent::Fault { ts_ns, .. }
-            | TraceEvent::Region { ts_ns, .. }
-            | TraceEvent::Unmap { ts_ns, .. }
-            | TraceEvent::Remap { ts_ns, .. }
-            | TraceEvent::Fork { ts_ns, .. }
-            | TraceEvent::Exec { ts_ns, .. }
-            | TraceEvent::Exit { ts_ns, .. } => ts_ns,
+            TraceEvent::Fault { ts_ns, pid, .. }
+            | TraceEvent::Region { ts_ns, pid, .. }
+            | TraceEvent::Unmap { ts_ns, pid, .. }
+            | TraceEvent::Remap { ts_ns, pid, .. }
+            | TraceEvent::Fork { ts_ns, pid, .. }
+            | TraceEvent::Exec { ts_ns, pid }
+            | TraceEvent::Exit { ts_ns, pid } => (ts_ns, pid),
         }
+    }
+
+    pub fn ts_ns(&self) -> u64 {
+        self.when_and_who().0
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.when_and_who().1
     }
 }
 

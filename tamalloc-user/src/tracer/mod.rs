@@ -1,15 +1,28 @@
-//! The first-touch fault tracer: kernel event → eBPF maps/ring → [`decode`] →
-//! [`aggregate`] → view and exporters.
+//! The first-touch fault tracer, in the order data flows through it:
+//!
+//! ```text
+//! ① kernel event      tracepoints run tamalloc-ebpf's programs (raw_syscalls, sched,
+//!                      exceptions:page_fault_*)
+//! ② map / ring        they keep regions and per-process counters in maps, and stream
+//!                      events through a ring buffer; probe loads, attaches and reads them
+//! ③ decode            ring bytes -> TraceEvent
+//! ④ aggregate         events + counter snapshots -> per-process state
+//!    session          drives ①–④ for one trace: the followed command (command), timing,
+//!                      signals, the final drain; it builds the records (record)
+//! ⑤ Sink / View       what the session hands records and snapshots to (sink): defined
+//!                      here, implemented in `crate::output`, which this module never uses
+//! ```
 
 pub mod aggregate;
+pub mod command;
 pub mod decode;
 pub mod probe;
-pub mod prometheus;
 pub mod record;
 pub mod session;
-pub mod view;
+pub mod sink;
 
 pub use probe::{Drops, Probe, ProbeOptions};
+pub use sink::{Row, Sink, Snapshot, View};
 
 /// Why tracing could not start or go on. Each message is one line a user can act on.
 #[derive(Debug, thiserror::Error)]

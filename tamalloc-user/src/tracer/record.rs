@@ -3,7 +3,11 @@
 //! be added, none renamed.
 
 use serde::{Deserialize, Serialize};
-use tamalloc_common::abi::{GlobalStats, ProcStats};
+use tamalloc_common::{
+    abi::{GlobalStats, ProcStats},
+    maps::PidCounters,
+    trace::{FAULT_KINDS, FaultKind},
+};
 
 use super::decode::TraceEvent;
 
@@ -105,6 +109,36 @@ impl Record {
         }
     }
 
+    /// A `summary` record from a process's final counters.
+    pub fn summary(pid: u32, comm: String, counters: &PidCounters) -> Self {
+        // The schema names one field per kind, in `FaultKind::ALL` order (the index).
+        let [read_zero, write_zero, cow_zero, cow, other] = counters.faults;
+        Record::Summary {
+            pid,
+            comm,
+            read_zero,
+            write_zero,
+            cow_zero,
+            cow,
+            other,
+            regions: counters.regions,
+        }
+    }
+
+    /// The fault counts of a `stats` or `summary` record, by kind (index `kind as usize`):
+    /// their fields are named after the kinds ([`FaultKind::name`]).
+    pub fn faults(&self) -> Option<[u64; FAULT_KINDS]> {
+        if !matches!(self, Record::Stats { .. } | Record::Summary { .. }) {
+            return None;
+        }
+        let fields = serde_json::to_value(self).ok()?;
+        let mut out = [0; FAULT_KINDS];
+        for k in FaultKind::ALL {
+            out[k as usize] = fields.get(k.name())?.as_u64()?;
+        }
+        Some(out)
+    }
+
     /// A `global` record from syscall 556 (or its /proc equivalent).
     pub fn global(ts_ns: u64, g: &GlobalStats, source: &str) -> Self {
         Record::Global {
@@ -125,13 +159,8 @@ impl Record {
 }
 
 /// Builds a `stats` record from syscall 555's record and the tracer's counters.
-pub fn stats_record(
-    ts_ns: u64,
-    s: &ProcStats,
-    counters: &tamalloc_common::trace::PidCounters,
-    source: &str,
-) -> Record {
-    let f = &counters.faults;
+pub fn stats_record(ts_ns: u64, s: &ProcStats, counters: &PidCounters, source: &str) -> Record {
+    let [read_zero, write_zero, cow_zero, cow, other] = counters.faults;
     Record::Stats {
         ts_ns,
         pid: u32::try_from(s.pid).unwrap_or_default(),
@@ -147,11 +176,11 @@ pub fn stats_record(
         tamalloc_regions: s.tamalloc_regions,
         tamalloc_reserved_kib: s.tamalloc_reserved_kib,
         tamalloc_resident_kib: s.tamalloc_resident_kib,
-        read_zero: f[0],
-        write_zero: f[1],
-        cow_zero: f[2],
-        cow: f[3],
-        other: f[4],
+        read_zero,
+        write_zero,
+        cow_zero,
+        cow,
+        other,
         reserved_bytes: counters.reserved_bytes,
         source: source.to_owned(),
     }
@@ -163,16 +192,12 @@ mod tests {
 
     #[test]
     fn summary_serialises_with_the_documented_fields() {
-        let r = Record::Summary {
-            pid: 7,
-            comm: "demo".into(),
-            read_zero: 1,
-            write_zero: 2,
-            cow_zero: 3,
-            cow: 4,
-            other: 5,
+        let counters = PidCounters {
+            faults: [1, 2, 3, 4, 5],
             regions: 6,
+            reserved_bytes: 0,
         };
+        let r = Record::summary(7, "demo".into(), &counters);
         let s = serde_json::to_string(&r).unwrap_or_default();
         assert_eq!(
             s,
@@ -180,6 +205,25 @@ mod tests {
         );
         let back: Option<Record> = serde_json::from_str(&s).ok();
         assert_eq!(back, Some(r));
+    }
+
+    #[test]
+    fn each_kind_has_its_field_and_its_count() {
+        let mut counters = PidCounters::default();
+        for k in FaultKind::ALL {
+            counters.faults[k as usize] = 10 + k as u64;
+        }
+        let abi = ProcStats::default();
+        for r in [
+            Record::summary(1, String::new(), &counters),
+            stats_record(0, &abi, &counters, "procfs"),
+        ] {
+            assert_eq!(r.faults(), Some(counters.faults));
+            let v = serde_json::to_value(&r).unwrap_or_default();
+            for k in FaultKind::ALL {
+                assert_eq!(v[k.name()], 10 + k as u64, "{} of {v}", k.name());
+            }
+        }
     }
 
     #[test]

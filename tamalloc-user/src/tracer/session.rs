@@ -4,26 +4,26 @@
 //! Every way out goes through the same final drain, so the export is always complete.
 
 use std::{
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    collections::HashSet,
     process::ExitStatus,
     time::{Duration, Instant},
 };
 
 use tokio::{
     io::unix::AsyncFd,
-    process::{Child, Command},
+    process::Child,
     signal::unix::{SignalKind, signal},
 };
 
-use tamalloc_common::trace::FaultKind;
-
 use super::{
-    Drops, Probe, ProbeOptions, TraceError,
+    Probe, ProbeOptions, TraceError,
     aggregate::Aggregator,
+    command::spawn_followed,
     decode::{TraceEvent, decode},
     record::{Record, SCHEMA_VERSION, stats_record},
+    sink::{Row, Sink, Snapshot, View},
 };
-use crate::{export::Sink, stats};
+use crate::stats;
 
 /// Ring records handled per wake-up before yielding, so timers and signals stay timely.
 const DRAIN_BATCH: usize = 4096;
@@ -37,38 +37,6 @@ pub struct TraceOptions {
     pub interval: Duration,
 }
 
-/// One row of the live view.
-#[derive(Clone, Debug)]
-pub struct Row {
-    pub pid: u32,
-    pub state: super::aggregate::ProcState,
-    pub stats: Option<tamalloc_common::abi::ProcStats>,
-    /// VmRSS change since the previous refresh, in KiB.
-    pub rss_delta_kib: Option<i64>,
-}
-
-/// What a view shows at each refresh and at the end.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    pub elapsed: Duration,
-    pub rows: Vec<Row>,
-    pub global: Option<tamalloc_common::abi::GlobalStats>,
-    pub drops: Drops,
-    /// `syscall` or `procfs`.
-    pub stats_source: &'static str,
-    pub command_status: Option<ExitStatus>,
-}
-
-/// Where a session shows itself.
-pub trait View {
-    /// A decoded event (faults only arrive when streaming was asked for).
-    fn event(&mut self, ev: &TraceEvent);
-    fn refresh(&mut self, snap: &Snapshot);
-    fn finish(&mut self, snap: &Snapshot);
-    /// The end of a batch of events: a view that buffers its output writes it out now.
-    fn flush(&mut self) {}
-}
-
 struct Session {
     probe: Probe,
     agg: Aggregator,
@@ -78,6 +46,8 @@ struct Session {
     stats_source: &'static str,
     command_status: Option<ExitStatus>,
     sink_error: Option<std::io::Error>,
+    /// Threads the sink has been given a name for (or had none to give).
+    threads: HashSet<(u32, u32)>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so stats records and
@@ -92,12 +62,22 @@ pub fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
-/// Runs a session to its end and returns the final snapshot.
+/// How a session ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The final snapshot (the view's summary).
+    pub last: Snapshot,
+    /// How the followed command ended, when its end ended the trace (`None` when the trace
+    /// ended first, on its duration or a signal, and killed it).
+    pub command: Option<ExitStatus>,
+}
+
+/// Runs a session to its end.
 pub async fn run(
     opts: TraceOptions,
     sink: Option<Box<dyn Sink + Send>>,
     view: Box<dyn View>,
-) -> Result<Snapshot, TraceError> {
+) -> Result<Outcome, TraceError> {
     let started = Instant::now();
     let mut probe = Probe::load(&opts.probe)?;
     let ring = probe.take_events()?;
@@ -120,6 +100,7 @@ pub async fn run(
         stats_source,
         command_status: None,
         sink_error: None,
+        threads: HashSet::new(),
     };
     s.emit(&Record::Meta {
         version: SCHEMA_VERSION,
@@ -189,19 +170,7 @@ pub async fn run(
     let summaries: Vec<Record> = s
         .agg
         .procs()
-        .map(|(pid, p)| {
-            let f = |k: FaultKind| p.faults(k);
-            Record::Summary {
-                pid: *pid,
-                comm: p.comm.clone(),
-                read_zero: f(FaultKind::ReadZero),
-                write_zero: f(FaultKind::WriteZero),
-                cow_zero: f(FaultKind::CowZero),
-                cow: f(FaultKind::Cow),
-                other: f(FaultKind::Other),
-                regions: p.counters.regions,
-            }
-        })
+        .map(|(pid, p)| Record::summary(*pid, p.comm.clone(), &p.counters))
         .collect();
     for rec in &summaries {
         s.emit(rec);
@@ -224,7 +193,11 @@ pub async fn run(
             source: e,
         });
     }
-    Ok(snap)
+    // A command still running (the trace ended first) is killed as `child` drops.
+    Ok(Outcome {
+        command: s.command_status,
+        last: snap,
+    })
 }
 
 async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
@@ -242,6 +215,20 @@ impl Session {
             // Keep tracing; report the first write error at the end.
             self.sink_error.get_or_insert(e);
             self.sink = None;
+        }
+    }
+
+    /// Gives the sink the name of a thread it has not seen, before the thread's first record
+    /// (read now, while the thread that just faulted most likely still runs).
+    fn name_thread(&mut self, pid: u32, tid: u32) {
+        if tid == pid || self.sink.is_none() || !self.threads.insert((pid, tid)) {
+            return;
+        }
+        if let Some(sink) = self.sink.as_mut()
+            && let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+            && !c.trim_end().is_empty()
+        {
+            sink.thread_name(pid, tid, c.trim_end());
         }
     }
 
@@ -265,6 +252,9 @@ impl Session {
                     fill_comm(&mut self.agg, pid);
                 }
                 _ => {}
+            }
+            if let TraceEvent::Fault { pid, tid, .. } | TraceEvent::Region { pid, tid, .. } = ev {
+                self.name_thread(pid, tid);
             }
             self.emit(&Record::Event(ev));
             self.view.event(&ev);
@@ -370,75 +360,4 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
-}
-
-/// Spawns `program` held at a gate until the probe follows its pid, so not one of its
-/// regions is missed. `std` only returns from spawn once the child has exec'd, so the child
-/// is first our own binary (`tamalloc exec-gated FD -- CMD`), which waits on the gate and
-/// then execs CMD under the same pid.
-fn spawn_followed(probe: &mut Probe, program: &str, args: &[String]) -> Result<Child, TraceError> {
-    let io = |what: &str| {
-        let what = what.to_owned();
-        move |source| TraceError::Io { what, source }
-    };
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid two-int array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io("creating the start gate pipe")(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: pipe2 just returned these two fresh descriptors; we own them.
-    let (gate_r, gate_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let r = gate_r.as_raw_fd();
-    let me = std::env::current_exe().map_err(io("locating the tamalloc binary"))?;
-    let mut cmd = Command::new(me);
-    cmd.arg("exec-gated")
-        .arg(r.to_string())
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .kill_on_drop(true);
-    // SAFETY: fcntl is async-signal-safe; it lets the gate's read end survive the exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(r, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    let child = cmd.spawn().map_err(io(&format!("starting `{program}`")))?;
-    drop(gate_r);
-    let pid = child
-        .id()
-        .ok_or_else(|| TraceError::Internal("spawned command has no pid".into()))?;
-    probe.follow(pid)?;
-    // SAFETY: writing one byte from a valid buffer to our own pipe.
-    if unsafe { libc::write(gate_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
-        return Err(io("releasing the followed command")(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(child)
-}
-
-/// The child side of [`spawn_followed`]: wait for the gate on `fd`, then exec `command`.
-/// Returns only on failure.
-pub fn exec_gated(fd: i32, command: &[String]) -> std::io::Error {
-    use std::os::unix::process::CommandExt as _;
-    let mut b = 0u8;
-    loop {
-        // SAFETY: reading one byte into a valid buffer from the inherited gate.
-        let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
-        if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            break;
-        }
-    }
-    // SAFETY: the gate is ours and no longer needed.
-    unsafe { libc::close(fd) };
-    let Some((program, args)) = command.split_first() else {
-        return std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command");
-    };
-    std::process::Command::new(program).args(args).exec()
 }

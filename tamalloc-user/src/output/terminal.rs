@@ -1,17 +1,13 @@
 //! How a session shows itself: a live table redrawn in place on a terminal (like `top`),
 //! plain timestamped blocks otherwise (and with `--events`, one line per fault, bpftrace
 //! style). Output is buffered and flushed once per batch of events and once per refresh,
-//! never per line. [`Tee`] shows one session in several views (e.g. the table and the
-//! Prometheus endpoint).
+//! never per line.
 
 use std::io::{self, IsTerminal as _, Write};
 
-use tamalloc_common::trace::FaultKind;
+use tamalloc_common::trace::{FAULT_KINDS, FaultKind};
 
-use super::{
-    decode::TraceEvent,
-    session::{Row, Snapshot, View},
-};
+use crate::tracer::{Row, Snapshot, View, decode::TraceEvent};
 
 /// KiB as a short human size (1023K, 1.5M, 12G).
 pub fn kib(v: u64) -> String {
@@ -40,11 +36,31 @@ fn header(snap: &Snapshot) -> String {
     )
 }
 
-const COLUMNS: &str = "    PID COMM             REGIONS RESERVED READ_ZERO WRITE_ZERO COW_ZERO      COW  OTHER    VmRSS     dRSS  OOM  RES‰";
+/// Widths of the fault kinds' columns, in [`FaultKind::ALL`] order.
+const KIND_WIDTHS: [usize; FAULT_KINDS] = [9, 10, 8, 8, 6];
+
+/// The header row: one column per fault kind, named after it.
+fn columns() -> String {
+    let mut s = format!(
+        "{:>7} {:<16} {:>7} {:>8}",
+        "PID", "COMM", "REGIONS", "RESERVED"
+    );
+    for (k, w) in FaultKind::ALL.iter().zip(KIND_WIDTHS) {
+        s.push_str(&format!(" {:>w$}", k.name().to_uppercase()));
+    }
+    s.push_str(&format!(
+        " {:>8} {:>8} {:>4} {:>5}",
+        "VmRSS", "dRSS", "OOM", "RES‰"
+    ));
+    s
+}
 
 fn row_line(r: &Row) -> String {
     let p = &r.state;
-    let f = |k| p.faults(k);
+    let mut faults = String::new();
+    for (k, w) in FaultKind::ALL.iter().zip(KIND_WIDTHS) {
+        faults.push_str(&format!(" {:>w$}", p.faults(*k)));
+    }
     let (rss, oom, res) = match &r.stats {
         Some(s) => (
             kib(s.vm_rss_kib),
@@ -60,16 +76,11 @@ fn row_line(r: &Row) -> String {
         Some(d) => format!("-{}", kib(d.unsigned_abs())),
     };
     format!(
-        "{:>7} {:<16} {:>7} {:>8} {:>9} {:>10} {:>8} {:>8} {:>6} {:>8} {:>8} {:>4} {:>5}",
+        "{:>7} {:<16} {:>7} {:>8}{faults} {:>8} {:>8} {:>4} {:>5}",
         r.pid,
         truncate(&p.comm, 16),
         p.counters.regions,
         kib(p.reserved_bytes() / 1024),
-        f(FaultKind::ReadZero),
-        f(FaultKind::WriteZero),
-        f(FaultKind::CowZero),
-        f(FaultKind::Cow),
-        f(FaultKind::Other),
         rss,
         delta,
         oom,
@@ -116,7 +127,7 @@ pub fn table(snap: &Snapshot) -> String {
     let mut out = String::new();
     out.push_str(&header(snap));
     out.push('\n');
-    out.push_str(COLUMNS);
+    out.push_str(&columns());
     out.push('\n');
     for r in &snap.rows {
         out.push_str(&row_line(r));
@@ -236,35 +247,6 @@ impl View for PlainView {
     }
 }
 
-/// Several views of one session, called in order.
-pub struct Tee {
-    views: Vec<Box<dyn View>>,
-}
-
-impl Tee {
-    pub fn new(views: Vec<Box<dyn View>>) -> Self {
-        Self { views }
-    }
-}
-
-impl View for Tee {
-    fn event(&mut self, ev: &TraceEvent) {
-        self.views.iter_mut().for_each(|v| v.event(ev));
-    }
-
-    fn refresh(&mut self, snap: &Snapshot) {
-        self.views.iter_mut().for_each(|v| v.refresh(snap));
-    }
-
-    fn finish(&mut self, snap: &Snapshot) {
-        self.views.iter_mut().for_each(|v| v.finish(snap));
-    }
-
-    fn flush(&mut self) {
-        self.views.iter_mut().for_each(|v| v.flush());
-    }
-}
-
 /// The closing summary, as bpftrace prints its maps at the end.
 fn print_summary(out: &mut impl Write, snap: &Snapshot) {
     let _ = writeln!(out, "\nSummary after {:.1}s:", snap.elapsed.as_secs_f64());
@@ -285,43 +267,27 @@ fn print_summary(out: &mut impl Write, snap: &Snapshot) {
 mod tests {
     use super::*;
 
-    #[derive(Default)]
-    struct Count(std::rc::Rc<std::cell::RefCell<[u32; 4]>>);
-
-    impl View for Count {
-        fn event(&mut self, _: &TraceEvent) {
-            self.0.borrow_mut()[0] += 1;
-        }
-        fn refresh(&mut self, _: &Snapshot) {
-            self.0.borrow_mut()[1] += 1;
-        }
-        fn finish(&mut self, _: &Snapshot) {
-            self.0.borrow_mut()[2] += 1;
-        }
-        fn flush(&mut self) {
-            self.0.borrow_mut()[3] += 1;
-        }
-    }
-
     #[test]
-    fn tee_calls_every_view() {
-        let (a, b) = (Count::default(), Count::default());
-        let (ca, cb) = (a.0.clone(), b.0.clone());
-        let mut tee = Tee::new(vec![Box::new(a), Box::new(b)]);
-        let snap = Snapshot {
-            elapsed: std::time::Duration::ZERO,
-            rows: Vec::new(),
-            global: None,
-            drops: Default::default(),
-            stats_source: "procfs",
-            command_status: None,
+    fn the_table_keeps_its_columns() {
+        assert_eq!(
+            columns(),
+            "    PID COMM             REGIONS RESERVED READ_ZERO WRITE_ZERO COW_ZERO      COW  OTHER    VmRSS     dRSS  OOM  RES‰"
+        );
+        let mut state = crate::tracer::aggregate::ProcState {
+            comm: "demo".into(),
+            ..Default::default()
         };
-        tee.event(&TraceEvent::Exit { ts_ns: 1, pid: 2 });
-        tee.flush();
-        tee.refresh(&snap);
-        tee.finish(&snap);
-        assert_eq!(*ca.borrow(), [1, 1, 1, 1]);
-        assert_eq!(*cb.borrow(), [1, 1, 1, 1]);
+        state.counters.faults = [1, 22, 333, 4444, 55555];
+        let row = Row {
+            pid: 42,
+            state,
+            stats: None,
+            rss_delta_kib: Some(-2048),
+        };
+        assert_eq!(
+            row_line(&row),
+            "     42 demo                   0       0K         1         22      333     4444  55555        -    -2.0M    -     -"
+        );
     }
 
     #[test]

@@ -11,16 +11,17 @@ use aya_ebpf::{
 };
 use tamalloc_common::{
     abi::{SYS_CLONE, SYS_CLONE3, SYS_FORK, SYS_VFORK},
-    trace::{DROP_CONTROL_EVENTS, Event, EventKind, MAX_CPUS, PidCounters},
+    maps::{DROP_CONTROL_EVENTS, MAX_CPUS, PidCounters},
+    trace::{Event, EventKind},
 };
 
 use crate::{
+    hooks::syscalls::{SYS_EXIT, add_reserved, tracked},
     maps::{
         COUNTERS, PENDING, TRACED, config, count_drop, emit, gate_out, retire_slot, slot_counters,
         slot_of,
     },
     regions,
-    syscalls::{SYS_EXIT, add_reserved, tracked},
 };
 
 const CLONE_VM: u64 = 0x100;
@@ -103,6 +104,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     lifecycle_event(EventKind::Fork, parent, pid_tgid as u32, u64::from(child));
     0
 }
+named_program!(sched_process_fork = SCHED_PROCESS_FORK);
 
 /// Brings the reserved bytes in `slot`, summed over CPUs, back to zero (through the slot, not
 /// the pid: a pid's lookup would claim a slot and reopen the gate of an exiting process).
@@ -147,6 +149,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     lifecycle_event(EventKind::Exec, tgid, pid_tgid as u32, 0);
     0
 }
+named_program!(sched_process_exec = SCHED_PROCESS_EXEC);
 
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
@@ -178,3 +181,4 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     lifecycle_event(EventKind::Exit, tgid, pid_tgid as u32, 0);
     0
 }
+named_program!(sched_process_exit = SCHED_PROCESS_EXIT);

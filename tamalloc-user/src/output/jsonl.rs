@@ -2,9 +2,7 @@
 
 use std::io::{self, BufWriter, Write};
 
-use crate::tracer::record::Record;
-
-use super::Sink;
+use crate::tracer::{Sink, record::Record};
 
 pub struct JsonLines<W: Write> {
     out: BufWriter<W>,

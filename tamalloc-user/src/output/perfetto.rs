@@ -12,7 +12,9 @@
 //! - instants (`"ph":"i"`) on the faulting thread for every fault (name = kind), and for
 //!   region creation (address and length in args); unmap, mremap, fork, exec and exit are
 //!   process-scoped instants;
-//! - `process_name` / `thread_name` metadata (`"ph":"M"`) once the command name is known.
+//! - `process_name` / `thread_name` metadata (`"ph":"M"`) once the command name is known: a
+//!   thread's own name when the tracer gave one ([`Sink::thread_name`]), else the process's
+//!   with the tid. The file is a function of what the sink is given; nothing else is read.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,9 +24,9 @@ use std::{
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::tracer::{decode::TraceEvent, record::Record};
+use tamalloc_common::trace::FaultKind;
 
-use super::Sink;
+use crate::tracer::{Sink, decode::TraceEvent, record::Record};
 
 /// One trace event. `s` only for instants, `tid` absent on process-scoped events.
 #[derive(Serialize)]
@@ -60,6 +62,8 @@ pub struct Perfetto<W: Write> {
     comms: HashMap<u32, String>,
     /// Threads seen, and whether each has been named.
     threads: HashMap<(u32, u32), bool>,
+    /// Names of threads (not leaders) as the tracer gave them.
+    thread_names: HashMap<(u32, u32), String>,
     /// Fields of the `meta` and `drops` records, written as `otherData` at the end.
     other: serde_json::Map<String, Value>,
     /// Processes with a fault or region on a thread not yet named.
@@ -75,6 +79,7 @@ impl<W: Write> Perfetto<W> {
             finished: false,
             comms: HashMap::new(),
             threads: HashMap::new(),
+            thread_names: HashMap::new(),
             other: serde_json::Map::new(),
             unnamed: HashSet::new(),
         }
@@ -153,7 +158,12 @@ impl<W: Write> Perfetto<W> {
         match self.comms.get(&pid).cloned() {
             Some(comm) => {
                 self.threads.insert((pid, tid), true);
-                self.meta("thread_name", pid, Some(tid), &thread_name(pid, tid, &comm))?;
+                let name = match self.thread_names.get(&(pid, tid)) {
+                    _ if tid == pid => comm,
+                    Some(own) => own.clone(),
+                    None => format!("{comm} {tid}"),
+                };
+                self.meta("thread_name", pid, Some(tid), &name)?;
             }
             None => {
                 self.threads.insert((pid, tid), false);
@@ -186,16 +196,67 @@ impl<W: Write> Perfetto<W> {
     }
 }
 
-/// A thread's name: its own from /proc while it lives, else the process's with the tid.
-fn thread_name(pid: u32, tid: u32, comm: &str) -> String {
-    if tid == pid {
-        return comm.to_owned();
+impl<W: Write> Perfetto<W> {
+    /// An instant on the event's thread (faults, regions) or process (the rest).
+    fn event(&mut self, ev: &TraceEvent) -> io::Result<()> {
+        let (name, tid, args) = match *ev {
+            TraceEvent::Region {
+                tid,
+                addr,
+                len,
+                fallback,
+                ..
+            } => (
+                "region",
+                Some(tid),
+                json!({ "addr": hex(addr), "len": len, "fallback": fallback }),
+            ),
+            TraceEvent::Fault {
+                tid,
+                kind,
+                addr,
+                region,
+                page,
+                ..
+            } => (
+                kind.name(),
+                Some(tid),
+                json!({ "addr": hex(addr), "region": hex(region), "page": page }),
+            ),
+            TraceEvent::Unmap {
+                addr,
+                len,
+                region_bytes,
+                ..
+            } => (
+                "munmap",
+                None,
+                json!({ "addr": hex(addr), "len": len, "region_bytes": region_bytes }),
+            ),
+            TraceEvent::Remap {
+                old_addr,
+                old_len,
+                new_addr,
+                new_len,
+                ..
+            } => (
+                "mremap",
+                None,
+                json!({
+                    "old_addr": hex(old_addr), "old_len": old_len,
+                    "new_addr": hex(new_addr), "new_len": new_len,
+                }),
+            ),
+            TraceEvent::Fork { child, .. } => ("fork", None, json!({ "child": child })),
+            TraceEvent::Exec { .. } => ("exec", None, json!({})),
+            TraceEvent::Exit { .. } => ("exit", None, json!({})),
+        };
+        let pid = ev.pid();
+        if let Some(tid) = tid {
+            self.thread(pid, tid)?;
+        }
+        self.instant(name, ev.ts_ns(), pid, tid, args)
     }
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-        .map(|c| c.trim_end().to_owned())
-        .ok()
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| format!("{comm} {tid}"))
 }
 
 impl<W: Write> Sink for Perfetto<W> {
@@ -212,81 +273,7 @@ impl<W: Write> Sink for Perfetto<W> {
                 }
                 self.start()
             }
-            Record::Event(TraceEvent::Region {
-                ts_ns,
-                pid,
-                tid,
-                addr,
-                len,
-                fallback,
-            }) => {
-                self.thread(*pid, *tid)?;
-                self.instant(
-                    "region",
-                    *ts_ns,
-                    *pid,
-                    Some(*tid),
-                    json!({ "addr": hex(*addr), "len": len, "fallback": fallback }),
-                )
-            }
-            Record::Event(TraceEvent::Fault {
-                ts_ns,
-                pid,
-                tid,
-                kind,
-                addr,
-                region,
-                page,
-                ..
-            }) => {
-                self.thread(*pid, *tid)?;
-                self.instant(
-                    kind.name(),
-                    *ts_ns,
-                    *pid,
-                    Some(*tid),
-                    json!({ "addr": hex(*addr), "region": hex(*region), "page": page }),
-                )
-            }
-            Record::Event(TraceEvent::Unmap {
-                ts_ns,
-                pid,
-                addr,
-                len,
-                region_bytes,
-            }) => self.instant(
-                "munmap",
-                *ts_ns,
-                *pid,
-                None,
-                json!({ "addr": hex(*addr), "len": len, "region_bytes": region_bytes }),
-            ),
-            Record::Event(TraceEvent::Remap {
-                ts_ns,
-                pid,
-                old_addr,
-                old_len,
-                new_addr,
-                new_len,
-            }) => self.instant(
-                "mremap",
-                *ts_ns,
-                *pid,
-                None,
-                json!({
-                    "old_addr": hex(*old_addr), "old_len": old_len,
-                    "new_addr": hex(*new_addr), "new_len": new_len,
-                }),
-            ),
-            Record::Event(TraceEvent::Fork { ts_ns, pid, child }) => {
-                self.instant("fork", *ts_ns, *pid, None, json!({ "child": child }))
-            }
-            Record::Event(TraceEvent::Exec { ts_ns, pid }) => {
-                self.instant("exec", *ts_ns, *pid, None, json!({}))
-            }
-            Record::Event(TraceEvent::Exit { ts_ns, pid }) => {
-                self.instant("exit", *ts_ns, *pid, None, json!({}))
-            }
+            Record::Event(ev) => self.event(ev),
             Record::Stats {
                 ts_ns,
                 pid,
@@ -295,11 +282,6 @@ impl<W: Write> Sink for Perfetto<W> {
                 vm_rss_kib,
                 tamalloc_reserved_kib,
                 tamalloc_resident_kib,
-                read_zero,
-                write_zero,
-                cow_zero,
-                cow,
-                other,
                 reserved_bytes,
                 ..
             } => {
@@ -316,19 +298,20 @@ impl<W: Write> Sink for Perfetto<W> {
                     pid,
                     json!({ "KiB": tamalloc_resident_kib }),
                 )?;
-                self.counter(
-                    "pages touched",
-                    ts,
-                    pid,
-                    json!({
-                        "read_zero": read_zero, "write_zero": write_zero,
-                        "cow_zero": cow_zero, "cow": cow, "other": other,
-                    }),
-                )
+                let touched = FaultKind::ALL
+                    .iter()
+                    .zip(r.faults().unwrap_or_default())
+                    .map(|(k, n)| (k.name().to_owned(), n.into()))
+                    .collect();
+                self.counter("pages touched", ts, pid, Value::Object(touched))
             }
             Record::Summary { pid, comm, .. } => self.process(*pid, comm),
             Record::Global { .. } => self.start(),
         }
+    }
+
+    fn thread_name(&mut self, pid: u32, tid: u32, name: &str) {
+        self.thread_names.insert((pid, tid), name.to_owned());
     }
 
     fn finish(&mut self) -> io::Result<()> {
@@ -390,6 +373,49 @@ mod tests {
         let v: Value = serde_json::from_slice(&buf).expect("valid JSON");
         assert_eq!(v["traceEvents"][0]["ts"], 1.5);
         assert_eq!(v["traceEvents"][0]["s"], "p");
+    }
+
+    #[test]
+    fn threads_are_named_as_the_tracer_says() {
+        let fault = |tid| {
+            Record::Event(TraceEvent::Fault {
+                ts_ns: 1000,
+                pid: 9,
+                tid,
+                kind: FaultKind::ReadZero,
+                addr: 4096,
+                region: 4096,
+                page: 0,
+                error_code: 0,
+            })
+        };
+        let mut buf = Vec::new();
+        {
+            let mut sink = Perfetto::new(&mut buf);
+            sink.thread_name(9, 10, "worker");
+            for r in [
+                fault(10),
+                fault(11),
+                Record::summary(9, "demo".into(), &Default::default()),
+            ] {
+                sink.record(&r).expect("record");
+            }
+            sink.finish().expect("finish");
+        }
+        let v: Value = serde_json::from_slice(&buf).expect("valid JSON");
+        let names: Vec<(u64, &str)> = v["traceEvents"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|e| e["name"] == "thread_name")
+            .map(|e| {
+                (
+                    e["tid"].as_u64().unwrap_or(0),
+                    e["args"]["name"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(names, [(10, "worker"), (11, "demo 11")]);
     }
 
     #[test]

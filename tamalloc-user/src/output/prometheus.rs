@@ -3,7 +3,7 @@
 //!
 //! [`PrometheusView`] is a [`View`]: each refresh copies the snapshot into the registry
 //! (events and the end change nothing), so it runs beside the normal view under a
-//! [`Tee`](super::view::Tee). [`serve`] answers `GET /metrics` on the session's tokio runtime;
+//! [`Tee`](super::Tee). [`serve`] answers `GET /metrics` on the session's tokio runtime;
 //! it is a deliberately small HTTP/1.1 server (one request per connection, then close).
 //!
 //! Metrics:
@@ -28,10 +28,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::{
-    decode::TraceEvent,
-    session::{Snapshot, View},
-};
+use crate::tracer::{Snapshot, View, decode::TraceEvent};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FaultLabels {
@@ -251,7 +248,7 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracer::{aggregate::ProcState, session::Row};
+    use crate::tracer::{Row, aggregate::ProcState};
 
     fn snapshot(write_zero: u64, exited: bool) -> Snapshot {
         let mut state = ProcState {

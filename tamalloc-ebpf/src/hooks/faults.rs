@@ -11,9 +11,9 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use tamalloc_common::trace::{
-    CHUNK_PAGES, CHUNK_SHIFT, ChunkKey, DROP_FAULT_EVENTS, Event, EventKind, FaultKind, PAGE_SHIFT,
-    PageState, classify,
+use tamalloc_common::{
+    maps::{CHUNK_PAGES, CHUNK_SHIFT, ChunkKey, DROP_FAULT_EVENTS},
+    trace::{Event, EventKind, FaultKind, PAGE_SHIFT, PageState, classify},
 };
 
 use crate::{
@@ -33,6 +33,7 @@ pub fn page_fault(ctx: RawTracePointContext) -> u32 {
     on_fault::<false>(&ctx);
     0
 }
+named_program!(page_fault = PAGE_FAULT);
 
 /// Counts and streams faults in region pages (`--events`). A program of its own, so the
 /// counting one carries no event code: fewer registers to keep alive, no spills.
@@ -41,6 +42,7 @@ pub fn page_fault_events(ctx: RawTracePointContext) -> u32 {
     on_fault::<true>(&ctx);
     0
 }
+named_program!(page_fault_events = PAGE_FAULT_EVENTS);
 
 #[inline(always)]
 fn on_fault<const STREAM: bool>(ctx: &RawTracePointContext) {

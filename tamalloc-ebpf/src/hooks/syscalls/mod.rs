@@ -5,7 +5,8 @@
 //! arguments stashed per thread at `sys_enter`. munmap is the exception: it is applied at
 //! `sys_enter`, before the kernel frees the range, so another thread's new region that the
 //! kernel places in the freed range can never be erased by a late bookkeeping step.
-//! Each syscall's work is its own tail-called program, so the verifier walks each once.
+//! Each syscall's work is its own tail-called program, so the verifier walks each once;
+//! mremap's cases are in [`mremap`].
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -18,17 +19,16 @@ use tamalloc_common::{
         ENOSYS, SYS_CLONE, SYS_CLONE3, SYS_FORK, SYS_MMAP, SYS_MREMAP, SYS_MUNMAP, SYS_TAMALLOC,
         SYS_VFORK, TAMALLOC_MAP_FLAGS, TAMALLOC_PROT,
     },
-    trace::{
-        CONFIG_FILTER_COMM, CONFIG_FILTER_PID, DROP_CONTROL_EVENTS, Event, EventKind, PAGE_SIZE,
-        Pending, REGION_FALLBACK, page_align,
-    },
+    maps::{CONFIG_FILTER_COMM, CONFIG_FILTER_PID, DROP_CONTROL_EVENTS, Pending},
+    trace::{Event, EventKind, PAGE_SIZE, REGION_FALLBACK, page_align},
 };
+
+mod mremap;
 
 use crate::{
     maps::{
-        ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP_FIXED, EXIT_MREMAP,
-        EXIT_MREMAP_CLEAR_TARGET, EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW, EXIT_MREMAP_MOVE,
-        EXIT_MREMAP_SHRINK, PENDING, TAIL_PROGS, TRACED, config, counters, emit, gated_in, slot_of,
+        ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP_FIXED, EXIT_MREMAP, PENDING, TAIL_PROGS,
+        TRACED, config, counters, emit, gated_in, slot_of,
     },
     regions,
 };
@@ -116,6 +116,7 @@ pub fn sys_enter(ctx: TracePointContext) -> u32 {
     }
     0
 }
+named_program!(sys_enter = SYS_ENTER);
 
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, nr: i64) {
@@ -199,6 +200,7 @@ pub fn enter_munmap(ctx: TracePointContext) -> u32 {
     unmap(pid_tgid, addr, len);
     0
 }
+named_program!(enter_munmap = ENTER_MUNMAP);
 
 /// Forgets `[addr, addr + len)` of the current process and reports it.
 #[inline(always)]
@@ -243,6 +245,7 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
     unsafe { TAIL_PROGS.tail_call(&ctx, slot) };
     0
 }
+named_program!(sys_exit = SYS_EXIT);
 
 /// The stash of the syscall this thread is leaving, if it was stashed for `nr`.
 #[inline(always)]
@@ -281,6 +284,7 @@ pub fn exit_learn(ctx: TracePointContext) -> u32 {
     let _ = PENDING.remove(pid_tgid);
     0
 }
+named_program!(exit_learn = EXIT_LEARN);
 
 /// mmap(MAP_FIXED) succeeded: whatever region pages were there are gone.
 #[tracepoint]
@@ -295,6 +299,7 @@ pub fn exit_mmap_fixed(ctx: TracePointContext) -> u32 {
     }
     0
 }
+named_program!(exit_mmap_fixed = EXIT_MMAP_FIXED);
 
 /// madvise(addr, len, MADV_DONTNEED and friends): the pages are dropped, their next touch
 /// is a first touch again.
@@ -312,148 +317,7 @@ pub fn exit_madvise(ctx: TracePointContext) -> u32 {
     }
     0
 }
-
-/// mremap(old, old_len, new_len, flags, new_addr) of a region page: pick the case and
-/// tail-call its program. The stash stays until the last program of the case is done.
-#[tracepoint]
-pub fn exit_mremap(ctx: TracePointContext) -> u32 {
-    let Some((pid_tgid, p)) = take_pending(SYS_MREMAP) else {
-        return 0;
-    };
-    let ret = read_u64(&ctx, RET_OFFSET);
-    let tgid = (pid_tgid >> 32) as u32;
-    let slot = match (page_align(p.args[1]), page_align(p.args[2])) {
-        (Some(old_len), Some(new_len))
-            if is_addr(ret) && old_len != 0 && regions::is_region_page(tgid, p.args[0]) =>
-        {
-            if ret != p.args[0] && p.args[3] & MREMAP_FIXED != 0 {
-                EXIT_MREMAP_CLEAR_TARGET
-            } else if ret != p.args[0] {
-                EXIT_MREMAP_MOVE
-            } else if new_len < old_len {
-                EXIT_MREMAP_SHRINK
-            } else if new_len > old_len {
-                EXIT_MREMAP_GROW
-            } else {
-                u32::MAX
-            }
-        }
-        _ => u32::MAX,
-    };
-    if slot != u32::MAX {
-        // SAFETY: as in `sys_exit`.
-        unsafe { TAIL_PROGS.tail_call(&ctx, slot) };
-    }
-    let _ = PENDING.remove(pid_tgid);
-    0
-}
-
-/// The mremap stash and its page-aligned lengths, for the case programs.
-#[inline(always)]
-fn mremap_args() -> Option<(u64, u32, u32, u64, u64, u64)> {
-    let (pid_tgid, p) = take_pending(SYS_MREMAP)?;
-    let _ = PENDING.remove(pid_tgid);
-    Some((
-        pid_tgid,
-        (pid_tgid >> 32) as u32,
-        pid_tgid as u32,
-        p.args[0],
-        page_align(p.args[1])?,
-        page_align(p.args[2])?,
-    ))
-}
-
-#[tracepoint]
-pub fn exit_mremap_shrink(_ctx: TracePointContext) -> u32 {
-    let Some((_, tgid, tid, old, old_len, new_len)) = mremap_args() else {
-        return 0;
-    };
-    let gone = regions::remove(tgid, old + new_len, old_len - new_len);
-    add_reserved(tgid, gone.wrapping_neg(), false);
-    control(EventKind::Remap, tgid, tid, old, [old_len, old, new_len], 0);
-    0
-}
-
-#[tracepoint]
-pub fn exit_mremap_grow(_ctx: TracePointContext) -> u32 {
-    let Some((_, tgid, tid, old, old_len, new_len)) = mremap_args() else {
-        return 0;
-    };
-    // The new pages continue the region of the last old page.
-    if let Some(last) = regions::region_at(tgid, old + old_len - PAGE_SIZE) {
-        let grown = regions::add(
-            tgid,
-            old + old_len,
-            new_len - old_len,
-            last.id,
-            last.index + 1,
-        );
-        add_reserved(tgid, grown, false);
-    }
-    control(EventKind::Remap, tgid, tid, old, [old_len, old, new_len], 0);
-    0
-}
-
-#[tracepoint]
-pub fn exit_mremap_move(ctx: TracePointContext) -> u32 {
-    let Some((pid_tgid, p)) = take_pending(SYS_MREMAP) else {
-        return 0;
-    };
-    let tgid = (pid_tgid >> 32) as u32;
-    let (old, new_addr) = (p.args[0], read_u64(&ctx, RET_OFFSET));
-    if let (Some(old_len), Some(new_len), Some(first)) = (
-        page_align(p.args[1]),
-        page_align(p.args[2]),
-        regions::region_at(tgid, old),
-    ) {
-        // The pages, and what each maps, go along.
-        let added = regions::add(tgid, new_addr, new_len, first.id, first.index);
-        add_reserved(tgid, added, false);
-        regions::copy_page_states(tgid, old, new_addr, old_len.min(new_len));
-        // SAFETY: as in `sys_exit`.
-        unsafe { TAIL_PROGS.tail_call(&ctx, EXIT_MREMAP_DROP_OLD) };
-    }
-    let _ = PENDING.remove(pid_tgid);
-    0
-}
-
-/// MREMAP_FIXED replaced whatever was mapped at the target, region pages included.
-#[tracepoint]
-pub fn exit_mremap_clear_target(ctx: TracePointContext) -> u32 {
-    let Some((pid_tgid, p)) = take_pending(SYS_MREMAP) else {
-        return 0;
-    };
-    if let Some(new_len) = page_align(p.args[2]) {
-        let tgid = (pid_tgid >> 32) as u32;
-        let replaced = regions::remove(tgid, read_u64(&ctx, RET_OFFSET), new_len);
-        add_reserved(tgid, replaced.wrapping_neg(), false);
-        // SAFETY: as in `sys_exit`.
-        unsafe { TAIL_PROGS.tail_call(&ctx, EXIT_MREMAP_MOVE) };
-    }
-    let _ = PENDING.remove(pid_tgid);
-    0
-}
-
-/// The old range of a moved region. With MREMAP_DONTUNMAP it stays mapped but empty; the
-/// tracer stops counting it (the moved pages are the region now).
-#[tracepoint]
-pub fn exit_mremap_drop_old(ctx: TracePointContext) -> u32 {
-    let Some((_, tgid, tid, old, old_len, new_len)) = mremap_args() else {
-        return 0;
-    };
-    let gone = regions::remove(tgid, old, old_len);
-    add_reserved(tgid, gone.wrapping_neg(), false);
-    let new_addr = read_u64(&ctx, RET_OFFSET);
-    control(
-        EventKind::Remap,
-        tgid,
-        tid,
-        old,
-        [old_len, new_addr, new_len],
-        0,
-    );
-    0
-}
+named_program!(exit_madvise = EXIT_MADVISE);
 
 #[inline(always)]
 /// Emits a control event; `args` fill `arg1..arg3` (their meaning depends on `kind`).

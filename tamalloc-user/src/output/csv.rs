@@ -5,13 +5,12 @@
 use std::io::{self, Write};
 
 use serde_json::Value;
+use tamalloc_common::trace::{FAULT_KINDS, FaultKind};
 
-use crate::tracer::record::Record;
+use crate::tracer::{Sink, record::Record};
 
-use super::Sink;
-
-/// The columns, in order. README's "CSV" section documents them.
-pub const COLUMNS: &[&str] = &[
+/// The columns before the fault kinds'.
+const BEFORE_KINDS: [&str; 28] = [
     "type",
     "ts_ns",
     "pid",
@@ -40,11 +39,10 @@ pub const COLUMNS: &[&str] = &[
     "tamalloc_regions",
     "tamalloc_reserved_kib",
     "tamalloc_resident_kib",
-    "read_zero",
-    "write_zero",
-    "cow_zero",
-    "cow",
-    "other",
+];
+
+/// The columns after them.
+const AFTER_KINDS: [&str; 17] = [
     "reserved_bytes",
     "regions",
     "nr_processes",
@@ -63,6 +61,32 @@ pub const COLUMNS: &[&str] = &[
     "stats_source",
     "events",
 ];
+
+const N_COLUMNS: usize = BEFORE_KINDS.len() + FAULT_KINDS + AFTER_KINDS.len();
+
+/// [`BEFORE_KINDS`], one column per fault kind ([`FaultKind::ALL`]), [`AFTER_KINDS`].
+const fn columns() -> [&'static str; N_COLUMNS] {
+    let mut out = [""; N_COLUMNS];
+    let mut i = 0;
+    while i < BEFORE_KINDS.len() {
+        out[i] = BEFORE_KINDS[i];
+        i += 1;
+    }
+    let mut k = 0;
+    while k < FAULT_KINDS {
+        out[i] = FaultKind::ALL[k].name();
+        (i, k) = (i + 1, k + 1);
+    }
+    let mut a = 0;
+    while a < AFTER_KINDS.len() {
+        out[i] = AFTER_KINDS[a];
+        (i, a) = (i + 1, a + 1);
+    }
+    out
+}
+
+/// The columns, in order. README's "CSV" section documents them.
+pub const COLUMNS: &[&str] = &columns();
 
 pub struct Csv<W: Write> {
     out: ::csv::Writer<W>,
@@ -234,6 +258,21 @@ mod tests {
                 assert!(COLUMNS.contains(&k.as_str()), "no column for {k} of {r:?}");
             }
         }
+        // The documented order: the kinds between the kernel's counts and the tracer's.
+        assert_eq!(
+            &COLUMNS[26..35],
+            [
+                "tamalloc_reserved_kib",
+                "tamalloc_resident_kib",
+                "read_zero",
+                "write_zero",
+                "cow_zero",
+                "cow",
+                "other",
+                "reserved_bytes",
+                "regions"
+            ]
+        );
         let mut unique = COLUMNS.to_vec();
         unique.sort_unstable();
         unique.dedup();

@@ -1,0 +1,326 @@
+//! The eBPF object's maps and programs: their names, defined once for both sides, and what
+//! the maps carry.
+//!
+//! A map's const has the name of its `#[map]` static, and tamalloc-ebpf ties the two at
+//! compile time (its `named_map!`); a program's const in [`prog`] has the name of its
+//! function (`named_program!`). The user side loads, resizes and reads by these consts only,
+//! and a host test parses the built object and checks that it holds exactly [`ALL_MAPS`] and
+//! [`ALL_PROGRAMS`]. Renaming one side alone fails the build or that test, not a load.
+//!
+//! Then what the maps carry, keys and values, `#[repr(C)]` plain data both sides read alike.
+//!
+//! Region bookkeeping is page-granular but stored per 2 MiB *chunk* of a process's address
+//! space, so the fault path costs one hash lookup whatever the number of regions:
+//!
+//! ```text
+//! CHUNKS[(tgid, addr >> 21)] -> Chunk { in_region, zero, start bitmaps (512 pages),
+//!                                       carry: the region entering at page 0 }
+//! MARKERS[(tgid, page addr)] -> RegionRef   for every page with a `start` bit
+//! ```
+//!
+//! A region keeps the identity it was born with (its first address) even after partial
+//! `munmap`s or an `mremap`, so a page's region is "the nearest start marker at or below it
+//! in its chunk, else the chunk's carry", and its page index follows from the marker.
+
+use crate::trace::{FAULT_KINDS, PAGE_SHIFT};
+
+/// Tracer settings userspace writes before attaching (`Array<Config>`, index 0).
+pub const CONFIG: &str = "CONFIG";
+/// Processes userspace asked to follow, and their descendants.
+pub const TRACED: &str = "TRACED";
+/// Syscall arguments between `sys_enter` and `sys_exit`, per thread.
+pub const PENDING: &str = "PENDING";
+/// Region pages, per 2 MiB chunk of a process's address space.
+pub const CHUNKS: &str = "CHUNKS";
+/// A region's identity at the pages that start it.
+pub const MARKERS: &str = "MARKERS";
+/// Chunk-sized per-CPU buffers (off the 512-byte stack).
+pub const CHUNK_BUF: &str = "CHUNK_BUF";
+/// Per-process counters, by slot (per CPU).
+pub const COUNTERS: &str = "COUNTERS";
+/// A live process's counter slot.
+pub const SLOTS: &str = "SLOTS";
+/// Slots of exited processes, for userspace to read and give back.
+pub const RETIRED: &str = "RETIRED";
+/// Free counter slots.
+pub const FREE_SLOTS: &str = "FREE_SLOTS";
+/// Bit `tgid`: the process may have chunks.
+pub const PID_GATE: &str = "PID_GATE";
+/// The programs `sys_enter`/`sys_exit` tail-call (slots in [`TAIL_PROGRAMS`]).
+pub const TAIL_PROGS: &str = "TAIL_PROGS";
+/// The event ring.
+pub const EVENTS: &str = "EVENTS";
+/// Lost events and map inserts, per CPU (slots `DROP_*`).
+pub const DROPS: &str = "DROPS";
+/// Per-CPU scratch of the marker sweep (private to the programs).
+pub const SWEEP: &str = "SWEEP";
+
+/// Every map of the object.
+pub const ALL_MAPS: [&str; 15] = [
+    CONFIG, TRACED, PENDING, CHUNKS, MARKERS, CHUNK_BUF, COUNTERS, SLOTS, RETIRED, FREE_SLOTS,
+    PID_GATE, TAIL_PROGS, EVENTS, DROPS, SWEEP,
+];
+
+/// Program names: the functions' names in tamalloc-ebpf.
+pub mod prog {
+    /// `raw_syscalls:sys_enter`.
+    pub const SYS_ENTER: &str = "sys_enter";
+    /// `raw_syscalls:sys_exit`.
+    pub const SYS_EXIT: &str = "sys_exit";
+    /// `sched:sched_process_fork`.
+    pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
+    /// `sched:sched_process_exec`.
+    pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
+    /// `sched:sched_process_exit`.
+    pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    /// `exceptions:page_fault_{user,kernel}`, counting.
+    pub const PAGE_FAULT: &str = "page_fault";
+    /// `exceptions:page_fault_{user,kernel}`, counting and streaming.
+    pub const PAGE_FAULT_EVENTS: &str = "page_fault_events";
+    // Tail-called from sys_enter/sys_exit (their slots: `super::TAIL_PROGRAMS`).
+    pub const EXIT_LEARN: &str = "exit_learn";
+    pub const ENTER_MUNMAP: &str = "enter_munmap";
+    pub const EXIT_MREMAP: &str = "exit_mremap";
+    pub const EXIT_MREMAP_SHRINK: &str = "exit_mremap_shrink";
+    pub const EXIT_MREMAP_GROW: &str = "exit_mremap_grow";
+    pub const EXIT_MREMAP_MOVE: &str = "exit_mremap_move";
+    pub const EXIT_MREMAP_DROP_OLD: &str = "exit_mremap_drop_old";
+    pub const EXIT_MADVISE: &str = "exit_madvise";
+    pub const EXIT_MREMAP_CLEAR_TARGET: &str = "exit_mremap_clear_target";
+    pub const EXIT_MMAP_FIXED: &str = "exit_mmap_fixed";
+}
+
+/// Every program of the object.
+pub const ALL_PROGRAMS: [&str; 17] = [
+    prog::SYS_ENTER,
+    prog::SYS_EXIT,
+    prog::SCHED_PROCESS_FORK,
+    prog::SCHED_PROCESS_EXEC,
+    prog::SCHED_PROCESS_EXIT,
+    prog::PAGE_FAULT,
+    prog::PAGE_FAULT_EVENTS,
+    prog::EXIT_LEARN,
+    prog::ENTER_MUNMAP,
+    prog::EXIT_MREMAP,
+    prog::EXIT_MREMAP_SHRINK,
+    prog::EXIT_MREMAP_GROW,
+    prog::EXIT_MREMAP_MOVE,
+    prog::EXIT_MREMAP_DROP_OLD,
+    prog::EXIT_MADVISE,
+    prog::EXIT_MREMAP_CLEAR_TARGET,
+    prog::EXIT_MMAP_FIXED,
+];
+
+/// Whether two names are equal, in a `const` (the ties in tamalloc-ebpf are assertions).
+pub const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+// What the maps carry.
+
+/// Pages per chunk: 512 x 4 KiB = 2 MiB, one PMD.
+pub const CHUNK_PAGES: u64 = 512;
+pub const CHUNK_SHIFT: u32 = PAGE_SHIFT + 9;
+pub const CHUNK_WORDS: usize = (CHUNK_PAGES / 64) as usize;
+
+/// Per-process counters, one copy per CPU: `COUNTERS[slot]`, a per-CPU array, where `SLOTS`
+/// maps a process to its slot and every chunk of the process carries it too, so that the
+/// fault path reaches the counters without a hash lookup. `reserved_bytes` moves up and down
+/// on different CPUs: only the sum is meaningful.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidCounters {
+    pub faults: [u64; FAULT_KINDS],
+    /// Regions created (cumulative).
+    pub regions: u64,
+    /// Bytes of live region pages (wrapping: sum over CPUs).
+    pub reserved_bytes: u64,
+}
+
+/// Processes with counters at once (slots of `COUNTERS`).
+pub const MAX_PROCS: u32 = 8192;
+
+/// The largest tgid plus one (`PID_MAX_LIMIT` on 64-bit).
+pub const PID_LIMIT: u32 = 1 << 22;
+/// Words of the `PID_GATE` bitmap: bit `tgid` is set once the process has a counter slot,
+/// so a fault of any other process costs one array read, not a hash lookup.
+pub const PID_GATE_WORDS: u32 = PID_LIMIT / 64;
+
+/// `CHUNKS` key: the tgid in the top 24 bits, `addr >> CHUNK_SHIFT` (under 2^35 for
+/// 5-level paging's 56-bit user addresses) in the low 40. One word hashes and compares
+/// faster than a (tgid, chunk) pair, and the fault path pays that on every fault.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChunkKey(u64);
+
+impl ChunkKey {
+    const CHUNK_BITS: u32 = 40;
+
+    #[inline(always)]
+    pub const fn new(tgid: u32, chunk: u64) -> Self {
+        Self(((tgid as u64) << Self::CHUNK_BITS) | (chunk & ((1 << Self::CHUNK_BITS) - 1)))
+    }
+
+    #[inline(always)]
+    pub const fn tgid(self) -> u32 {
+        (self.0 >> Self::CHUNK_BITS) as u32
+    }
+
+    /// `addr >> CHUNK_SHIFT` of the chunk's first page.
+    #[inline(always)]
+    pub const fn chunk(self) -> u64 {
+        self.0 & ((1 << Self::CHUNK_BITS) - 1)
+    }
+}
+
+/// A region page's identity: the region's first address and the page's index in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionRef {
+    pub id: u64,
+    pub index: u64,
+}
+
+/// 512 pages of one process's address space. Bit `i` of word `i / 64` is page `i`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// The page belongs to a live tamalloc region.
+    pub in_region: [u64; CHUNK_WORDS],
+    /// The page maps the shared zero page (it was read before it was written).
+    pub zero: [u64; CHUNK_WORDS],
+    /// The page maps a page of its own (it was written).
+    pub present: [u64; CHUNK_WORDS],
+    /// A `MARKERS` entry names the region of this page and those after it in the chunk.
+    pub start: [u64; CHUNK_WORDS],
+    /// The region that page 0 continues, when page 0 has no start marker.
+    pub carry: RegionRef,
+    /// The process's `COUNTERS` slot.
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MarkerKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub page_addr: u64,
+}
+
+/// A syscall seen at `sys_enter`, kept per thread until its `sys_exit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub nr: u64,
+    pub args: [u64; 5],
+    /// Page-aligned length of a 554 call that returned -ENOSYS: the thread's next matching
+    /// `mmap` is a fallback region. 0 when not armed.
+    pub fallback_len: u64,
+}
+
+/// Tracer settings written by userspace before attaching (`Array<Config>`, index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub flags: u64,
+    /// With `CONFIG_FILTER_COMM`: learn regions of processes with this comm too.
+    pub comm: [u8; 16],
+    /// Offset of `child_pid` in `sched:sched_process_fork` (it differs between kernels;
+    /// the loader reads it from tracefs).
+    pub fork_child_pid_offset: u32,
+    /// Possible CPUs, for summing per-CPU values inside the programs.
+    pub nr_cpus: u32,
+}
+
+/// The most CPUs the programs sum per-CPU values over.
+pub const MAX_CPUS: u32 = 256;
+
+/// Learn regions only for processes in `TRACED` (and their descendants).
+pub const CONFIG_FILTER_PID: u64 = 1 << 1;
+/// Learn regions for processes whose comm equals `Config::comm`.
+pub const CONFIG_FILTER_COMM: u64 = 1 << 2;
+
+/// Slots of `TAIL_PROGS`, the programs `sys_enter`/`sys_exit` tail-call, and their names.
+pub const EXIT_LEARN: u32 = 0;
+/// munmap, at `sys_enter`: forgotten before the kernel frees the range for reuse.
+pub const ENTER_MUNMAP: u32 = 1;
+pub const EXIT_MREMAP: u32 = 2;
+/// mremap in place, smaller.
+pub const EXIT_MREMAP_SHRINK: u32 = 3;
+/// mremap in place, larger.
+pub const EXIT_MREMAP_GROW: u32 = 4;
+/// mremap to a new address: the new range first, then [`EXIT_MREMAP_DROP_OLD`].
+pub const EXIT_MREMAP_MOVE: u32 = 5;
+pub const EXIT_MREMAP_DROP_OLD: u32 = 6;
+/// madvise(MADV_DONTNEED, MADV_FREE, MADV_REMOVE, MADV_DONTNEED_LOCKED).
+pub const EXIT_MADVISE: u32 = 7;
+/// mremap with MREMAP_FIXED onto region pages: forget them, then [`EXIT_MREMAP_MOVE`].
+pub const EXIT_MREMAP_CLEAR_TARGET: u32 = 8;
+/// mmap with MAP_FIXED over region pages: forget them.
+pub const EXIT_MMAP_FIXED: u32 = 9;
+pub const TAIL_SLOTS: u32 = 10;
+pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
+    (EXIT_LEARN, prog::EXIT_LEARN),
+    (ENTER_MUNMAP, prog::ENTER_MUNMAP),
+    (EXIT_MREMAP, prog::EXIT_MREMAP),
+    (EXIT_MREMAP_SHRINK, prog::EXIT_MREMAP_SHRINK),
+    (EXIT_MREMAP_GROW, prog::EXIT_MREMAP_GROW),
+    (EXIT_MREMAP_MOVE, prog::EXIT_MREMAP_MOVE),
+    (EXIT_MREMAP_DROP_OLD, prog::EXIT_MREMAP_DROP_OLD),
+    (EXIT_MADVISE, prog::EXIT_MADVISE),
+    (EXIT_MREMAP_CLEAR_TARGET, prog::EXIT_MREMAP_CLEAR_TARGET),
+    (EXIT_MMAP_FIXED, prog::EXIT_MMAP_FIXED),
+];
+
+/// Indices of the per-CPU `DROPS` array.
+pub const DROP_FAULT_EVENTS: u32 = 0;
+pub const DROP_CONTROL_EVENTS: u32 = 1;
+/// A map was full: a region, marker or counter could not be stored.
+pub const DROP_MAP_FULL: u32 = 2;
+pub const DROP_SLOTS: u32 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_listed_once() {
+        for list in [&ALL_MAPS[..], &ALL_PROGRAMS[..]] {
+            for (i, a) in list.iter().enumerate() {
+                assert!(!list[i + 1..].contains(a), "{a} is listed twice");
+            }
+        }
+        assert!(same("EVENTS", EVENTS) && !same("EVENT", EVENTS) && !same("EVENTZ", EVENTS));
+    }
+
+    #[test]
+    fn chunk_key_keeps_tgid_and_chunk_apart() {
+        let top_chunk = ((1u64 << 56) - 1) >> CHUNK_SHIFT;
+        for (tgid, chunk) in [
+            (1, 0),
+            (PID_LIMIT - 1, top_chunk),
+            (4242, 0x7fff_ffff_f000 >> 21),
+        ] {
+            let k = ChunkKey::new(tgid, chunk);
+            assert_eq!((k.tgid(), k.chunk()), (tgid, chunk));
+        }
+        assert_ne!(ChunkKey::new(1, 2), ChunkKey::new(2, 1));
+    }
+
+    #[test]
+    fn chunk_size_is_pinned() {
+        assert_eq!(core::mem::size_of::<Chunk>(), 280);
+    }
+}

@@ -1,0 +1,10 @@
+//! ① Where kernel events enter: one module per hook, each the kernel half of what the
+//! tracer reads back. `syscalls` learns regions (554, or the documented mmap fallback) and
+//! keeps them true through munmap/mremap/madvise; `lifecycle` (sched) copies them on fork
+//! and drops them on exec/exit; `faults` (exceptions) classifies and counts faults in region
+//! pages, and streams them on demand. They keep their state through `crate::regions` and
+//! `crate::maps`.
+
+mod faults;
+mod lifecycle;
+mod syscalls;

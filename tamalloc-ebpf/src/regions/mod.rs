@@ -1,0 +1,168 @@
+//! Region bookkeeping in `CHUNKS` and `MARKERS` (see `tamalloc_common::maps`): which
+//! pages are region pages and of which region, and what each maps. This module answers for
+//! one page; [`range`] changes a range of pages, [`process`] all of a process's.
+//!
+//! Bitmap words are changed with atomic or/and: faults on other CPUs set zero bits in the
+//! same words concurrently.
+
+mod process;
+mod range;
+
+use tamalloc_common::{
+    maps::{
+        CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, Chunk, ChunkKey, DROP_MAP_FULL, MarkerKey, RegionRef,
+    },
+    trace::PAGE_SHIFT,
+};
+
+pub use self::{
+    process::{forget, fork},
+    range::{add, copy_page_states, remove, reset},
+};
+use crate::{
+    atomics::fetch_or,
+    maps::{CHUNK_BUF, CHUNKS, MARKERS, ZERO_CHUNK, claim_slot, count_drop},
+};
+
+/// `bpf_loop` refuses more than 1 << 23 iterations: 16 TiB of address space in chunks.
+const MAX_CHUNK_LOOPS: u64 = 1 << 23;
+
+/// Bits of word `w` for pages `[lo, hi)` of a chunk.
+#[inline(always)]
+fn word_mask(w: u64, lo: u64, hi: u64) -> u64 {
+    let first = w * 64;
+    let a = lo.saturating_sub(first);
+    let b = if hi < first + 64 {
+        hi.saturating_sub(first)
+    } else {
+        64
+    };
+    if a >= b {
+        return 0;
+    }
+    let upper = if b == 64 { u64::MAX } else { (1u64 << b) - 1 };
+    upper & !((1u64 << a) - 1)
+}
+
+#[inline(always)]
+fn chunk_key(tgid: u32, chunk: u64) -> ChunkKey {
+    ChunkKey::new(tgid, chunk)
+}
+
+#[inline(always)]
+fn marker_key(tgid: u32, page_addr: u64) -> MarkerKey {
+    MarkerKey {
+        tgid,
+        _pad: 0,
+        page_addr,
+    }
+}
+
+/// The chunk of `tgid` holding `addr`, created empty when `create` is set.
+#[inline(always)]
+fn chunk_ptr(tgid: u32, chunk: u64, create: bool) -> Option<*mut Chunk> {
+    let key = chunk_key(tgid, chunk);
+    if let Some(p) = CHUNKS.get_ptr_mut(key) {
+        return Some(p);
+    }
+    if !create {
+        return None;
+    }
+    // The slot (and the gate bit) before the chunk: a fault that finds the chunk counts.
+    let slot = claim_slot(tgid)?;
+    // BPF_NOEXIST: a concurrent creator wins and we use its entry.
+    let zero = CHUNK_BUF.get_ptr(ZERO_CHUNK)?;
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the chunk would be copied onto the 512-byte BPF stack"
+    )]
+    // SAFETY: a live map value, only read.
+    let _ = CHUNKS.insert(key, unsafe { &*zero }, 1);
+    let Some(p) = CHUNKS.get_ptr_mut(key) else {
+        count_drop(DROP_MAP_FULL);
+        return None;
+    };
+    // SAFETY: a live map value; every writer stores the same slot.
+    unsafe { (*p).slot = slot };
+    Some(p)
+}
+
+/// The region and page index of `page` (0..512) in chunk `chunk` of `tgid`, whose entry is
+/// `ch`. Callers have checked that the page is in a region.
+#[inline(always)]
+pub fn resolve(ch: &Chunk, tgid: u32, chunk: u64, page: u64) -> RegionRef {
+    let top = page >> 6;
+    let top_mask = if page & 63 == 63 {
+        u64::MAX
+    } else {
+        (1u64 << ((page & 63) + 1)) - 1
+    };
+    // Highest start marker at or below `page`; words are scanned with constant indices,
+    // which the verifier bounds without help.
+    for w in (0..CHUNK_WORDS).rev() {
+        let w64 = w as u64;
+        if w64 > top {
+            continue;
+        }
+        let bits = ch.start[w] & if w64 == top { top_mask } else { u64::MAX };
+        if bits != 0 {
+            let start_page = w64 * 64 + 63 - u64::from(bits.leading_zeros());
+            let addr = (chunk << CHUNK_SHIFT) + (start_page << PAGE_SHIFT);
+            // SAFETY: plain-data map value read for this program run.
+            return match unsafe { MARKERS.get(marker_key(tgid, addr)) } {
+                Some(r) => RegionRef {
+                    id: r.id,
+                    index: r.index + (page - start_page),
+                },
+                None => RegionRef::default(),
+            };
+        }
+    }
+    RegionRef {
+        id: ch.carry.id,
+        index: ch.carry.index + page,
+    }
+}
+
+/// Looks up the region of `addr` in `tgid`, if it is a region page.
+#[inline(always)]
+pub fn region_at(tgid: u32, addr: u64) -> Option<RegionRef> {
+    let chunk = addr >> CHUNK_SHIFT;
+    // SAFETY: plain-data map value read for this program run.
+    let ch = unsafe { CHUNKS.get(chunk_key(tgid, chunk)) }?;
+    let page = (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1);
+    if ch.in_region[((page >> 6) & 7) as usize] & (1 << (page & 63)) == 0 {
+        return None;
+    }
+    Some(resolve(ch, tgid, chunk, page))
+}
+
+/// Whether `addr` is a region page of `tgid`.
+#[inline(always)]
+pub fn is_region_page(tgid: u32, addr: u64) -> bool {
+    // SAFETY: plain-data map value read for this program run.
+    match unsafe { CHUNKS.get(chunk_key(tgid, addr >> CHUNK_SHIFT)) } {
+        Some(ch) => {
+            let page = (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1);
+            ch.in_region[((page >> 6) & 7) as usize] & (1 << (page & 63)) != 0
+        }
+        None => false,
+    }
+}
+
+/// Gives `page_addr` of `tgid` a start marker naming `r`.
+#[inline(always)]
+fn set_marker(tgid: u32, page_addr: u64, r: &RegionRef) -> bool {
+    let Some(ch) = chunk_ptr(tgid, page_addr >> CHUNK_SHIFT, false) else {
+        return false;
+    };
+    if MARKERS.insert(marker_key(tgid, page_addr), r, 0).is_err() {
+        count_drop(DROP_MAP_FULL);
+        return false;
+    }
+    let page = (page_addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1);
+    // SAFETY: `ch` is a live map value; the field pointer is in bounds.
+    let word = unsafe { &raw mut (*ch).start[((page >> 6) & 7) as usize] };
+    fetch_or(word, 1 << (page & 63));
+    true
+}

@@ -1,0 +1,326 @@
+//! Ranges of one process's pages: made region pages, forgotten, reset (their pages
+//! dropped), their page states moved. Walked one 2 MiB chunk per `bpf_loop` iteration, so a
+//! range of any size is verified once and costs one map update per chunk.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{helpers::generated::bpf_loop, macros::map, maps::PerCpuArray};
+use tamalloc_common::{
+    maps::{CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, DROP_MAP_FULL, RegionRef},
+    trace::{PAGE_SHIFT, PAGE_SIZE},
+};
+
+use super::{MAX_CHUNK_LOOPS, chunk_key, chunk_ptr, marker_key, region_at, set_marker, word_mask};
+use crate::{
+    atomics::{fetch_and, fetch_or},
+    maps::{CHUNKS, MARKERS, count_drop},
+};
+
+#[repr(C)]
+struct RangeCtx {
+    tgid: u32,
+    _pad: u32,
+    /// First and one-past-last page number (`addr >> PAGE_SHIFT`).
+    first_page: u64,
+    end_page: u64,
+    id: u64,
+    /// Page index in the region of `first_page`.
+    index: u64,
+    /// Out: bytes of region pages added or removed.
+    bytes: u64,
+}
+
+impl RangeCtx {
+    /// Pages `[addr, end)` of `tgid`, region `id` with `addr` its page `index`.
+    #[inline(always)]
+    fn new(tgid: u32, addr: u64, end: u64, id: u64, index: u64) -> Self {
+        Self {
+            tgid,
+            _pad: 0,
+            first_page: addr >> PAGE_SHIFT,
+            end_page: end >> PAGE_SHIFT,
+            id,
+            index,
+            bytes: 0,
+        }
+    }
+
+    /// Runs `each_chunk` on every chunk of the range, one `bpf_loop` iteration each (the
+    /// one walk `add`, `remove` and `reset` share). False when there was nothing to walk,
+    /// or too much (counted as a map-full drop).
+    #[inline(always)]
+    fn walk(&mut self, each_chunk: extern "C" fn(u64, *mut c_void) -> i64) -> bool {
+        let n = self.chunks();
+        if n == 0 {
+            return false;
+        }
+        if n > MAX_CHUNK_LOOPS {
+            count_drop(DROP_MAP_FULL);
+            return false;
+        }
+        // SAFETY: `each_chunk` matches bpf_loop's callback ABI and takes its context as
+        // this `RangeCtx`, which outlives the call.
+        unsafe {
+            bpf_loop(
+                n as u32,
+                each_chunk as *mut c_void,
+                self as *mut RangeCtx as *mut c_void,
+                0,
+            )
+        };
+        true
+    }
+
+    #[inline(always)]
+    fn chunk_span(&self, i: u64) -> (u64, u64, u64) {
+        let chunk = (self.first_page >> 9) + i;
+        let base = chunk << 9;
+        let lo = self.first_page.saturating_sub(base);
+        let hi = if self.end_page < base + CHUNK_PAGES {
+            self.end_page - base
+        } else {
+            CHUNK_PAGES
+        };
+        (chunk, lo, hi)
+    }
+
+    #[inline(always)]
+    fn chunks(&self) -> u64 {
+        if self.end_page <= self.first_page {
+            return 0;
+        }
+        ((self.end_page - 1) >> 9) - (self.first_page >> 9) + 1
+    }
+}
+
+extern "C" fn add_chunk(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `RangeCtx` on our stack that `add` gave it.
+    let ctx = unsafe { &mut *(ctx as *mut RangeCtx) };
+    let (chunk, lo, hi) = ctx.chunk_span(i);
+    let Some(ch) = chunk_ptr(ctx.tgid, chunk, true) else {
+        return 1;
+    };
+    let mut added = 0u64;
+    // Branch-free per word (a zero mask changes nothing), so the verifier walks one path.
+    for i in 0..CHUNK_WORDS {
+        let m = word_mask(i as u64, lo, hi);
+        // SAFETY: `ch` is a live map value; the field pointers are in bounds.
+        let (inr, zero, present) = unsafe {
+            (
+                &raw mut (*ch).in_region[i],
+                &raw mut (*ch).zero[i],
+                &raw mut (*ch).present[i],
+            )
+        };
+        let before = fetch_or(inr, m);
+        added += u64::from((m & !before).count_ones());
+        fetch_and(zero, !m);
+        fetch_and(present, !m);
+    }
+    ctx.bytes += added * PAGE_SIZE;
+    if i > 0 {
+        // The region enters this chunk at page 0.
+        // SAFETY: as above.
+        unsafe {
+            (*ch).carry = RegionRef {
+                id: ctx.id,
+                index: ctx.index + ((chunk << 9) - ctx.first_page),
+            }
+        };
+    }
+    0
+}
+
+/// Makes `[addr, addr + len)` region pages of region `id`, `addr` being its page `index`.
+/// Returns the bytes that were not region pages before.
+pub fn add(tgid: u32, addr: u64, len: u64, id: u64, index: u64) -> u64 {
+    let mut ctx = RangeCtx::new(tgid, addr, addr + len, id, index);
+    if !ctx.walk(add_chunk) {
+        return 0;
+    }
+    set_marker(tgid, addr, &RegionRef { id, index });
+    ctx.bytes
+}
+
+#[repr(C)]
+pub struct MarkerSweep {
+    tgid: u32,
+    _pad: u32,
+    chunk: u64,
+    starts: [u64; CHUNK_WORDS],
+}
+
+/// Kept off the stack: 6.1's verifier counts the frames of nested bpf_loop callbacks
+/// against the same 512 bytes. Per CPU, and tracepoint programs do not nest on a CPU.
+#[map]
+static SWEEP: PerCpuArray<MarkerSweep> = PerCpuArray::with_max_entries(1, 0);
+named_map!(SWEEP);
+
+extern "C" fn sweep_marker(i: u64, _ctx: *mut c_void) -> i64 {
+    // bpf_loop's context must be on the stack, so the sweep is looked up here.
+    let Some(ctx) = SWEEP.get(0) else {
+        return 1;
+    };
+    let w = ((i >> 6) & 7) as usize;
+    if ctx.starts[w] & (1 << (i & 63)) != 0 {
+        let addr = (ctx.chunk << CHUNK_SHIFT) + ((i & (CHUNK_PAGES - 1)) << PAGE_SHIFT);
+        let _ = MARKERS.remove(marker_key(ctx.tgid, addr));
+    }
+    0
+}
+
+extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `RangeCtx` on our stack that `remove` gave it.
+    let ctx = unsafe { &mut *(ctx as *mut RangeCtx) };
+    let (chunk, lo, hi) = ctx.chunk_span(i);
+    let Some(ch) = chunk_ptr(ctx.tgid, chunk, false) else {
+        return 0;
+    };
+    let Some(sweep) = SWEEP.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch value, used by nothing else while this program runs.
+    let sweep = unsafe { &mut *sweep };
+    sweep.tgid = ctx.tgid;
+    sweep.chunk = chunk;
+    let mut removed = 0u64;
+    let mut left = 0u64;
+    let mut any_start = 0u64;
+    // Branch-free per word (a zero mask changes nothing), so the verifier walks one path.
+    for w in 0..CHUNK_WORDS {
+        let m = word_mask(w as u64, lo, hi);
+        // SAFETY: `ch` is a live map value; the field pointers are in bounds.
+        let (inr, zero, present, start) = unsafe {
+            (
+                &raw mut (*ch).in_region[w],
+                &raw mut (*ch).zero[w],
+                &raw mut (*ch).present[w],
+                &raw mut (*ch).start[w],
+            )
+        };
+        let before = fetch_and(inr, !m);
+        removed += u64::from((before & m).count_ones());
+        left |= before & !m;
+        fetch_and(zero, !m);
+        fetch_and(present, !m);
+        let starts = fetch_and(start, !m) & m;
+        sweep.starts[w] = starts;
+        any_start |= starts;
+    }
+    if any_start != 0 {
+        // SAFETY: `sweep_marker` matches bpf_loop's callback ABI; `sweep` outlives the call.
+        unsafe {
+            bpf_loop(
+                CHUNK_PAGES as u32,
+                sweep_marker as *mut c_void,
+                &mut 0u64 as *mut u64 as *mut c_void,
+                0,
+            )
+        };
+    }
+    ctx.bytes += removed * PAGE_SIZE;
+    if left == 0 {
+        let _ = CHUNKS.remove(chunk_key(ctx.tgid, chunk));
+    }
+    0
+}
+
+/// Forgets `[addr, addr + len)`. The region page right after the range, if any, gets a start
+/// marker so that it keeps its identity. Returns the bytes of region pages that went away.
+pub fn remove(tgid: u32, addr: u64, len: u64) -> u64 {
+    let end = addr + len;
+    let after = region_at(tgid, end);
+    let mut ctx = RangeCtx::new(tgid, addr, end, 0, 0);
+    if !ctx.walk(remove_chunk) {
+        return 0;
+    }
+    if let Some(r) = after {
+        set_marker(tgid, end, &r);
+    }
+    ctx.bytes
+}
+
+extern "C" fn reset_chunk(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `RangeCtx` on our stack that `reset` gave it.
+    let ctx = unsafe { &*(ctx as *const RangeCtx) };
+    let (chunk, lo, hi) = ctx.chunk_span(i);
+    let Some(ch) = chunk_ptr(ctx.tgid, chunk, false) else {
+        return 0;
+    };
+    for w in 0..CHUNK_WORDS {
+        let m = word_mask(w as u64, lo, hi);
+        // SAFETY: `ch` is a live map value; the field pointers are in bounds.
+        let (zero, present) = unsafe { (&raw mut (*ch).zero[w], &raw mut (*ch).present[w]) };
+        fetch_and(zero, !m);
+        fetch_and(present, !m);
+    }
+    0
+}
+
+/// Forgets what `[addr, addr + len)` maps (MADV_DONTNEED and friends dropped the pages):
+/// the next touch of each page is a first touch again. The pages stay region pages.
+pub fn reset(tgid: u32, addr: u64, len: u64) {
+    RangeCtx::new(tgid, addr, addr + len, 0, 0).walk(reset_chunk);
+}
+
+#[repr(C)]
+struct CopyCtx {
+    tgid: u32,
+    _pad: u32,
+    src_page: u64,
+    dst_page: u64,
+}
+
+extern "C" fn copy_page_state(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `CopyCtx` on our stack that `copy_page_states` gave it.
+    let ctx = unsafe { &*(ctx as *const CopyCtx) };
+    let src = ctx.src_page + i;
+    let dst = ctx.dst_page + i;
+    // SAFETY: plain-data map value read for this program run.
+    let Some(s) = (unsafe { CHUNKS.get(chunk_key(ctx.tgid, src >> 9)) }) else {
+        return 0;
+    };
+    let sp = src & (CHUNK_PAGES - 1);
+    let (sw, sbit) = (((sp >> 6) & 7) as usize, 1u64 << (sp & 63));
+    let (zero, present) = (s.zero[sw] & sbit != 0, s.present[sw] & sbit != 0);
+    if !zero && !present {
+        return 0;
+    }
+    if let Some(d) = chunk_ptr(ctx.tgid, dst >> 9, false) {
+        let dp = dst & (CHUNK_PAGES - 1);
+        let (dw, dbit) = (((dp >> 6) & 7) as usize, 1u64 << (dp & 63));
+        // SAFETY: `d` is a live map value; the field pointers are in bounds.
+        let (dz, dpr) = unsafe { (&raw mut (*d).zero[dw], &raw mut (*d).present[dw]) };
+        fetch_or(dz, if zero { dbit } else { 0 });
+        fetch_or(dpr, if present { dbit } else { 0 });
+    }
+    0
+}
+
+/// Copies what each page maps from `src` to `dst` (an mremap move takes the page table
+/// entries along).
+pub fn copy_page_states(tgid: u32, src: u64, dst: u64, len: u64) {
+    let pages = len >> PAGE_SHIFT;
+    if pages == 0 {
+        return;
+    }
+    if pages > MAX_CHUNK_LOOPS {
+        count_drop(DROP_MAP_FULL);
+        return;
+    }
+    let mut ctx = CopyCtx {
+        tgid,
+        _pad: 0,
+        src_page: src >> PAGE_SHIFT,
+        dst_page: dst >> PAGE_SHIFT,
+    };
+    // SAFETY: `copy_page_state` matches bpf_loop's callback ABI and `ctx` outlives the call.
+    unsafe {
+        bpf_loop(
+            pages as u32,
+            copy_page_state as *mut c_void,
+            &mut ctx as *mut CopyCtx as *mut c_void,
+            0,
+        )
+    };
+}

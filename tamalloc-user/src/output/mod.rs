@@ -1,0 +1,110 @@
+//! ⑤ Where a trace goes: the terminal ([`terminal`]), trace files ([`jsonl`], [`csv`],
+//! [`perfetto`]) and a Prometheus endpoint ([`prometheus`]). Each implements a trait the
+//! tracer defines and calls, [`Sink`] for files and [`View`] for the rest; this module
+//! depends on the tracer, never the other way.
+
+pub mod csv;
+pub mod jsonl;
+pub mod perfetto;
+pub mod prometheus;
+pub mod terminal;
+
+use std::{fs::File, io, path::Path};
+
+use crate::tracer::{Sink, Snapshot, View, decode::TraceEvent};
+
+/// Output formats of `tamalloc trace --output`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON object per line (the documented schema).
+    #[default]
+    Jsonl,
+    /// Chrome JSON trace events: open in https://ui.perfetto.dev or chrome://tracing.
+    Perfetto,
+    /// A header row, then one row per record: `type`, then every field (see README).
+    Csv,
+}
+
+/// Opens `path` for a trace in `format`, failing with the path in the message.
+pub fn open(path: &Path, format: Format) -> io::Result<Box<dyn Sink + Send>> {
+    let file = File::create(path)?;
+    Ok(match format {
+        Format::Jsonl => Box::new(jsonl::JsonLines::new(file)),
+        Format::Perfetto => Box::new(self::perfetto::Perfetto::new(file)),
+        Format::Csv => Box::new(self::csv::Csv::new(file)),
+    })
+}
+
+/// Several views of one session, called in order (e.g. the table and the Prometheus
+/// endpoint).
+pub struct Tee {
+    views: Vec<Box<dyn View>>,
+}
+
+impl Tee {
+    pub fn new(views: Vec<Box<dyn View>>) -> Self {
+        Self { views }
+    }
+}
+
+impl View for Tee {
+    fn event(&mut self, ev: &TraceEvent) {
+        self.views.iter_mut().for_each(|v| v.event(ev));
+    }
+
+    fn refresh(&mut self, snap: &Snapshot) {
+        self.views.iter_mut().for_each(|v| v.refresh(snap));
+    }
+
+    fn finish(&mut self, snap: &Snapshot) {
+        self.views.iter_mut().for_each(|v| v.finish(snap));
+    }
+
+    fn flush(&mut self) {
+        self.views.iter_mut().for_each(|v| v.flush());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Count(std::rc::Rc<std::cell::RefCell<[u32; 4]>>);
+
+    impl View for Count {
+        fn event(&mut self, _: &TraceEvent) {
+            self.0.borrow_mut()[0] += 1;
+        }
+        fn refresh(&mut self, _: &Snapshot) {
+            self.0.borrow_mut()[1] += 1;
+        }
+        fn finish(&mut self, _: &Snapshot) {
+            self.0.borrow_mut()[2] += 1;
+        }
+        fn flush(&mut self) {
+            self.0.borrow_mut()[3] += 1;
+        }
+    }
+
+    #[test]
+    fn tee_calls_every_view() {
+        let (a, b) = (Count::default(), Count::default());
+        let (ca, cb) = (a.0.clone(), b.0.clone());
+        let mut tee = Tee::new(vec![Box::new(a), Box::new(b)]);
+        let snap = Snapshot {
+            elapsed: std::time::Duration::ZERO,
+            rows: Vec::new(),
+            global: None,
+            drops: Default::default(),
+            stats_source: "procfs",
+            command_status: None,
+        };
+        tee.event(&TraceEvent::Exit { ts_ns: 1, pid: 2 });
+        tee.flush();
+        tee.refresh(&snap);
+        tee.finish(&snap);
+        assert_eq!(*ca.borrow(), [1, 1, 1, 1]);
+        assert_eq!(*cb.borrow(), [1, 1, 1, 1]);
+    }
+}

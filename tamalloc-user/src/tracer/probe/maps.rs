@@ -1,0 +1,209 @@
+//! Typed access to the programs' maps: the settings written before attaching, the processes
+//! to follow, per-process counters and their slots, drops, and the event ring.
+
+use std::collections::HashMap;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues, Queue, RingBuf},
+};
+use tamalloc_common::maps::{
+    self as name, Chunk, ChunkKey, Config, DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS, DROP_MAP_FULL,
+    MarkerKey, PidCounters, RegionRef,
+};
+
+use super::{Probe, refused};
+use crate::tracer::TraceError;
+
+/// Events lost on the way to userspace, or region state the maps had no room for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drops {
+    pub fault_events: u64,
+    pub control_events: u64,
+    pub map_full: u64,
+}
+
+impl Drops {
+    pub fn total(&self) -> u64 {
+        self.fault_events + self.control_events + self.map_full
+    }
+}
+
+pub(super) fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map, TraceError> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| TraceError::Internal(format!("map {name} missing")))
+}
+
+fn map_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map, TraceError> {
+    ebpf.map(name)
+        .ok_or_else(|| TraceError::Internal(format!("map {name} missing")))
+}
+
+/// Writes the settings the programs read (`CONFIG[0]`).
+pub(super) fn write_config(ebpf: &mut Ebpf, cfg: Config) -> Result<(), TraceError> {
+    let mut config: Array<_, Config> =
+        Array::try_from(map_mut(ebpf, name::CONFIG)?).map_err(refused)?;
+    config.set(0, cfg, 0).map_err(refused)
+}
+
+/// Queues every counter slot as free, before the programs run.
+pub(super) fn free_all_slots(ebpf: &mut Ebpf, slots: u32) -> Result<(), TraceError> {
+    let mut free: Queue<_, u32> =
+        Queue::try_from(map_mut(ebpf, name::FREE_SLOTS)?).map_err(refused)?;
+    for slot in 0..slots {
+        free.push(slot, 0).map_err(refused)?;
+    }
+    Ok(())
+}
+
+fn sum<'a>(values: impl Iterator<Item = &'a PidCounters>) -> PidCounters {
+    let mut total = PidCounters::default();
+    for v in values {
+        for (t, f) in total.faults.iter_mut().zip(v.faults) {
+            *t += f;
+        }
+        total.regions += v.regions;
+        total.reserved_bytes = total.reserved_bytes.wrapping_add(v.reserved_bytes);
+    }
+    total
+}
+
+impl Probe {
+    /// Learn the regions of `pid` and of the processes it forks from now on.
+    pub fn follow(&mut self, pid: u32) -> Result<(), TraceError> {
+        let mut traced: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, name::TRACED)?).map_err(refused)?;
+        traced.insert(pid, 1, 0).map_err(refused)
+    }
+
+    /// Drops what the programs keep about `pid`, once it is gone for good (its leader left
+    /// with exit(2), so the programs could not tell when the last thread ended).
+    pub fn forget(&mut self, pid: u32) -> Result<(), TraceError> {
+        {
+            let mut chunks: BpfHashMap<_, ChunkKey, Chunk> =
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, name::CHUNKS)?).map_err(refused)?;
+            let keys: Vec<ChunkKey> = chunks
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.tgid() == pid)
+                .collect();
+            for k in keys {
+                let _ = chunks.remove(&k);
+            }
+        }
+        {
+            let mut markers: BpfHashMap<_, MarkerKey, RegionRef> =
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, name::MARKERS)?).map_err(refused)?;
+            let keys: Vec<MarkerKey> = markers
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.tgid == pid)
+                .collect();
+            for k in keys {
+                let _ = markers.remove(&k);
+            }
+        }
+        let mut traced: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, name::TRACED)?).map_err(refused)?;
+        let _ = traced.remove(&pid);
+        Ok(())
+    }
+
+    /// Every process's counters, summed over CPUs.
+    pub fn counters(&self) -> Result<HashMap<u32, PidCounters>, TraceError> {
+        let slots: BpfHashMap<_, u32, u32> =
+            BpfHashMap::try_from(map_ref(&self.ebpf, name::SLOTS)?).map_err(refused)?;
+        let counters: PerCpuArray<_, PidCounters> =
+            PerCpuArray::try_from(map_ref(&self.ebpf, name::COUNTERS)?).map_err(refused)?;
+        let mut out = HashMap::new();
+        for item in slots.iter() {
+            let (pid, slot) = item.map_err(refused)?;
+            out.insert(pid, sum(counters.get(&slot, 0).map_err(refused)?.iter()));
+        }
+        Ok(out)
+    }
+
+    /// Processes with a counter slot.
+    pub fn slot_pids(&self) -> Result<Vec<u32>, TraceError> {
+        let slots: BpfHashMap<_, u32, u32> =
+            BpfHashMap::try_from(map_ref(&self.ebpf, name::SLOTS)?).map_err(refused)?;
+        Ok(slots.keys().filter_map(Result::ok).collect())
+    }
+
+    /// The final counts of every process whose exit the programs saw (`RETIRED`), summed over
+    /// CPUs; their slots are zeroed and given back to the programs.
+    pub fn collect_retired(&mut self) -> Result<Vec<(u32, PidCounters)>, TraceError> {
+        let retired: Vec<(u32, u32)> = {
+            let map: BpfHashMap<_, u32, u32> =
+                BpfHashMap::try_from(map_ref(&self.ebpf, name::RETIRED)?).map_err(refused)?;
+            map.iter().filter_map(Result::ok).collect()
+        };
+        let mut out = Vec::with_capacity(retired.len());
+        for (slot, pid) in retired {
+            if let Some(c) = self.recycle(slot) {
+                out.push((pid, c));
+            }
+            if let Ok(mut map) =
+                BpfHashMap::<_, u32, u32>::try_from(map_mut(&mut self.ebpf, name::RETIRED)?)
+            {
+                let _ = map.remove(&slot);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One live process's counters, summed over CPUs, then forgotten (the process is gone
+    /// though the programs saw no exit; call [`Probe::forget`] first, so that no chunk names
+    /// the slot when it is given back).
+    pub fn take_counters(&mut self, pid: u32) -> Option<PidCounters> {
+        let slot = {
+            let mut slots: BpfHashMap<_, u32, u32> =
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, name::SLOTS).ok()?).ok()?;
+            let slot = slots.get(&pid, 0).ok()?;
+            slots.remove(&pid).ok()?;
+            slot
+        };
+        self.recycle(slot)
+    }
+
+    /// Reads `slot`'s counters, zeroes them and queues the slot for reuse. Best effort after
+    /// the read: a slot that cannot be zeroed is not reused (it is lost, not mixed up).
+    fn recycle(&mut self, slot: u32) -> Option<PidCounters> {
+        let mut counters: PerCpuArray<_, PidCounters> =
+            PerCpuArray::try_from(map_mut(&mut self.ebpf, name::COUNTERS).ok()?).ok()?;
+        let total = sum(counters.get(&slot, 0).ok()?.iter());
+        let zeroed = PerCpuValues::try_from(vec![PidCounters::default(); self.nr_cpus]).ok();
+        if let Some(zeroed) = zeroed
+            && counters.set(slot, zeroed, 0).is_ok()
+            && let Some(Ok(mut free)) = self
+                .ebpf
+                .map_mut(name::FREE_SLOTS)
+                .map(Queue::<_, u32>::try_from)
+        {
+            let _ = free.push(slot, 0);
+        }
+        Some(total)
+    }
+
+    pub fn drops(&self) -> Result<Drops, TraceError> {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map_ref(&self.ebpf, name::DROPS)?).map_err(refused)?;
+        let slot = |i: u32| -> Result<u64, TraceError> {
+            Ok(map.get(&i, 0).map_err(refused)?.iter().sum())
+        };
+        Ok(Drops {
+            fault_events: slot(DROP_FAULT_EVENTS)?,
+            control_events: slot(DROP_CONTROL_EVENTS)?,
+            map_full: slot(DROP_MAP_FULL)?,
+        })
+    }
+
+    /// The event ring, moved out of the object so it can be polled on its own.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, TraceError> {
+        let map = self
+            .ebpf
+            .take_map(name::EVENTS)
+            .ok_or_else(|| TraceError::Internal(format!("map {} missing", name::EVENTS)))?;
+        RingBuf::try_from(map).map_err(refused)
+    }
+}

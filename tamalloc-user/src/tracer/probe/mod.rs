@@ -1,0 +1,359 @@
+//! ② Loading, configuring and attaching the eBPF programs ([`Probe`]); its maps are read
+//! through [`maps`], the environment checked by [`privileges`] and [`tracefs`].
+//!
+//! A [`Probe`] owns the loaded object: dropping it detaches every program and frees every
+//! map (aya's links are RAII), so an early return or a panic never leaves probes behind.
+//! Every map and program is named by its const in `tamalloc_common::maps`.
+
+mod maps;
+mod privileges;
+mod tracefs;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::ProgramArray,
+    programs::{
+        Program, ProgramError, ProgramInfo, RawTracePoint, TracePoint,
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
+    },
+};
+use tamalloc_common::maps::{
+    self as name, CONFIG_FILTER_COMM, CONFIG_FILTER_PID, Config, MAX_CPUS, MAX_PROCS,
+    TAIL_PROGRAMS, prog,
+};
+
+pub use self::{maps::Drops, tracefs::field_offset};
+use super::TraceError;
+
+/// How a program is attached to its tracepoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attach {
+    /// A classic tracepoint: reads fields of the tracepoint's record.
+    Record,
+    /// A raw tracepoint: reads the tracepoint's arguments, no record is filled (the fault
+    /// path, where that saving is paid back on every fault of the machine).
+    Raw,
+}
+
+/// Every tracepoint the tracer attaches to: (program, category, name, how). The fault
+/// program is [`prog::PAGE_FAULT_EVENTS`] instead when faults are streamed.
+const ATTACHMENTS: &[(&str, &str, &str, Attach)] = &[
+    (prog::SYS_ENTER, "raw_syscalls", "sys_enter", Attach::Record),
+    (prog::SYS_EXIT, "raw_syscalls", "sys_exit", Attach::Record),
+    (
+        prog::SCHED_PROCESS_FORK,
+        "sched",
+        "sched_process_fork",
+        Attach::Record,
+    ),
+    (
+        prog::SCHED_PROCESS_EXEC,
+        "sched",
+        "sched_process_exec",
+        Attach::Record,
+    ),
+    (
+        prog::SCHED_PROCESS_EXIT,
+        "sched",
+        "sched_process_exit",
+        Attach::Record,
+    ),
+    (
+        prog::PAGE_FAULT,
+        "exceptions",
+        "page_fault_user",
+        Attach::Raw,
+    ),
+    (
+        prog::PAGE_FAULT,
+        "exceptions",
+        "page_fault_kernel",
+        Attach::Raw,
+    ),
+];
+
+/// An attached program's link, to detach it before the final drain.
+enum Link {
+    Record(TracePointLinkId),
+    Raw(RawTracePointLinkId),
+}
+
+/// What to load and how.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Stream every fault through the ring buffer, not only count it.
+    pub stream_faults: bool,
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+    /// Learn regions only of these processes (and their descendants)...
+    pub pids: Vec<u32>,
+    /// ...or of processes with this command name.
+    pub comm: Option<String>,
+    /// Restrict to `pids` even when it is empty (a command is spawned later).
+    pub filter_pids: bool,
+    /// Processes with regions counted at once (counter slots; an exited process's slot is
+    /// reused once its final counts are read).
+    pub max_procs: u32,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            stream_faults: false,
+            ring_bytes: 4 << 20,
+            pids: Vec::new(),
+            comm: None,
+            filter_pids: false,
+            max_procs: MAX_PROCS,
+        }
+    }
+}
+
+/// The loaded and attached eBPF programs.
+pub struct Probe {
+    ebpf: Ebpf,
+    nr_cpus: usize,
+    /// Attached programs, to detach before the final drain.
+    links: Vec<(&'static str, Link)>,
+    /// The streaming fault program is attached rather than the counting one.
+    stream_faults: bool,
+}
+
+/// The embedded eBPF object, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tamalloc"));
+
+/// The kernel (or aya) refused something about the object or a map.
+fn refused(e: impl std::error::Error + Send + Sync + 'static) -> TraceError {
+    TraceError::Load(Box::new(e))
+}
+
+/// The program kinds the tracer attaches; loading is the same for both.
+trait Loadable {
+    fn load_once(&mut self) -> Result<(), ProgramError>;
+}
+
+macro_rules! loadable {
+    ($($kind:ty),*) => {$(
+        impl Loadable for $kind {
+            /// Loads (verifies) the program unless an earlier attach did.
+            fn load_once(&mut self) -> Result<(), ProgramError> {
+                if self.fd().is_err() { self.load() } else { Ok(()) }
+            }
+        }
+    )*};
+}
+loadable!(TracePoint, RawTracePoint);
+
+/// Program `name` of `ebpf` as a `P`, loaded.
+fn loaded<'a, P: Loadable>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, TraceError>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let program: &mut P = ebpf
+        .program_mut(name)
+        .ok_or_else(|| TraceError::Internal(format!("program {name} missing")))?
+        .try_into()
+        .map_err(refused)?;
+    program
+        .load_once()
+        .map_err(|e| TraceError::Verifier(name.to_string(), Box::new(e)))?;
+    Ok(program)
+}
+
+impl Probe {
+    /// Checks the environment, loads, configures and attaches everything.
+    pub fn load(opts: &ProbeOptions) -> Result<Self, TraceError> {
+        privileges::check()?;
+        tracefs::ensure_mounted()?;
+        for (_, category, name, _) in ATTACHMENTS {
+            tracefs::format(category, name)?;
+        }
+        let fork_child_pid_offset = tracefs::fork_child_pid_offset()?;
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| TraceError::Io {
+            what: "reading the number of possible CPUs".into(),
+            source: e,
+        })?;
+        if opts.max_procs == 0 {
+            return Err(TraceError::Usage(
+                "room for at least one process is needed".into(),
+            ));
+        }
+        if !opts.ring_bytes.is_power_of_two() || opts.ring_bytes < 4096 {
+            return Err(TraceError::Usage(format!(
+                "ring buffer size {} is not a power of two of at least 4096 bytes",
+                opts.ring_bytes
+            )));
+        }
+
+        let mut ebpf = EbpfLoader::new()
+            // No CO-RE relocations in our programs: skip parsing the kernel's BTF (~0.5 s).
+            .btf(None)
+            .map_max_entries(name::EVENTS, opts.ring_bytes)
+            .map_max_entries(name::COUNTERS, opts.max_procs)
+            .map_max_entries(name::SLOTS, opts.max_procs)
+            .map_max_entries(name::RETIRED, opts.max_procs)
+            .map_max_entries(name::FREE_SLOTS, opts.max_procs)
+            .load(OBJECT)
+            .map_err(refused)?;
+
+        let mut cfg = Config {
+            fork_child_pid_offset,
+            nr_cpus: u32::try_from(nr_cpus).unwrap_or(MAX_CPUS).min(MAX_CPUS),
+            ..Config::default()
+        };
+        if opts.filter_pids || !opts.pids.is_empty() {
+            cfg.flags |= CONFIG_FILTER_PID;
+        }
+        if let Some(comm) = &opts.comm {
+            cfg.flags |= CONFIG_FILTER_COMM;
+            // The kernel keeps 15 bytes and a NUL.
+            let n = comm.len().min(15);
+            cfg.comm[..n].copy_from_slice(&comm.as_bytes()[..n]);
+        }
+        maps::write_config(&mut ebpf, cfg)?;
+        maps::free_all_slots(&mut ebpf, opts.max_procs)?;
+        install_tail_programs(&mut ebpf)?;
+        let mut probe = Self {
+            ebpf,
+            nr_cpus,
+            links: Vec::new(),
+            stream_faults: opts.stream_faults,
+        };
+        for &pid in &opts.pids {
+            probe.follow(pid)?;
+        }
+        probe.attach()?;
+        Ok(probe)
+    }
+
+    /// Attaches every program (again, after [`Probe::detach`]: benchmarks measure the same
+    /// loaded programs attached and detached in turn).
+    pub fn attach(&mut self) -> Result<(), TraceError> {
+        if !self.links.is_empty() {
+            return Ok(());
+        }
+        for &(prog, category, name, how) in ATTACHMENTS {
+            let prog = match prog {
+                prog::PAGE_FAULT if self.stream_faults => prog::PAGE_FAULT_EVENTS,
+                p => p,
+            };
+            let attach_err = |e| TraceError::Attach(format!("{category}:{name}"), Box::new(e));
+            let link = match how {
+                Attach::Record => Link::Record(
+                    loaded::<TracePoint>(&mut self.ebpf, prog)?
+                        .attach(category, name)
+                        .map_err(attach_err)?,
+                ),
+                Attach::Raw => Link::Raw(
+                    loaded::<RawTracePoint>(&mut self.ebpf, prog)?
+                        .attach(name)
+                        .map_err(attach_err)?,
+                ),
+            };
+            self.links.push((prog, link));
+        }
+        Ok(())
+    }
+
+    /// Detaches every program: no new events or counts after this. Maps stay readable.
+    pub fn detach(&mut self) {
+        for (prog, link) in self.links.drain(..) {
+            let Some(p) = self.ebpf.program_mut(prog) else {
+                continue;
+            };
+            match link {
+                Link::Record(link) => {
+                    if let Ok(tp) = <&mut TracePoint>::try_from(p) {
+                        let _ = tp.detach(link);
+                    }
+                }
+                Link::Raw(link) => {
+                    if let Ok(tp) = <&mut RawTracePoint>::try_from(p) {
+                        let _ = tp.detach(link);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn nr_cpus(&self) -> usize {
+        self.nr_cpus
+    }
+
+    /// How many tracepoints the programs are attached to.
+    pub fn attachments(&self) -> usize {
+        ATTACHMENTS.len()
+    }
+
+    /// What the kernel says of each loaded program (for per-program cost: run time and count
+    /// with `kernel.bpf_stats_enabled`, verified instructions), one per program, by name.
+    pub fn program_infos(&self) -> Vec<(String, ProgramInfo)> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out: Vec<(String, ProgramInfo)> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| Some((name.to_owned(), p.info().ok()?)))
+            .filter(|(_, info)| seen.insert(info.id()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+/// Loads the programs `sys_enter`/`sys_exit` tail-call and puts them in their slots.
+fn install_tail_programs(ebpf: &mut Ebpf) -> Result<(), TraceError> {
+    let mut fds = Vec::new();
+    for (slot, name) in TAIL_PROGRAMS {
+        let fd = loaded::<TracePoint>(ebpf, name)?
+            .fd()
+            .map_err(refused)?
+            .try_clone()
+            .map_err(|e| TraceError::Io {
+                what: "duplicating a program fd".into(),
+                source: e,
+            })?;
+        fds.push((slot, fd));
+    }
+    let mut progs =
+        ProgramArray::try_from(maps::map_mut(ebpf, name::TAIL_PROGS)?).map_err(refused)?;
+    for (slot, fd) in &fds {
+        progs.set(*slot, fd, 0).map_err(refused)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The built object holds exactly the maps and programs `tamalloc_common::maps` names,
+    /// so a map or program renamed on one side only fails here, not at load (no root: the
+    /// ELF is parsed, nothing is loaded).
+    #[test]
+    fn the_object_holds_exactly_the_named_maps_and_programs() {
+        let obj = aya_obj::Object::parse(OBJECT).expect("parsing the embedded eBPF object");
+        let names = |keys: Vec<&String>| -> BTreeSet<String> {
+            keys.into_iter()
+                // `.bss`, `.data` and `.rodata` become maps too; the programs name none.
+                .filter(|k| !k.starts_with('.'))
+                .cloned()
+                .collect()
+        };
+        let listed =
+            |list: &[&str]| -> BTreeSet<String> { list.iter().map(|s| (*s).to_owned()).collect() };
+        assert_eq!(names(obj.maps.keys().collect()), listed(&name::ALL_MAPS));
+        assert_eq!(
+            names(obj.programs.keys().collect()),
+            listed(&name::ALL_PROGRAMS)
+        );
+        // Every program the tracer loads by name is one of them.
+        for (p, ..) in ATTACHMENTS {
+            assert!(name::ALL_PROGRAMS.contains(p), "{p}");
+        }
+        for (_, p) in TAIL_PROGRAMS {
+            assert!(name::ALL_PROGRAMS.contains(&p), "{p}");
+        }
+    }
+}
