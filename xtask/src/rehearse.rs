@@ -15,8 +15,10 @@
 
 use std::{
     fs,
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -51,6 +53,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the rehearsal builds a root file system and enters it: run it as root");
     }
+    // A signal must not end us before the guard below unmounts what it mounted.
+    let interrupted = util::interrupt_flag()?;
     crate::setup::run(&crate::setup::Args::default()).context("set-up (debootstrap, git)")?;
     let started = Instant::now();
     let base = base_root(args.fresh_base)?;
@@ -77,7 +81,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         util::step(&format!("Rehearsing `{command}`"));
         let t = Instant::now();
         rehearsal
-            .run(command)
+            .run(command, &interrupted)
             .with_context(|| format!("`{command}` failed on the fresh root"))?;
         timings.push((command, t.elapsed()));
     }
@@ -305,7 +309,7 @@ impl Rehearsal {
     }
 
     /// Runs `command` in the clone inside the root, with a fresh login's environment.
-    fn run(&self, command: &str) -> anyhow::Result<()> {
+    fn run(&self, command: &str, interrupted: &AtomicBool) -> anyhow::Result<()> {
         // The machine's own environment for its network (CA bundles, proxies), nothing of
         // ours.
         let network: Vec<String> = std::env::vars()
@@ -321,31 +325,48 @@ impl Rehearsal {
         // Not chroot: the kernel refuses user namespaces to a chrooted process, which a
         // fresh machine is not (a test runs `unshare --user`). So, as containers do: a
         // private mount namespace whose root is pivoted to ours, the host's unmounted.
-        util::run(
-            Command::new("unshare")
-                .args([
-                    "--mount",
-                    "--propagation",
-                    "private",
-                    "--",
-                    "/bin/sh",
-                    "-c",
-                    ENTER,
-                ])
-                .arg(&self.root)
-                .args([
-                    "/usr/bin/env",
-                    "-i",
-                    "HOME=/root",
-                    "USER=root",
-                    "LANG=C.UTF-8",
-                    "CI=true",
-                ])
-                .args(network)
-                .arg(format!("PATH={PATH}"))
-                .args(["/bin/bash", "-c", &format!("cd {CLONE} && {command}")])
-                .stdin(Stdio::null()),
-        )
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            ENTER,
+        ])
+        .arg(&self.root)
+        .args([
+            "/usr/bin/env",
+            "-i",
+            "HOME=/root",
+            "USER=root",
+            "LANG=C.UTF-8",
+            "CI=true",
+        ])
+        .args(network)
+        .arg(format!("PATH={PATH}"))
+        .args(["/bin/bash", "-c", &format!("cd {CLONE} && {command}")])
+        .stdin(Stdio::null())
+        // Its own process group, so that a signal to us stops all of it.
+        .process_group(0);
+        let mut child = cmd.spawn().context("starting unshare")?;
+        let pgid = child.id().cast_signed();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!("{status}");
+                }
+                return Ok(());
+            }
+            if interrupted.load(Ordering::Relaxed) {
+                // SAFETY: kill(2) on the group we created; no memory is involved.
+                unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                let _ = child.wait();
+                bail!("{}", util::interrupted_by());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Whether anything is still mounted at or below the root.
