@@ -68,15 +68,6 @@ pub struct Trace {
     pub stats_source: String,
 }
 
-/// The pages first touched by kind that a `stats` or `summary` record carries, in
-/// [`FaultKind::ALL`] order: the schema names those fields for the kinds
-/// ([`FaultKind::name`]). Read by name so that the kinds are listed once; these records are
-/// few (one per process per interval, and one at the end), so the detour costs little.
-fn fault_counts(r: &Record) -> [u64; FAULT_KINDS] {
-    let v = serde_json::to_value(r).unwrap_or_default();
-    FaultKind::ALL.map(|k| v[k.name()].as_u64().unwrap_or(0))
-}
-
 impl Trace {
     /// Reads a JSON lines trace. Records of types this version does not know are skipped.
     pub fn load(path: &Path) -> Result<Self, ReportError> {
@@ -181,10 +172,12 @@ impl Trace {
                     ts_ns: *ts_ns,
                     vm_rss_kib: *vm_rss_kib,
                     tamalloc_resident_kib: *tamalloc_resident_kib,
-                    faults: fault_counts(r),
+                    faults: r.faults().unwrap_or_default(),
                 });
             }
-            Record::Summary { pid, comm, .. } => self.named(*pid, comm).totals = fault_counts(r),
+            Record::Summary { pid, comm, .. } => {
+                self.named(*pid, comm).totals = r.faults().unwrap_or_default()
+            }
             Record::Global { .. } | Record::Drops { .. } => {}
         }
     }
@@ -222,23 +215,5 @@ impl Trace {
                     .join(", "),
             }),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fault_counts_follow_the_kinds() {
-        let record = |json: &str| serde_json::from_str::<Record>(json).expect("a record");
-        let summary = record(
-            r#"{"type":"summary","pid":1,"comm":"a","read_zero":1,"write_zero":2,"cow_zero":3,"cow":4,"other":5,"regions":6}"#,
-        );
-        assert_eq!(fault_counts(&summary), [1, 2, 3, 4, 5]);
-        let drops = record(
-            r#"{"type":"drops","count":9,"fault_events":9,"control_events":9,"map_full":9}"#,
-        );
-        assert_eq!(fault_counts(&drops), [0; FAULT_KINDS]);
     }
 }

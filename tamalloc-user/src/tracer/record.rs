@@ -224,6 +224,11 @@ mod tests {
                 assert_eq!(v[k.name()], 10 + k as u64, "{} of {v}", k.name());
             }
         }
+        let drops: Record = serde_json::from_str(
+            r#"{"type":"drops","count":9,"fault_events":9,"control_events":9,"map_full":9}"#,
+        )
+        .expect("a drops record");
+        assert_eq!(drops.faults(), None);
     }
 
     #[test]
