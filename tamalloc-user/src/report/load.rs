@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, io::BufRead, path::Path};
 
-use tamalloc_common::trace::{FAULT_KINDS, FaultKind};
+use tamalloc_common::trace::FAULT_KINDS;
 
 use super::ReportError;
 use crate::tracer::{aggregate::Aggregator, decode::TraceEvent, record::Record};
@@ -19,7 +19,7 @@ pub(super) struct Sample {
     pub(super) ts_ns: u64,
     pub(super) vm_rss_kib: u64,
     pub(super) tamalloc_resident_kib: u64,
-    /// The tracer's counters so far, in [`FaultKind::ALL`] order.
+    /// The tracer's counters so far, in [`FaultKind::ALL`](tamalloc_common::trace::FaultKind::ALL) order.
     pub(super) faults: [u64; FAULT_KINDS],
 }
 
