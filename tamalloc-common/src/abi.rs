@@ -36,6 +36,10 @@ pub const TAMALLOC_COMM_LEN: usize = 16;
 
 /// One process, as syscall 555 reports it (`struct tamalloc_proc_stats`).
 ///
+/// 555 reports only processes whose `/proc/PID/status` the caller could read (`hidepid=`),
+/// and fills the `tamalloc_*` fields only if the caller may ptrace-read the process (as
+/// smaps); they are 0 otherwise.
+///
 /// Serialized (feature `user`) with the uapi names, `comm` as a string (the impl, and why it
 /// is written by hand, is in `abi::json`).
 #[repr(C)]
@@ -74,7 +78,9 @@ pub const TAMALLOC_PROC_STATS_SIZE_VER0: usize = 96;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct GlobalStats {
-    /// Processes (not kernel threads) in the caller's pid namespace.
+    /// Processes (not kernel threads) in the caller's pid namespace that 555 shows it; the
+    /// sums below are over them, an mm shared by several processes counted once by 556 (the
+    /// `/proc` fallback cannot tell and counts it per process).
     pub nr_processes: u64,
     pub vm_size_kib: u64,
     pub vm_rss_kib: u64,
