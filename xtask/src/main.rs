@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod kernel;
+mod manpages;
 mod rehearse;
 mod setup;
 mod test;

@@ -59,6 +59,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "kernel build (headers_install copies the uapi headers with it)",
     ),
     ("cpio", "initramfs"),
+    (
+        "groff-base",
+        "linting the syscalls' man pages (groff -man -ww)",
+    ),
     ("xz-utils", "unpacking the kernel source"),
     ("linux-source-6.1", "the kernel the patch series applies to"),
     ("qemu-system-x86", "booting the patched kernel"),

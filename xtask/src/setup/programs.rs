@@ -95,6 +95,11 @@ pub const PROGRAMS: &[Program] = &[
     p("setpriv", Base("util-linux"), "the not-root tests"),
     p("date", Base("coreutils"), "benchmark timestamps"),
     p(
+        "groff",
+        Setup("groff-base"),
+        "the man pages' lint test (`groff -man -ww -z`)",
+    ),
+    p(
         "bpftrace",
         Setup("bpftrace"),
         "the peer tracer in the benchmarks",

@@ -21,8 +21,8 @@ pub fn shell_quote(word: &str) -> String {
 }
 
 /// The project's binaries for the guest: `tamalloc` and `tamalloc-bench` (built here, each
-/// if it builds), the C example and the kselftest from the kernel build (if the series has
-/// it). `TAMALLOC_VM_NO_USER=1` skips building and adding the first three.
+/// if it builds), the C example, the man pages' EXAMPLES programs and the kselftest from the
+/// kernel build (if the series has it). `TAMALLOC_VM_NO_USER=1` skips building and adding the first three.
 pub fn guest_binaries(kernel: &Path) -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
     if std::env::var_os("TAMALLOC_VM_NO_USER").is_some() {
@@ -48,6 +48,12 @@ pub fn guest_binaries(kernel: &Path) -> Vec<(PathBuf, String)> {
             Ok(bin) => files.push((bin, "/usr/bin/tamalloc-bench".to_owned())),
             Err(e) => eprintln!("warning: continuing without /usr/bin/tamalloc-bench: {e:#}"),
         }
+    }
+    // The man pages' EXAMPLES, against the patched kernel's headers (its `__NR_` numbers).
+    let examples = util::target_dir().join("manpage-examples");
+    match crate::manpages::build_examples(&kernel.join("hdrs/include"), &examples) {
+        Ok(built) => files.extend(built),
+        Err(e) => eprintln!("warning: continuing without the man pages' examples: {e:#}"),
     }
     let test = kernel.join("tamalloc_test");
     if test.is_file() {

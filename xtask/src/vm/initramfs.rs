@@ -1,5 +1,6 @@
 //! The initramfs for the VM: a gzip'd newc cpio with busybox, `/init`, the caller's files
-//! (plus the shared libraries of dynamically linked ones) and an optional `/cmd` script.
+//! (plus the shared libraries of dynamically linked ones), the syscalls' man pages in
+//! `/usr/share/man/man2/` and an optional `/cmd` script.
 //!
 //! `/init` mounts proc, sysfs, devtmpfs, tracefs and a tmpfs on /tmp. With `/cmd` it runs
 //! it, then prints `init: exit=N`, `init: kernel-warnings=N` (the count of
@@ -127,6 +128,10 @@ impl Initramfs {
         )?;
         cpio.file("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
         write_busybox(cpio)?;
+        // The syscalls' man pages (there is no man(1): busybox has none, nor any nroff).
+        for (host, guest) in crate::manpages::guest_pages() {
+            cpio.host_file(&host, &guest)?;
+        }
         if let Some(cmd) = &self.cmd {
             cpio.file("/cmd", cmd.as_bytes(), 0o755)?;
         }
