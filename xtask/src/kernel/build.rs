@@ -142,9 +142,9 @@ fn configure(fragments: &[PathBuf], log: &BuildLog, src: &Path, obj: &Path) -> a
     Ok(())
 }
 
-/// The `CONFIG_X=v` settings of the fragments, merged in order as merge_config.sh merges
-/// them (a later `CONFIG_X=v` or `# CONFIG_X is not set` replaces an earlier one), that
-/// `config` does not have: their `CONFIG_X=v`.
+/// The settings of the fragments, merged in order as merge_config.sh merges them (a later
+/// `CONFIG_X=v` or `# CONFIG_X is not set` replaces an earlier one), that `config` does not
+/// have: a `CONFIG_X=v` line missing from it, or a `# CONFIG_X is not set` that it sets.
 fn missing_options(fragments: &[String], config: &str) -> Vec<String> {
     let mut want: Vec<(&str, Option<&str>)> = Vec::new();
     for line in fragments.iter().flat_map(|f| f.lines()).map(str::trim) {
@@ -164,10 +164,16 @@ fn missing_options(fragments: &[String], config: &str) -> Vec<String> {
         want.push(setting);
     }
     let have: std::collections::HashSet<&str> = config.lines().map(str::trim).collect();
+    let is_set = |sym: &str| {
+        have.iter()
+            .any(|l| l.strip_prefix(sym).is_some_and(|v| v.starts_with('=')))
+    };
     want.into_iter()
-        .filter_map(|(_, line)| line)
-        .filter(|line| !have.contains(line))
-        .map(str::to_owned)
+        .filter_map(|(sym, line)| match line {
+            Some(line) if !have.contains(line) => Some(line.to_owned()),
+            None if is_set(sym) => Some(format!("# {sym} is not set")),
+            _ => None,
+        })
         .collect()
 }
 
@@ -335,14 +341,15 @@ mod tests {
 
     #[test]
     fn missing_options_are_listed() {
-        let frag = "# x\nCONFIG_A=y\nCONFIG_B=y\nCONFIG_N=2\n# CONFIG_C is not set\n";
-        let config = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_N=4\n";
+        let frag = "# x\nCONFIG_A=y\nCONFIG_B=y\nCONFIG_N=2\n# CONFIG_C is not set\n\
+                    # CONFIG_D is not set\n";
+        let config = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_N=4\nCONFIG_CC=y\nCONFIG_D=y\n";
         assert_eq!(
             missing_options(&[frag.to_owned()], config),
-            ["CONFIG_B=y", "CONFIG_N=2"]
+            ["CONFIG_B=y", "CONFIG_N=2", "# CONFIG_D is not set"]
         );
         // A later fragment's setting replaces an earlier one's.
-        let own = "# CONFIG_B is not set\nCONFIG_N=4\n".to_owned();
+        let own = "# CONFIG_B is not set\nCONFIG_N=4\nCONFIG_D=y\n".to_owned();
         assert!(missing_options(&[frag.to_owned(), own], config).is_empty());
     }
 }
