@@ -68,6 +68,9 @@ gcc -static -O2 -Wall -I "$src/tools/testing/selftests" -I "$obj/hdrs/include" \
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
+# The archive's "." becomes the guest's /: mktemp's 0700 would keep the
+# kselftest's unprivileged children out of /proc (EACCES).
+chmod 755 "$root"
 mkdir -p "$root"/{bin,proc,sys,dev,tmp}
 cp /bin/busybox "$root/bin/busybox"
 for a in sh mount poweroff echo cat ls uname; do ln -s busybox "$root/bin/$a"; done
