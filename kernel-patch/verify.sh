@@ -3,30 +3,42 @@
 #
 # Build the patched kernel from scratch and run the kselftest in QEMU (TCG).
 #
-#   kernel-patch/verify.sh WORKDIR [debug]
+#   [KERNEL=6.1|6.12] kernel-patch/verify.sh WORKDIR [debug]
 #
-# WORKDIR (outside the repository) gets the pristine tree with the series
-# applied (src/), the build (build-normal/ or build-debug/), the initramfs and
+# KERNEL (default 6.1) picks the series, kernel-patch/$KERNEL/, and the
+# tarball, /usr/src/linux-source-$KERNEL.tar.xz.  The fragments are the shared
+# tamalloc.config (and debug.config), each followed by $KERNEL/'s own if it
+# has one.  WORKDIR (outside the repository, one per kernel) gets the pristine
+# tree with the series applied (src/), the build (build-normal/ or build-debug/), the initramfs and
 # the console log (qemu-normal.log or qemu-debug.log).  Exits 0 only if every
 # fragment option survived olddefconfig, the guest printed "init: success" and
 # its log has no kernel BUG/WARNING/KASAN/lockdep report.
 # Needs: build-essential flex bison bc libelf-dev libssl-dev cpio
-# qemu-system-x86 busybox-static, and the linux-source-6.1 tarball (or
+# qemu-system-x86 busybox-static, and the linux-source-$KERNEL tarball (or
 # TARBALL=...).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 work=${1:?usage: $0 WORKDIR [debug]}
 kind=${2:-normal}
-tarball=${TARBALL:-/usr/src/linux-source-6.1.tar.xz}
+kernel=${KERNEL:-6.1}
+series=$here/$kernel
+[ -f "$series/series" ] || { echo "verify: no series for kernel $kernel ($series/series)" >&2; exit 2; }
+tarball=${TARBALL:-/usr/src/linux-source-$kernel.tar.xz}
+[ -f "$tarball" ] || { echo "verify: $tarball missing: install linux-source-$kernel" >&2; exit 2; }
 jobs=${JOBS:-$(nproc)}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 src=$work/src
 obj=$work/build-$kind
 
-fragments=("$here/tamalloc.config")
-[ "$kind" = debug ] && fragments+=("$here/debug.config")
+fragments=()
+names=(tamalloc.config)
+[ "$kind" = debug ] && names+=(debug.config)
+for f in "${names[@]}"; do
+	fragments+=("$here/$f")
+	[ -f "$series/$f" ] && fragments+=("$series/$f")
+done
 
 if [ ! -e "$src/.patched" ]; then
 	rm -rf "$src" "$work/extract"
@@ -36,8 +48,8 @@ if [ ! -e "$src/.patched" ]; then
 	rmdir "$work/extract"
 	while read -r p; do
 		case $p in ''|'#'*) continue ;; esac
-		patch -d "$src" -p1 --quiet < "$here/$p"
-	done < "$here/series"
+		patch -d "$src" -p1 --quiet < "$series/$p"
+	done < "$series/series"
 	touch "$src/.patched"
 fi
 
@@ -56,6 +68,9 @@ gcc -static -O2 -Wall -I "$src/tools/testing/selftests" -I "$obj/hdrs/include" \
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
+# The archive's "." becomes the guest's /: mktemp's 0700 would keep the
+# kselftest's unprivileged children out of /proc (EACCES).
+chmod 755 "$root"
 mkdir -p "$root"/{bin,proc,sys,dev,tmp}
 cp /bin/busybox "$root/bin/busybox"
 for a in sh mount poweroff echo cat ls uname; do ln -s busybox "$root/bin/$a"; done

@@ -2,22 +2,29 @@
 //!
 //! Stages run in order and stop at the first failure: set-up, fmt, clippy, the eBPF crate's
 //! own clippy, unit + host integration tests (the tracer tests load BPF, so root), then the
-//! patched kernels under QEMU (normal and debug config).
+//! patched kernels under QEMU: every supported kernel (6.1, 6.12) normal, then each debug
+//! (cheap failures first), each built once and cached by the hash of its inputs.
 
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{self, cargo, is_root};
+use crate::{
+    kernel::{self, Version},
+    util::{self, cargo, is_root},
+};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Skip building and booting the patched kernels (host tests only).
     #[arg(long)]
     pub no_vm: bool,
-    /// Skip the debug-config kernel (lockdep, DEBUG_VM, KASAN).
+    /// Skip the debug-config kernels (lockdep, DEBUG_VM, KASAN).
     #[arg(long)]
     pub no_debug_kernel: bool,
+    /// Test only this kernel (default: 6.1 and 6.12).
+    #[arg(long, value_enum, value_name = "VERSION")]
+    pub kernel: Option<Version>,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -71,13 +78,60 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     stage("clippy (eBPF)", &mut ebpf_clippy)?;
     stage("test", cargo().args(["test", "--", "--test-threads=1"]))?;
     if !args.no_vm {
-        crate::vm::run_tests(false).context("tests in the patched kernel")?;
-        passed += 1;
-        if !args.no_debug_kernel {
-            crate::vm::run_tests(true).context("tests in the debug kernel")?;
+        for k in kernels(args) {
+            let what = if k.debug { "debug kernel" } else { "kernel" };
+            crate::vm::run_tests(&k)
+                .with_context(|| format!("tests in the patched {} {what}", k.kernel))?;
             passed += 1;
         }
     }
     println!("xtask test: {passed} passed, 0 failed");
     Ok(())
+}
+
+/// The kernels to test, in order: every selected version normal, then each debug.
+fn kernels(args: &Args) -> Vec<kernel::Args> {
+    let versions: Vec<Version> = match args.kernel {
+        Some(v) => vec![v],
+        None => Version::ALL.to_vec(),
+    };
+    let debugs: &[bool] = if args.no_debug_kernel {
+        &[false]
+    } else {
+        &[false, true]
+    };
+    debugs
+        .iter()
+        .flat_map(|&debug| {
+            versions
+                .iter()
+                .map(move |&kernel| kernel::Args { kernel, debug })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(args: &Args) -> Vec<String> {
+        kernels(args)
+            .iter()
+            .map(|k| format!("{}{}", k.kernel, if k.debug { "d" } else { "" }))
+            .collect()
+    }
+
+    #[test]
+    fn both_kernels_normal_first() {
+        let mut args = Args {
+            no_vm: false,
+            no_debug_kernel: false,
+            kernel: None,
+        };
+        assert_eq!(names(&args), ["6.1", "6.12", "6.1d", "6.12d"]);
+        args.kernel = Some(Version::V6_12);
+        assert_eq!(names(&args), ["6.12", "6.12d"]);
+        args.no_debug_kernel = true;
+        assert_eq!(names(&args), ["6.12"]);
+    }
 }

@@ -24,8 +24,14 @@ pub struct Report {
     /// Part 3.
     pub drops: Vec<DropRun>,
     pub decode: Option<Decode>,
-    /// Part 4.
+    /// Part 4, and the kernel it boots ("6.1" in reports from before there was a choice).
     pub vm: VmPart,
+    #[serde(default = "kernel_6_1")]
+    pub vm_kernel: String,
+}
+
+fn kernel_6_1() -> String {
+    "6.1".to_owned()
 }
 
 /// The host the numbers come from.

@@ -48,6 +48,9 @@ pub struct Args {
     /// Leave out the patched-kernel part (syscalls 555/554 under QEMU).
     #[arg(long)]
     pub no_vm: bool,
+    /// The patched kernel the VM part boots: 6.1 or 6.12.
+    #[arg(long, value_enum, value_name = "VERSION", default_value_t)]
+    pub kernel: crate::kernel::Version,
     /// Give up on the VM part after this many seconds (it waits for the kernel cache lock
     /// while another task builds a kernel).
     #[arg(long, value_name = "SECS", default_value_t = 300)]
@@ -135,7 +138,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if part(Part::Vm) && !args.no_vm {
         util::step("Stats (VM)");
         let limit = Duration::from_secs(args.vm_limit);
-        r.vm = match vm::measure(work, args.quick, limit) {
+        r.vm_kernel = args.kernel.to_string();
+        r.vm = match vm::measure(work, args.kernel, args.quick, limit) {
             Ok(stats) => VmPart::Measured(stats),
             Err(e) => VmPart::Failed(format!("{e:#}")),
         };

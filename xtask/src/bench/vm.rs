@@ -16,16 +16,22 @@ use super::{
     process::Spawned,
     records::{self, Record},
 };
-use crate::util;
+use crate::{kernel::Version, util};
 
-pub fn measure(work: &Path, quick: bool, limit: Duration) -> anyhow::Result<VmStats> {
+pub fn measure(
+    work: &Path,
+    kernel: Version,
+    quick: bool,
+    limit: Duration,
+) -> anyhow::Result<VmStats> {
     let script = vm_script(quick);
     let me = std::env::current_exe().context("locating the xtask binary")?;
     let log = work.join("vm.txt");
     let t = Instant::now();
     let mut vm = Spawned::spawn(
         Command::new(me)
-            .args(["vm", "--mem", "2048", "--timeout", "600", "--", "sh", "-c"])
+            .args(["vm", "--kernel", kernel.as_str()])
+            .args(["--mem", "2048", "--timeout", "600", "--", "sh", "-c"])
             .arg(&script)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&log).context("creating the VM log")?)

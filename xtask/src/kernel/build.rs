@@ -102,6 +102,10 @@ fn snapshot(inputs: &Inputs, art: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<Pa
             .iter()
             .map(|(name, data)| {
                 let path = dir.join(name);
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
                 fs::write(&path, data).with_context(|| format!("writing {}", path.display()))?;
                 Ok(path)
             })
@@ -123,31 +127,53 @@ fn configure(fragments: &[PathBuf], log: &BuildLog, src: &Path, obj: &Path) -> a
     )?;
     log.run(make(src, obj).arg("olddefconfig"))?;
     let config = fs::read_to_string(obj.join(".config")).context("reading .config")?;
-    let mut missing = Vec::new();
-    for frag in fragments {
-        let text =
-            fs::read_to_string(frag).with_context(|| format!("reading {}", frag.display()))?;
-        missing.extend(missing_options(&text, &config));
-    }
+    let texts = fragments
+        .iter()
+        .map(|f| fs::read_to_string(f).with_context(|| format!("reading {}", f.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let missing = missing_options(&texts, &config);
     if !missing.is_empty() {
         bail!(
-            "these fragment options are not =y in the final .config (unknown symbol, or \
-             unmet dependency): {}",
+            "these fragment options do not have their fragment's value in the final .config \
+             (unknown symbol, or unmet dependency): {}",
             missing.join(" ")
         );
     }
     Ok(())
 }
 
-/// The `CONFIG_X=y` lines of `fragment` that are not `=y` in `config`.
-fn missing_options(fragment: &str, config: &str) -> Vec<String> {
+/// The settings of the fragments, merged in order as merge_config.sh merges them (a later
+/// `CONFIG_X=v` or `# CONFIG_X is not set` replaces an earlier one), that `config` does not
+/// have: a `CONFIG_X=v` line missing from it, or a `# CONFIG_X is not set` that it sets.
+fn missing_options(fragments: &[String], config: &str) -> Vec<String> {
+    let mut want: Vec<(&str, Option<&str>)> = Vec::new();
+    for line in fragments.iter().flat_map(|f| f.lines()).map(str::trim) {
+        let setting =
+            if let Some((sym, _)) = line.split_once('=').filter(|_| line.starts_with("CONFIG_")) {
+                (sym, Some(line))
+            } else if let Some(sym) = line
+                .strip_prefix("# ")
+                .and_then(|l| l.strip_suffix(" is not set"))
+                .filter(|s| s.starts_with("CONFIG_"))
+            {
+                (sym, None)
+            } else {
+                continue;
+            };
+        want.retain(|(sym, _)| *sym != setting.0);
+        want.push(setting);
+    }
     let have: std::collections::HashSet<&str> = config.lines().map(str::trim).collect();
-    fragment
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("CONFIG_") && l.ends_with("=y"))
-        .filter(|l| !have.contains(l))
-        .map(|l| l.trim_end_matches("=y").to_owned())
+    let is_set = |sym: &str| {
+        have.iter()
+            .any(|l| l.strip_prefix(sym).is_some_and(|v| v.starts_with('=')))
+    };
+    want.into_iter()
+        .filter_map(|(sym, line)| match line {
+            Some(line) if !have.contains(line) => Some(line.to_owned()),
+            None if is_set(sym) => Some(format!("# {sym} is not set")),
+            _ => None,
+        })
         .collect()
 }
 
@@ -315,8 +341,15 @@ mod tests {
 
     #[test]
     fn missing_options_are_listed() {
-        let frag = "# x\nCONFIG_A=y\nCONFIG_B=y\nCONFIG_N=2\n# CONFIG_C is not set\n";
-        let config = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_N=4\n";
-        assert_eq!(missing_options(frag, config), ["CONFIG_B"]);
+        let frag = "# x\nCONFIG_A=y\nCONFIG_B=y\nCONFIG_N=2\n# CONFIG_C is not set\n\
+                    # CONFIG_D is not set\n";
+        let config = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_N=4\nCONFIG_CC=y\nCONFIG_D=y\n";
+        assert_eq!(
+            missing_options(&[frag.to_owned()], config),
+            ["CONFIG_B=y", "CONFIG_N=2", "# CONFIG_D is not set"]
+        );
+        // A later fragment's setting replaces an earlier one's.
+        let own = "# CONFIG_B is not set\nCONFIG_N=4\nCONFIG_D=y\n".to_owned();
+        assert!(missing_options(&[frag.to_owned(), own], config).is_empty());
     }
 }

@@ -25,18 +25,29 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    pub fn gather(dir: &Path, tarball: &Path, debug: bool) -> anyhow::Result<Self> {
+    /// Reads `dir/<version>/series` and its patches, and the fragments: `dir/tamalloc.config`,
+    /// then `dir/<version>/tamalloc.config` if there is one, and with `debug` the same for
+    /// `debug.config`. Each fragment is named by its path under `dir`.
+    pub fn gather(dir: &Path, version: &str, tarball: &Path, debug: bool) -> anyhow::Result<Self> {
         let tarball_key = tarball_key(tarball)?;
-        let series_path = dir.join("series");
+        let series_dir = dir.join(version);
+        let series_path = series_dir.join("series");
         let series = match fs::read_to_string(&series_path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", series_path.display())),
         };
-        let patches = read_all(dir, parse_series(&series))?;
-        let mut fragment_names = vec!["tamalloc.config".to_owned()];
-        if debug {
-            fragment_names.push("debug.config".to_owned());
+        let patches = read_all(&series_dir, parse_series(&series))?;
+        let mut fragment_names = Vec::new();
+        for name in ["tamalloc.config"]
+            .into_iter()
+            .chain(debug.then_some("debug.config"))
+        {
+            fragment_names.push(name.to_owned());
+            let own = format!("{version}/{name}");
+            if dir.join(&own).is_file() {
+                fragment_names.push(own);
+            }
         }
         let fragments = read_all(dir, fragment_names)?;
         let mut parts = vec![
@@ -99,12 +110,8 @@ fn hash_inputs(version: &str, parts: &[(String, Vec<u8>)]) -> String {
 
 /// Identifies the tarball cheaply (name, size, mtime) without reading 140 MB.
 fn tarball_key(tarball: &Path) -> anyhow::Result<String> {
-    let meta = fs::metadata(tarball).with_context(|| {
-        format!(
-            "kernel source {} (install linux-source-6.1)",
-            tarball.display()
-        )
-    })?;
+    let meta =
+        fs::metadata(tarball).with_context(|| format!("kernel source {}", tarball.display()))?;
     let stem = file_name(tarball)
         .trim_end_matches(".xz")
         .trim_end_matches(".tar")
@@ -163,18 +170,32 @@ mod tests {
         fs::write(dir.join("debug.config"), "CONFIG_B=y\n").unwrap();
         let tarball = dir.join("linux.tar.xz");
         fs::write(&tarball, "not really").unwrap();
-        let plain = Inputs::gather(&dir, &tarball, false).unwrap();
-        let debug = Inputs::gather(&dir, &tarball, true).unwrap();
+        let gather = |version, debug| Inputs::gather(&dir, version, &tarball, debug);
+        let plain = gather("6.1", false).unwrap();
+        let debug = gather("6.1", true).unwrap();
         assert_ne!(plain.hash, debug.hash);
         assert!(plain.patches.is_empty());
-        fs::write(dir.join("series"), "0001-x.patch\n").unwrap();
-        assert!(Inputs::gather(&dir, &tarball, false).is_err());
-        fs::write(dir.join("0001-x.patch"), "diff").unwrap();
-        let patched = Inputs::gather(&dir, &tarball, false).unwrap();
+        fs::create_dir_all(dir.join("6.1")).unwrap();
+        fs::write(dir.join("6.1/series"), "0001-x.patch\n").unwrap();
+        assert!(gather("6.1", false).is_err());
+        fs::write(dir.join("6.1/0001-x.patch"), "diff").unwrap();
+        let patched = gather("6.1", false).unwrap();
         assert_ne!(plain.hash, patched.hash);
         assert_eq!(
             patched.patches,
             [("0001-x.patch".to_owned(), b"diff".to_vec())]
+        );
+        // Another version's series and fragments are not this one's.
+        assert_eq!(gather("6.12", false).unwrap().hash, plain.hash);
+        fs::create_dir_all(dir.join("6.12")).unwrap();
+        fs::write(dir.join("6.12/debug.config"), "CONFIG_C=y\n").unwrap();
+        assert_eq!(gather("6.12", false).unwrap().hash, plain.hash);
+        let own = gather("6.12", true).unwrap();
+        assert_ne!(own.hash, debug.hash);
+        let names: Vec<&str> = own.fragments.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["tamalloc.config", "debug.config", "6.12/debug.config"]
         );
         fs::remove_dir_all(&dir).unwrap();
     }

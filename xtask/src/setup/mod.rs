@@ -64,7 +64,14 @@ const PACKAGES: &[(&str, &str)] = &[
         "linting the syscalls' man pages (groff -man -ww)",
     ),
     ("xz-utils", "unpacking the kernel source"),
-    ("linux-source-6.1", "the kernel the patch series applies to"),
+    (
+        "linux-source-6.1",
+        "the 6.1 kernel the first patch series applies to",
+    ),
+    (
+        "linux-source-6.12",
+        "the 6.12 LTS kernel of the second series (Debian 12's security archive)",
+    ),
     ("qemu-system-x86", "booting the patched kernel"),
     ("busybox-static", "the initramfs userland"),
     ("bpftrace", "the peer tracer the benchmarks compare against"),

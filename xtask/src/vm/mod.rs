@@ -31,6 +31,9 @@ const DEFAULT_TIMEOUT_SECS: u64 = 600;
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
+    /// The kernel to boot: 6.1 (Debian 12's) or 6.12 (LTS).
+    #[arg(long, value_enum, value_name = "VERSION", default_value_t)]
+    pub kernel: kernel::Version,
     /// Boot the debug kernel (lockdep, DEBUG_VM, ...).
     #[arg(long)]
     pub debug: bool,
@@ -55,15 +58,19 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    let kernel_args = kernel::Args {
+        kernel: args.kernel,
+        debug: args.debug,
+    };
     if args.tests {
-        return suite::run(args.debug);
+        return suite::run(&kernel_args);
     }
     let mut files = args
         .files
         .iter()
         .map(|f| parse_file_arg(f))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let kernel = kernel::run(&kernel::Args { debug: args.debug })?;
+    let kernel = kernel::run(&kernel_args)?;
     files.extend(guest_binaries(&kernel));
     let mut initramfs = Initramfs::new();
     for (host, guest) in &files {

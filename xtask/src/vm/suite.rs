@@ -24,9 +24,9 @@ const TEST_TIMEOUT_SECS: u32 = 600;
 const KSELFTEST: &str = "tamalloc_test";
 const WARNINGS_TEST: &str = "kernel-warnings";
 
-/// Boots the (debug) kernel once and runs every VM test; fails when one fails.
-pub fn run(debug: bool) -> anyhow::Result<()> {
-    let kernel = kernel::run(&kernel::Args { debug })?;
+/// Boots the kernel once and runs every VM test; fails when one fails.
+pub fn run(args: &kernel::Args) -> anyhow::Result<()> {
+    let kernel = kernel::run(args)?;
     let scripts = test_scripts(&util::workspace_root().join("tests/vm"))?;
     let mut initramfs = Initramfs::new();
     for (host, guest) in guest_binaries(&kernel) {
@@ -54,17 +54,17 @@ pub fn run(debug: bool) -> anyhow::Result<()> {
         if warnings_ok { "ok" } else { "FAILED" }
     );
     results.push((WARNINGS_TEST.to_owned(), warnings_ok));
-    summarize(&results, &outcome.log)
+    summarize(&describe(args), &results, &outcome.log)
 }
 
-fn summarize(results: &[(String, bool)], log: &Path) -> anyhow::Result<()> {
+fn summarize(what: &str, results: &[(String, bool)], log: &Path) -> anyhow::Result<()> {
     let failed: Vec<&str> = results
         .iter()
         .filter(|(_, ok)| !ok)
         .map(|(name, _)| name.as_str())
         .collect();
     let passed = results.len() - failed.len();
-    println!("vmtests: {passed} passed, {} failed", failed.len());
+    println!("vmtests: {passed} passed, {} failed ({what})", failed.len());
     if !failed.is_empty() {
         bail!(
             "VM tests failed: {} (console log: {})",
@@ -73,6 +73,12 @@ fn summarize(results: &[(String, bool)], log: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// "6.12" or "6.12 debug".
+fn describe(args: &kernel::Args) -> String {
+    let debug = if args.debug { " debug" } else { "" };
+    format!("kernel {}{debug}", args.kernel)
 }
 
 /// `dir/*.sh`, sorted; none when the directory does not exist.
@@ -215,7 +221,7 @@ mod tests {
     #[test]
     fn summary_fails_on_failures() {
         let log = Path::new("/dev/null");
-        assert!(summarize(&[("a".to_owned(), true)], log).is_ok());
-        assert!(summarize(&[("a".to_owned(), true), ("b".to_owned(), false)], log).is_err());
+        assert!(summarize("k", &[("a".to_owned(), true)], log).is_ok());
+        assert!(summarize("k", &[("a".to_owned(), true), ("b".to_owned(), false)], log).is_err());
     }
 }

@@ -102,7 +102,11 @@ impl Report {
     }
 
     pub(super) fn render_vm(&self, s: &mut String, targets: &mut Vec<Target>) {
-        let _ = writeln!(s, "## 4. Stats syscalls (patched 6.1 kernel under QEMU)\n");
+        let _ = writeln!(
+            s,
+            "## 4. Stats syscalls (patched {} kernel under QEMU)\n",
+            self.vm_kernel
+        );
         let vm = match &self.vm {
             VmPart::NotRun => {
                 let _ = writeln!(s, "Not run (`--no-vm`).\n");
