@@ -36,9 +36,11 @@ pub const TAMALLOC_COMM_LEN: usize = 16;
 
 /// One process, as syscall 555 reports it (`struct tamalloc_proc_stats`).
 ///
-/// 555 reports only processes whose `/proc/PID/status` the caller could read (`hidepid=`),
-/// and fills the `tamalloc_*` fields only if the caller may ptrace-read the process (as
-/// smaps); they are 0 otherwise.
+/// 555 (v2.1) reports, besides the caller's own, only processes the caller may ptrace-read
+/// (`PTRACE_MODE_READ_FSCREDS`, which asks the LSMs too), whatever `hidepid=` says: a subset
+/// of what `/proc` shows it. A pid it may not read is `ESRCH` where a `hidepid=` instance
+/// hides it, else `EPERM`. The `tamalloc_*` fields are checked again on the thread whose mm
+/// they come from (as smaps) and are 0 if that fails.
 ///
 /// Serialized (feature `user`) with the uapi names, `comm` as a string (the impl, and why it
 /// is written by hand, is in `abi::json`).
