@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <task>`. See `cargo xtask --help`.
 
 mod bench;
+mod checkpatch;
 mod demo;
 mod kernel;
 mod manpages;
@@ -29,6 +30,8 @@ enum Task {
     Test(test::Args),
     /// Build the patched kernel (cached by the hash of patches and config).
     Kernel(kernel::Args),
+    /// Every patch of both kernel series through its kernel's checkpatch.pl --strict.
+    Checkpatch(checkpatch::Args),
     /// Boot the patched kernel under QEMU and run a command, or give a shell.
     Vm(vm::Args),
     /// The README's two commands in a fresh Debian 12 root (debootstrap; root; ~30 min).
@@ -50,6 +53,7 @@ fn run() -> anyhow::Result<()> {
         Task::Demo(args) => demo::run(&args),
         Task::Test(args) => test::run(&args),
         Task::Kernel(args) => kernel::run(&args).map(|_| ()),
+        Task::Checkpatch(args) => checkpatch::run(&args),
         Task::Vm(args) => vm::run(&args),
         Task::Rehearse(args) => rehearse::run(&args),
         Task::Bench(args) => bench::run(&args),

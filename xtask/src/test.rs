@@ -1,8 +1,8 @@
 //! `cargo xtask test`: the README's test command, and what CI runs.
 //!
 //! Stages run in order and stop at the first failure: set-up, fmt, clippy, the eBPF crate's
-//! own clippy, unit + host integration tests (the tracer tests load BPF, so root), then the
-//! patched kernels under QEMU: every supported kernel (6.1, 6.12) normal, then each debug
+//! own clippy, unit + host integration tests (the tracer tests load BPF, so root), checkpatch
+//! --strict on both kernel series, then the patched kernels under QEMU: every supported kernel (6.1, 6.12) normal, then each debug
 //! (cheap failures first), each built once and cached by the hash of its inputs.
 
 use std::process::Command;
@@ -78,6 +78,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     stage("clippy (eBPF)", &mut ebpf_clippy)?;
     stage("test", cargo().args(["test", "--", "--test-threads=1"]))?;
     if !args.no_vm {
+        util::step("checkpatch");
+        crate::checkpatch::run(&crate::checkpatch::Args {
+            kernel: args.kernel,
+        })
+        .context("stage `checkpatch` failed")?;
+        passed += 1;
         for k in kernels(args) {
             let what = if k.debug { "debug kernel" } else { "kernel" };
             crate::vm::run_tests(&k)

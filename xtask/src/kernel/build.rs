@@ -224,9 +224,16 @@ fn build_kselftest(log: &BuildLog, src: &Path, art: &Path) -> anyhow::Result<()>
 }
 
 /// The extracted pristine tree for this tarball, extracting it on first use.
-fn pristine_tree(inputs: &Inputs, root: &Path) -> anyhow::Result<PathBuf> {
+pub(super) fn is_extracted(inputs: &Inputs, root: &Path) -> bool {
+    root.join("src")
+        .join(&inputs.tarball_key)
+        .join(".extracted")
+        .is_file()
+}
+
+pub(super) fn pristine_tree(inputs: &Inputs, root: &Path) -> anyhow::Result<PathBuf> {
     let dir = root.join("src").join(&inputs.tarball_key);
-    if !dir.join(".extracted").is_file() {
+    if !is_extracted(inputs, root) {
         extract(&inputs.tarball, &dir)?;
     }
     single_subdir(&dir)

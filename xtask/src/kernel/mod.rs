@@ -125,6 +125,33 @@ fn gather(args: &Args) -> anyhow::Result<Inputs> {
     Inputs::gather(&patch_dir(), args.kernel.as_str(), &tarball, args.debug)
 }
 
+/// The pristine source tree of `version` (extracted into the cache once) and the paths of its
+/// series' patches, in order: what `cargo xtask checkpatch` checks.
+pub fn pristine_and_series(version: Version) -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
+    let args = Args {
+        kernel: version,
+        debug: false,
+    };
+    let inputs = gather(&args)?;
+    let root = util::cache_dir().join("kernel");
+    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    // Extracting needs the cache lock (a build may be extracting the same tarball); reading
+    // an extracted tree does not, so a check never waits for a build.
+    let tree = if build::is_extracted(&inputs, &root) {
+        build::pristine_tree(&inputs, &root)?
+    } else {
+        let _lock = Lock::exclusive(&root.join(".lock"))?;
+        build::pristine_tree(&inputs, &root)?
+    };
+    let dir = patch_dir().join(version.as_str());
+    let patches = inputs
+        .patches
+        .iter()
+        .map(|(name, _)| dir.join(name))
+        .collect();
+    Ok((tree, patches))
+}
+
 fn is_complete(art: &Path) -> bool {
     art.join("ok").is_file() && art.join("bzImage").is_file()
 }
