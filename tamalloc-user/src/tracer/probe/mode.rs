@@ -83,9 +83,30 @@ impl ModeChoice {
 /// What kernel mode needs from this kernel: the programs' layout global, and the kernel's
 /// BTF for the attach points. `Err` says, in a few words, what is missing.
 pub(super) fn kernel_layout(stream: bool) -> Result<(KernelLayout, Btf), String> {
+    // Before reading 5 MB of BTF: a kernel that refuses fexit programs by policy (a
+    // sandbox's BPF LSM, CAP_PERFMON missing) does so before it looks at the attach point,
+    // so a program naming type id 1 gets the same EPERM there; elsewhere it fails
+    // verification (id 1 is no function) and the real probe below decides.
+    if let Err(e) = fexit_loads(1)
+        && matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+    {
+        return Err(format!(
+            "this kernel refuses fexit programs (a minimal one: {e})"
+        ));
+    }
     let raw = std::fs::read(VMLINUX_BTF)
         .map_err(|e| format!("no kernel BTF ({VMLINUX_BTF}: {e}; needs CONFIG_DEBUG_INFO_BTF)"))?;
     let btf = KernelBtf::parse(&raw).map_err(|e| e.to_string())?;
+    // First whether fexit loads at all: some kernels refuse fexit programs whatever their
+    // configuration says (a sandbox's policy, lockdown), and then nothing else here is
+    // worth its time (aya parses the whole BTF again: tens of ms).
+    let (_, first, _) = KERNEL_HOOKS[0];
+    let id = btf
+        .function_id(first)
+        .ok_or_else(|| format!("the kernel has no function {first} to hook"))?;
+    fexit_loads(id).map_err(|e| {
+        format!("this kernel refuses fexit programs (a minimal one on {first}: {e})")
+    })?;
     let functions = btf.functions();
     if let Some((_, f, _)) = KERNEL_HOOKS.iter().find(|(_, f, _)| !functions.contains(f)) {
         return Err(format!("the kernel has no function {f} to hook"));
@@ -105,21 +126,12 @@ pub(super) fn kernel_layout(stream: bool) -> Result<(KernelLayout, Btf), String>
         vmf_orig_pte: field("orig_pte", 8)?,
         stream: u32::from(stream),
     };
-    // Before aya parses the whole BTF again (a few hundred ms): some kernels refuse fexit
-    // programs whatever their configuration says (a sandbox's policy, lockdown).
-    let (_, first, _) = KERNEL_HOOKS[0];
-    let id = btf
-        .function_id(first)
-        .ok_or_else(|| format!("the kernel has no function {first} to hook"))?;
-    fexit_loads(id).map_err(|e| {
-        format!("this kernel refuses fexit programs (a minimal one on {first}: {e})")
-    })?;
     let aya_btf = Btf::parse(&raw, aya::Endianness::default()).map_err(|e| e.to_string())?;
     Ok((layout, aya_btf))
 }
 
-/// Whether the kernel loads a minimal fexit program (`r0 = 0; exit`) on BTF function
-/// `btf_id`; the program is closed at once.
+/// Whether the kernel loads a minimal fexit program (`r0 = 0; exit`) on BTF type `btf_id`
+/// of vmlinux; the program is closed at once.
 fn fexit_loads(btf_id: u32) -> std::io::Result<()> {
     const BPF_PROG_LOAD: libc::c_long = 5;
     const BPF_PROG_TYPE_TRACING: u32 = 26;
