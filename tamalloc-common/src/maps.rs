@@ -80,6 +80,7 @@ pub mod prog {
     // Tail-called from sys_enter/sys_exit (their slots: `super::TAIL_PROGRAMS`).
     pub const EXIT_LEARN: &str = "exit_learn";
     pub const ENTER_MUNMAP: &str = "enter_munmap";
+    pub const EXIT_MUNMAP: &str = "exit_munmap";
     pub const EXIT_MREMAP: &str = "exit_mremap";
     pub const EXIT_MREMAP_SHRINK: &str = "exit_mremap_shrink";
     pub const EXIT_MREMAP_GROW: &str = "exit_mremap_grow";
@@ -88,6 +89,7 @@ pub mod prog {
     pub const EXIT_MADVISE: &str = "exit_madvise";
     pub const EXIT_MREMAP_CLEAR_TARGET: &str = "exit_mremap_clear_target";
     pub const EXIT_MMAP_FIXED: &str = "exit_mmap_fixed";
+    pub const EXIT_MPROTECT: &str = "exit_mprotect";
     // Kernel mode (fexit/fentry, see `crate::trace::Install`); each counts and, when
     // `KernelLayout::stream` is set, streams.
     /// fexit `do_anonymous_page`.
@@ -135,7 +137,7 @@ pub struct KernelLayout {
 pub const VMF_WINDOW: u32 = 96;
 
 /// Every program of the object.
-pub const ALL_PROGRAMS: [&str; 22] = [
+pub const ALL_PROGRAMS: [&str; 24] = [
     prog::SYS_ENTER,
     prog::SYS_EXIT,
     prog::SCHED_PROCESS_FORK,
@@ -145,6 +147,7 @@ pub const ALL_PROGRAMS: [&str; 22] = [
     prog::PAGE_FAULT_EVENTS,
     prog::EXIT_LEARN,
     prog::ENTER_MUNMAP,
+    prog::EXIT_MUNMAP,
     prog::EXIT_MREMAP,
     prog::EXIT_MREMAP_SHRINK,
     prog::EXIT_MREMAP_GROW,
@@ -153,6 +156,7 @@ pub const ALL_PROGRAMS: [&str; 22] = [
     prog::EXIT_MADVISE,
     prog::EXIT_MREMAP_CLEAR_TARGET,
     prog::EXIT_MMAP_FIXED,
+    prog::EXIT_MPROTECT,
     prog::ANON_FAULT,
     prog::HUGE_ANON_FAULT,
     prog::WP_FAULT,
@@ -260,8 +264,24 @@ pub struct Chunk {
     pub carry: RegionRef,
     /// The process's `COUNTERS` slot.
     pub slot: u32,
-    pub _pad: u32,
+    /// [`CHUNK_RESTRICTED`] once a page of the chunk had `noread` or `nowrite` set (never
+    /// cleared): the fault path reads those bitmaps only then. In the cache line of `slot`,
+    /// which the fault path reads anyway.
+    pub flags: u32,
+    /// Tracepoint mode: the page's protection forbids every access (`PROT_NONE`): a fault
+    /// there is refused (SIGSEGV) and counts `other`. Set by mprotect.
+    pub noread: [u64; CHUNK_WORDS],
+    /// Tracepoint mode: the page's protection forbids writes: a write fault counts `other`.
+    pub nowrite: [u64; CHUNK_WORDS],
+    /// `MADV_WIPEONFORK`: a forked child's copy of the page starts empty.
+    pub wipe: [u64; CHUNK_WORDS],
+    /// A thread's munmap covers the page and has not returned: forgotten if it succeeds.
+    /// A region learned there meanwhile (another thread's, in the freed range) clears it.
+    pub dying: [u64; CHUNK_WORDS],
 }
+
+/// [`Chunk::flags`]: some page of the chunk has (or had) a restricted protection.
+pub const CHUNK_RESTRICTED: u32 = 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -297,7 +317,10 @@ pub struct Config {
     /// Offset of `group_dead` in `sched:sched_process_exit` (6.15 and later), 0 when the
     /// kernel's record has none: then the end of a process is guessed from its leader's.
     pub exit_group_dead_offset: u32,
-    pub _pad: u32,
+    /// Offset of `thread_info.status` in `task_struct` (x86: 16 since 5.11, 8 before), 0
+    /// when unknown: then every syscall is read as an x86-64 one. Its `TS_COMPAT` bit marks
+    /// an ia32 syscall (`int 0x80`) of a 64-bit process.
+    pub thread_status_offset: u32,
 }
 
 /// The most CPUs the programs sum per-CPU values over.
@@ -310,7 +333,8 @@ pub const CONFIG_FILTER_COMM: u64 = 1 << 2;
 
 /// Slots of `TAIL_PROGS`, the programs `sys_enter`/`sys_exit` tail-call, and their names.
 pub const EXIT_LEARN: u32 = 0;
-/// munmap, at `sys_enter`: forgotten before the kernel frees the range for reuse.
+/// munmap, at `sys_enter`: the range's region pages are marked dying, then at `sys_exit`
+/// ([`EXIT_MUNMAP`]) forgotten if the call succeeded, kept if it failed.
 pub const ENTER_MUNMAP: u32 = 1;
 pub const EXIT_MREMAP: u32 = 2;
 /// mremap in place, smaller.
@@ -320,13 +344,17 @@ pub const EXIT_MREMAP_GROW: u32 = 4;
 /// mremap to a new address: the new range first, then [`EXIT_MREMAP_DROP_OLD`].
 pub const EXIT_MREMAP_MOVE: u32 = 5;
 pub const EXIT_MREMAP_DROP_OLD: u32 = 6;
-/// madvise(MADV_DONTNEED, MADV_FREE, MADV_REMOVE, MADV_DONTNEED_LOCKED).
+/// madvise(MADV_DONTNEED, MADV_REMOVE, MADV_DONTNEED_LOCKED, MADV_WIPEONFORK,
+/// MADV_KEEPONFORK).
 pub const EXIT_MADVISE: u32 = 7;
 /// mremap with MREMAP_FIXED onto region pages: forget them, then [`EXIT_MREMAP_MOVE`].
 pub const EXIT_MREMAP_CLEAR_TARGET: u32 = 8;
 /// mmap with MAP_FIXED over region pages: forget them.
 pub const EXIT_MMAP_FIXED: u32 = 9;
-pub const TAIL_SLOTS: u32 = 10;
+/// mprotect / pkey_mprotect of region pages: which accesses their faults may make.
+pub const EXIT_MPROTECT: u32 = 10;
+pub const EXIT_MUNMAP: u32 = 11;
+pub const TAIL_SLOTS: u32 = 12;
 pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
     (EXIT_LEARN, prog::EXIT_LEARN),
     (ENTER_MUNMAP, prog::ENTER_MUNMAP),
@@ -338,6 +366,8 @@ pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
     (EXIT_MADVISE, prog::EXIT_MADVISE),
     (EXIT_MREMAP_CLEAR_TARGET, prog::EXIT_MREMAP_CLEAR_TARGET),
     (EXIT_MMAP_FIXED, prog::EXIT_MMAP_FIXED),
+    (EXIT_MPROTECT, prog::EXIT_MPROTECT),
+    (EXIT_MUNMAP, prog::EXIT_MUNMAP),
 ];
 
 /// Indices of the per-CPU `DROPS` array.
@@ -381,6 +411,6 @@ mod tests {
 
     #[test]
     fn chunk_size_is_pinned() {
-        assert_eq!(core::mem::size_of::<Chunk>(), 280);
+        assert_eq!(core::mem::size_of::<Chunk>(), 280 + 4 * 64);
     }
 }

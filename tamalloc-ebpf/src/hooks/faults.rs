@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tamalloc_common::{
-    maps::{CHUNK_SHIFT, DROP_FAULT_EVENTS},
-    trace::{Event, EventKind, FaultKind, PageState, classify},
+    maps::{CHUNK_RESTRICTED, CHUNK_SHIFT, DROP_FAULT_EVENTS},
+    trace::{Event, EventKind, FaultKind, PageState, classify, pf},
 };
 
 use crate::{
@@ -71,7 +71,18 @@ fn on_fault<const STREAM: bool>(ctx: &RawTracePointContext) {
             present: *present & bit != 0,
         }
     };
-    let (mut kind, now) = classify(error_code, was);
+    let (mut kind, mut now) = classify(error_code, was);
+    // A page whose protection forbids the access: the kernel refuses the fault (SIGSEGV)
+    // and maps nothing. `flags` shares `slot`'s cache line, read below anyway.
+    // SAFETY: as above.
+    if unsafe { (*ch).flags } & CHUNK_RESTRICTED != 0 {
+        // SAFETY: as above.
+        let (noread, nowrite) = unsafe { ((*ch).noread[w], (*ch).nowrite[w]) };
+        if noread & bit != 0 || (error_code & pf::WRITE != 0 && nowrite & bit != 0) {
+            kind = FaultKind::Other;
+            now = was;
+        }
+    }
     // Faults racing on one page (threads of the process) all read the old state. Each marks
     // the page with an atomic operation whose old value says who came first; the others
     // count `other`. A page of its own never keeps its zero bit: a write clears it after

@@ -17,7 +17,7 @@ use tamalloc_common::{
 
 pub use self::{
     process::{forget, fork},
-    range::{add, copy_page_states, remove, reset},
+    range::{Bits, add, copy_page_states, remove, remove_dying, reset, set_bits},
 };
 use crate::{
     atomics::fetch_or,

@@ -10,6 +10,7 @@
 //! where it can, else tracepoint mode (`exceptions:page_fault_*`, shadow page state).
 
 mod btf;
+mod compat;
 mod maps;
 mod mode;
 mod privileges;
@@ -246,6 +247,7 @@ impl Probe {
         let mut cfg = Config {
             fork_child_pid_offset,
             exit_group_dead_offset,
+            thread_status_offset: compat::running_thread_status_offset(),
             nr_cpus: u32::try_from(nr_cpus).unwrap_or(MAX_CPUS).min(MAX_CPUS),
             ..Config::default()
         };
