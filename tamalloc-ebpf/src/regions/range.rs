@@ -201,17 +201,18 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
     let mut left = 0u64;
     let mut any_start = 0u64;
     // Branch-free per word (a zero mask changes nothing), so the verifier walks one path.
+    // All ones when only the dying pages go: a mask, not a branch in the loop, which the
+    // verifier would walk both ways per word.
+    let only_dying = 0u64.wrapping_sub(ctx.id & ONLY_DYING);
     for w in 0..CHUNK_WORDS {
-        let mut m = word_mask(w as u64, lo, hi);
         // SAFETY: `ch` is a live map value; the field pointer is in bounds.
         let dying = unsafe { &raw mut (*ch).dying[w] };
         // SAFETY: as above; syscalls of one process are the bitmap's only writers.
-        unsafe {
-            if ctx.id == ONLY_DYING {
-                m &= *dying;
-            }
+        let m = unsafe {
+            let m = word_mask(w as u64, lo, hi) & (!only_dying | *dying);
             *dying &= !m;
-        }
+            m
+        };
         // SAFETY: `ch` is a live map value; the field pointers are in bounds.
         let (inr, zero, present, start) = unsafe {
             (
