@@ -5,8 +5,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tamalloc_common::trace::{PAGE_SIZE, page_align};
 
 use super::{
-    ENOMEM, MADV_KEEPONFORK, MADV_WIPEONFORK, RET_OFFSET, SYS_MADVISE, SYS_MPROTECT, read_u64,
-    take_pending,
+    ENOMEM, MADV_KEEPONFORK, MADV_WIPEONFORK, RET_OFFSET, SYS_MADVISE, SYS_MPROTECT, done,
+    read_u64, take_pending,
 };
 use crate::{maps::PENDING, regions};
 
@@ -47,7 +47,7 @@ pub fn exit_mprotect(ctx: TracePointContext) -> u32 {
     let Some((pid_tgid, p)) = take_pending(SYS_MPROTECT) else {
         return 0;
     };
-    let _ = PENDING.remove(pid_tgid);
+    done(pid_tgid, &p);
     if read_u64(&ctx, RET_OFFSET) != 0 {
         return 0;
     }

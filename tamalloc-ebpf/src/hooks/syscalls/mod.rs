@@ -133,6 +133,26 @@ fn stash(pid_tgid: u64, nr: i64, args: [u64; 5], fallback_len: u64) {
     let _ = PENDING.insert(pid_tgid, p, 0);
 }
 
+/// [`stash`] for a call that is no mmap: a fallback armed by a 554 that failed waits for
+/// the thread's next mmap, so the stash carries it through (see [`done`]).
+#[inline(always)]
+fn stash_keeping_armed(pid_tgid: u64, nr: i64, args: [u64; 5]) {
+    // SAFETY: plain-data map value of this thread only, copied out.
+    let armed = unsafe { PENDING.get(pid_tgid) }.map_or(0, |p| p.fallback_len);
+    stash(pid_tgid, nr, args, armed);
+}
+
+/// Ends the stash `p` of a call stashed by [`stash_keeping_armed`]: the thread is armed
+/// again if it was, else it has no stash.
+#[inline(always)]
+fn done(pid_tgid: u64, p: &Pending) {
+    if p.fallback_len != 0 {
+        stash(pid_tgid, 0, [0; 5], p.fallback_len);
+    } else {
+        let _ = PENDING.remove(pid_tgid);
+    }
+}
+
 /// Whether the current syscall is an ia32 one (`TS_COMPAT`), read only for the numbers
 /// the tracer acts on.
 #[inline(always)]
@@ -215,7 +235,7 @@ fn on_enter(ctx: &TracePointContext, nr: i64) {
         // pkey_mprotect's first three arguments are mprotect's.
         SYS_MPROTECT | SYS_PKEY_MPROTECT => {
             if tracked(tgid) {
-                stash(pid_tgid, SYS_MPROTECT, args(ctx), 0);
+                stash_keeping_armed(pid_tgid, SYS_MPROTECT, args(ctx));
             }
         }
         SYS_MADVISE => {
@@ -289,7 +309,7 @@ pub fn enter_munmap(ctx: TracePointContext) -> u32 {
         regions::Bits::Dying,
         true,
     );
-    stash(pid_tgid, SYS_MUNMAP, [addr, len, 0, 0, 0], 0);
+    stash_keeping_armed(pid_tgid, SYS_MUNMAP, [addr, len, 0, 0, 0]);
     0
 }
 named_program!(enter_munmap = ENTER_MUNMAP);
@@ -299,7 +319,7 @@ pub fn exit_munmap(ctx: TracePointContext) -> u32 {
     let Some((pid_tgid, p)) = take_pending(SYS_MUNMAP) else {
         return 0;
     };
-    let _ = PENDING.remove(pid_tgid);
+    done(pid_tgid, &p);
     let (tgid, tid, addr, len) = (
         (pid_tgid >> 32) as u32,
         pid_tgid as u32,
