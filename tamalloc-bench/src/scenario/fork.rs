@@ -4,18 +4,15 @@
 use std::{
     ffi::CString,
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use anyhow::{Context as _, bail};
 use tamalloc_common::trace::FaultKind;
 
 use super::{
-    Outcome, Truth, fork_child, madvise, no_thp, read, region, resident, resident_count,
-    wait_ok, write, write_pages,
+    Outcome, PAGE, Truth, fork_child, madvise, no_thp, read, region, resident,
+    resident_count, wait_ok, write, write_pages,
 };
 
 /// A non-leader thread execs this binary as `scenario exec-image`; the main thread never
@@ -189,38 +186,113 @@ pub fn prefork(report: Option<&Path>, args: &PreforkArgs) -> anyhow::Result<Outc
 }
 
 const RACE_PAGES: usize = 4096;
-const RACE_FORKS: usize = 8;
+const RACE_FORKS: usize = 16;
+
+/// The writer's state, in a MAP_SHARED mapping: a fork write-protects none of it.
+#[repr(C)]
+struct Race {
+    base: usize,
+    go: AtomicBool,
+    done: AtomicBool,
+    progress: AtomicUsize,
+    faults: AtomicUsize,
+}
+
+/// The writer: a raw CLONE_THREAD thread (glibc does not know it, so a fork's child never
+/// looks for it) on a MAP_SHARED stack, storing only to the region and to `Race`. Every
+/// fault it takes is a store to the region.
+extern "C" fn race_writer(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Race` of `fork_race`, alive until `done`.
+    let race = unsafe { &*arg.cast::<Race>() };
+    while !race.go.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    let before = thread_minor_faults();
+    for i in 0..RACE_PAGES {
+        write(race.base as *mut u8, i);
+        race.progress.store(i + 1, Ordering::Release);
+    }
+    let n = thread_minor_faults() - before;
+    race.faults.store(n as usize, Ordering::Release);
+    race.done.store(true, Ordering::Release);
+    0
+}
+
+/// The calling thread's minor faults (getrusage(RUSAGE_THREAD): the kernel's own count).
+fn thread_minor_faults() -> u64 {
+    // SAFETY: getrusage fills the struct it is given (on the caller's stack).
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut ru);
+        ru.ru_minflt as u64
+    }
+}
 
 /// A sibling thread writes every page of a region once, in order, while the main thread
-/// forks eight children along the way. Truth: the parent made 4096 first writes; each
-/// child, before touching anything, asks mincore which pages its copy of the address space
-/// holds: writing those is a `cow`, writing the others a first touch.
+/// forks 16 children along the way. Truth: each child, before touching anything, asks
+/// mincore which pages its copy of the address space holds: writing those is a `cow`,
+/// writing the others a first touch. The parent made 4096 first writes, plus a `cow` each
+/// time a fork landed between a fault of the writer and the retry of its store (the store
+/// faults again): the writer's own minor-fault count (getrusage) tells how often.
 pub fn fork_race(report: Option<&Path>) -> anyhow::Result<Outcome> {
+    const STACK: usize = 64 * 1024;
     no_thp();
     let mut t = Truth::new(
         "fork-race",
-        "bookkeeping: the writer thread wrote each page once; children: mincore at start",
+        "children: mincore at their start; parent: the writer's getrusage minor faults",
     );
     let base = region(RACE_PAGES)?;
     t.regions = 1;
-    let addr = base as usize;
-    let progress = Arc::new(AtomicUsize::new(0));
-    let go = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (progress, go) = (Arc::clone(&progress), Arc::clone(&go));
-        std::thread::spawn(move || {
-            while !go.load(Ordering::Acquire) {
-                std::hint::spin_loop();
-            }
-            for i in 0..RACE_PAGES {
-                write(addr as *mut u8, i);
-                progress.store(i + 1, Ordering::Release);
-            }
-        })
+    // SAFETY: a shared anonymous mapping for the writer's state and stack, never unmapped.
+    let shared = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            STACK + PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
-    // Allocated before any fork: the writer never allocates, and a child must not either
-    // until it has asked mincore.
-    let mut children = Vec::new();
+    if shared == libc::MAP_FAILED {
+        bail!("mmap: {}", std::io::Error::last_os_error());
+    }
+    // Every page of it present before the writer starts: its stack never faults.
+    // SAFETY: the whole mapping is ours.
+    unsafe { std::ptr::write_bytes(shared.cast::<u8>(), 0, STACK + PAGE) };
+    let race_ptr = shared.cast::<Race>();
+    // SAFETY: the mapping is fresh, page-aligned and large enough for a `Race`.
+    let race = unsafe {
+        race_ptr.write(Race {
+            base: base as usize,
+            go: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+            progress: AtomicUsize::new(0),
+            faults: AtomicUsize::new(0),
+        });
+        &*race_ptr
+    };
+    let flags = libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM;
+    // SAFETY: the writer runs on the top of the shared mapping (above `Race`'s page) and
+    // touches only `Race` and the region, both alive for the life of the process.
+    let tid = unsafe {
+        libc::clone(
+            race_writer,
+            shared.cast::<u8>().add(STACK + PAGE).cast(),
+            flags,
+            race_ptr.cast(),
+        )
+    };
+    if tid < 0 {
+        bail!("clone: {}", std::io::Error::last_os_error());
+    }
+    let (progress, go) = (&race.progress, &race.go);
+    let mut children = Vec::with_capacity(RACE_FORKS);
     go.store(true, Ordering::Release);
     for k in 0..RACE_FORKS {
         while progress.load(Ordering::Acquire) < k * RACE_PAGES / RACE_FORKS {
@@ -228,6 +300,12 @@ pub fn fork_race(report: Option<&Path>) -> anyhow::Result<Outcome> {
         }
         let pid = fork_child(|| {
             let have = resident(base, RACE_PAGES)?;
+            // A copied page still zero: the writer's fault had installed it, but its store
+            // had not retired when the fork write-protected it (the store then faults
+            // again in the parent: the writer's own fault count shows it).
+            let raced = (0..RACE_PAGES)
+                .filter(|&i| have[i] && read(base, i) == 0)
+                .count() as u64;
             let mut c = Truth::new(
                 "fork-race",
                 "mincore at the child's start: resident pages are cow, the rest first writes",
@@ -237,17 +315,27 @@ pub fn fork_race(report: Option<&Path>) -> anyhow::Result<Outcome> {
             c.add(FaultKind::Cow, copied);
             c.add(FaultKind::WriteZero, RACE_PAGES as u64 - copied);
             c.info("copied", copied);
+            c.info("copied_before_the_store", raced);
             c.emit(report)
         })?;
         children.push(pid);
     }
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    while !race.done.load(Ordering::Acquire) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let faults = race.faults.load(Ordering::Acquire) as u64;
     for pid in children {
         wait_ok(pid)?;
     }
+    // Every fault of the writer is one of its stores: one first touch per page, and one
+    // `cow` per store that a fork write-protected between its fault and its retry.
+    let again = faults
+        .checked_sub(RACE_PAGES as u64)
+        .filter(|&n| n <= RACE_FORKS as u64)
+        .ok_or_else(|| anyhow::anyhow!("the writer took {faults} faults for {RACE_PAGES} pages"))?;
     t.add(FaultKind::WriteZero, RACE_PAGES as u64);
+    t.add(FaultKind::Cow, again);
+    t.info("writer_faults", faults);
     t.info("resident", resident_count(base, RACE_PAGES)?);
     t.emit(report)?;
     Ok(Outcome::Ran)
