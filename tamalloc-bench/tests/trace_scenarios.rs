@@ -48,7 +48,15 @@ fn run(mode: Option<&str>, args: &[&str]) -> Option<Run> {
     let (out, report) = (dir.arg("trace.jsonl"), dir.arg("expect.jsonl"));
     let mut tracer = Command::new(bin());
     tracer
-        .args(["trace", "--quiet", "--output", &out, "--", rig(), "scenario"])
+        .args([
+            "trace",
+            "--quiet",
+            "--output",
+            &out,
+            "--",
+            rig(),
+            "scenario",
+        ])
         .args(args)
         .args(["--report", &report]);
     if let Some(m) = mode {

@@ -11,8 +11,8 @@ use anyhow::{Context as _, bail};
 use tamalloc_common::trace::FaultKind;
 
 use super::{
-    Outcome, PAGE, Truth, fork_child, madvise, no_thp, read, region, resident,
-    resident_count, wait_ok, write, write_pages,
+    Outcome, PAGE, Truth, fork_child, madvise, no_thp, read, region, resident, resident_count,
+    wait_ok, write, write_pages,
 };
 
 /// A non-leader thread execs this binary as `scenario exec-image`; the main thread never
@@ -53,7 +53,10 @@ pub fn exec_image(report: Option<&Path>, old_pid: u32) -> anyhow::Result<Outcome
         "bookkeeping: 64 first writes in the new image; mincore: 64 resident",
     );
     if t.pid != old_pid {
-        bail!("exec from a thread changed the pid from {old_pid} to {}", t.pid);
+        bail!(
+            "exec from a thread changed the pid from {old_pid} to {}",
+            t.pid
+        );
     }
     let base = region(EXEC_PAGES)?;
     t.regions = 1;

@@ -9,8 +9,8 @@ use anyhow::{Context as _, bail};
 use tamalloc_common::trace::FaultKind;
 
 use super::{
-    Outcome, PAGE, Truth, fork_child, madvise, page, region, resident_count, skip, wait_ok,
-    write, write_pages,
+    Outcome, PAGE, Truth, fork_child, madvise, page, region, resident_count, skip, wait_ok, write,
+    write_pages,
 };
 
 /// The PMD size of THP, or why THP cannot be used here.
@@ -27,7 +27,7 @@ fn hpage_size(needs_madvise_mode: bool) -> Result<usize, String> {
         .trim()
         .parse()
         .map_err(|e| format!("{sys}/hpage_pmd_size: {e}"))?;
-    if size == 0 || size % PAGE != 0 {
+    if size == 0 || !size.is_multiple_of(PAGE) {
         return Err(format!("{sys}/hpage_pmd_size is {size}"));
     }
     Ok(size)
@@ -41,10 +41,7 @@ fn anon_huge_bytes(addr: *mut u8) -> anyhow::Result<usize> {
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or_default();
         if let Some((lo, hi)) = first.split_once('-')
-            && let (Ok(lo), Ok(hi)) = (
-                usize::from_str_radix(lo, 16),
-                usize::from_str_radix(hi, 16),
-            )
+            && let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
         {
             inside = lo <= a && a < hi;
             continue;
@@ -132,7 +129,10 @@ pub fn thp(report: Option<&Path>) -> anyhow::Result<Outcome> {
     }
     let res = resident_count(at, 2 * hp)?;
     if res != t.kinds[FaultKind::WriteZero as usize] {
-        bail!("{res} pages resident, but the first touches made {} of them", t.kinds[FaultKind::WriteZero as usize]);
+        bail!(
+            "{res} pages resident, but the first touches made {} of them",
+            t.kinds[FaultKind::WriteZero as usize]
+        );
     }
     t.huge_faults = Some(thps);
     // Tracepoint mode counts faults (README: "the counts are faults, not pages").
@@ -171,7 +171,10 @@ pub fn collapse(report: Option<&Path>) -> anyhow::Result<Outcome> {
         match madvise(at, hp, MADV_COLLAPSE) {
             Ok(()) => break,
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                return skip("collapse", format!("MADV_COLLAPSE: {e} (kernel before 6.1?)"));
+                return skip(
+                    "collapse",
+                    format!("MADV_COLLAPSE: {e} (kernel before 6.1?)"),
+                );
             }
             Err(e) if tries < 5 => {
                 tries += 1;

@@ -68,7 +68,10 @@ fn ia32_works() -> anyhow::Result<bool> {
 pub fn ia32(report: Option<&Path>) -> anyhow::Result<Outcome> {
     no_thp();
     if !ia32_works()? {
-        return skip("ia32", "int 0x80 does not work here (no IA32_EMULATION, or ia32_emulation=0)");
+        return skip(
+            "ia32",
+            "int 0x80 does not work here (no IA32_EMULATION, or ia32_emulation=0)",
+        );
     }
     let mut t = Truth::new(
         "ia32",

@@ -49,7 +49,10 @@ pub fn munmap_fail(report: Option<&Path>) -> anyhow::Result<Outcome> {
     } else {
         t.info(
             "mseal",
-            format!("{} (6.10+): only the EINVAL case", std::io::Error::last_os_error()),
+            format!(
+                "{} (6.10+): only the EINVAL case",
+                std::io::Error::last_os_error()
+            ),
         );
     }
     let res = resident_count(base, 8)?;

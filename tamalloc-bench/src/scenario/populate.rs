@@ -34,7 +34,10 @@ pub fn gup(report: Option<&Path>) -> anyhow::Result<Outcome> {
     match madvise(base, 8, MADV_POPULATE_WRITE) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            return skip("gup", format!("MADV_POPULATE_WRITE: {e} (kernel before 5.14)"));
+            return skip(
+                "gup",
+                format!("MADV_POPULATE_WRITE: {e} (kernel before 5.14)"),
+            );
         }
         Err(e) => return Err(e).context("madvise(MADV_POPULATE_WRITE)"),
     }
@@ -58,14 +61,7 @@ pub fn gup(report: Option<&Path>) -> anyhow::Result<Outcome> {
         .collect();
     // SAFETY: both iovec arrays describe memory of this process that outlives the call.
     let n = unsafe {
-        libc::process_vm_writev(
-            libc::getpid(),
-            local.as_ptr(),
-            8,
-            remote.as_ptr(),
-            8,
-            0,
-        )
+        libc::process_vm_writev(libc::getpid(), local.as_ptr(), 8, remote.as_ptr(), 8, 0)
     };
     let remote_ok = n == (8 * PAGE) as isize;
     if !remote_ok {
@@ -76,7 +72,10 @@ pub fn gup(report: Option<&Path>) -> anyhow::Result<Outcome> {
         // No CROSS_MEMORY_ATTACH (the VM's tinyconfig): populate those pages too.
         madvise(page(base, 8), 8, MADV_POPULATE_WRITE).context("madvise(MADV_POPULATE_WRITE)")?;
         t.add(FaultKind::WriteZero, 8);
-        t.info("process_vm_writev", format!("{e}: pages 8..16 populated instead"));
+        t.info(
+            "process_vm_writev",
+            format!("{e}: pages 8..16 populated instead"),
+        );
     }
     let mut fds = [0; 2];
     // SAFETY: a pipe, both ends closed below.
@@ -104,7 +103,11 @@ pub fn gup(report: Option<&Path>) -> anyhow::Result<Outcome> {
         bail!("{res} of {GUP_PAGES} populated pages resident");
     }
     for i in 0..GUP_PAGES {
-        let want = if i < 8 || (i < 16 && !remote_ok) { 0 } else { 0x33 };
+        let want = if i < 8 || (i < 16 && !remote_ok) {
+            0
+        } else {
+            0x33
+        };
         if read(base, i) != want {
             bail!("page {i} does not hold what was put there");
         }
@@ -187,7 +190,9 @@ pub fn uffd_copy(report: Option<&Path>) -> anyhow::Result<Outcome> {
         let e = std::io::Error::last_os_error();
         return skip(
             "uffd-copy",
-            format!("userfaultfd: {e} (needs CONFIG_USERFAULTFD, and root or vm.unprivileged_userfaultfd)"),
+            format!(
+                "userfaultfd: {e} (needs CONFIG_USERFAULTFD, and root or vm.unprivileged_userfaultfd)"
+            ),
         );
     }
     let fd = fd as libc::c_int;

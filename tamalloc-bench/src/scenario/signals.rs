@@ -67,7 +67,11 @@ pub fn prot_none(report: Option<&std::path::Path>) -> anyhow::Result<Outcome> {
             LAST_CODE.load(Ordering::SeqCst) as i32,
         );
         if n != before + 1 || addr != page(base, i) as usize || code != SEGV_ACCERR {
-            bail!("page {i}: expected one SEGV_ACCERR at {:p}, got {} at {addr:#x} (code {code})", page(base, i), n - before);
+            bail!(
+                "page {i}: expected one SEGV_ACCERR at {:p}, got {} at {addr:#x} (code {code})",
+                page(base, i),
+                n - before
+            );
         }
         t.add(FaultKind::Other, 1);
     }
