@@ -4,11 +4,14 @@
 //! each scenario's doc comment and its `truth` field say which).
 //!
 //! These tests load the real eBPF programs on the host kernel, so they need root; without it
-//! they fail with that message rather than pass. Each scenario runs twice: in the mode the
-//! tracer picks (`auto`: kernel mode where BTF and fexit work, as on the 6.18 host) and with
-//! `TAMALLOC_TRACE_MODE=tracepoint` (a tracer without modes ignores the variable). A scenario
-//! the kernel cannot walk (no THP, no userfaultfd...) prints `SKIPPED: <reason>` on stderr
-//! and passes: it is not silent, and the reason names what is missing.
+//! they fail with that message rather than pass. Each scenario runs in both modes
+//! (`TAMALLOC_TRACE_MODE`): tracepoint mode, whose expectations are the truth except where
+//! README's "Known limits, tracepoint mode" documents otherwise (the `expect` line's
+//! `tracepoint.limit` quotes it), and kernel mode, whose expectations are the truth; where
+//! the kernel cannot run kernel mode (the 6.18 host refuses fexit programs), the kernel-mode
+//! test asserts the fallback instead and says so. A scenario the kernel cannot walk (no
+//! THP, no userfaultfd...) prints `SKIPPED: <reason>` on stderr and passes: it is not
+//! silent, and the reason names what is missing.
 //! The status of every test against the tracer: /work/notes/tracetests-status.md.
 
 use std::{path::Path, process::Command};
@@ -94,22 +97,66 @@ fn exact(mode: Option<&str>, args: &[&str]) {
     assert_eq!(drops["map_full"].as_u64(), Some(0), "{drops}");
 }
 
-/// Two tests per scenario: the tracer's own mode choice, and tracepoint mode.
+/// Whether this kernel runs kernel mode. When it does not, the fallback is asserted instead:
+/// `--mode kernel` fails with one line naming what is missing, and the tracer's own choice
+/// is tracepoint mode (its `meta` says so). Either way the caller is told which.
+fn kernel_mode_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        require_root();
+        let out = Command::new(bin())
+            .args(["trace", "--mode", "kernel", "--quiet", "--", "true"])
+            .output()
+            .expect("run tamalloc trace --mode kernel");
+        if out.status.success() {
+            return true;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("kernel mode is not available: "),
+            "--mode kernel failed for another reason than the kernel: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        let dir = TempDir::new("scn-fallback");
+        let f = dir.arg("t.jsonl");
+        let mut auto = Command::new(bin());
+        auto.args(["trace", "--quiet", "--output", &f, "--", "true"]);
+        succeeds(auto, "tamalloc trace (auto mode)");
+        let meta = json_lines(Path::new(&f));
+        assert_eq!(
+            meta[0]["mode"], "tracepoint",
+            "auto falls back: {}",
+            meta[0]
+        );
+        false
+    })
+}
+
+/// Two tests per scenario: tracepoint mode, and kernel mode where this kernel runs it (else
+/// its fallback is asserted, and the test says so on stderr).
 macro_rules! scenario_tests {
     ($($name:ident => [$($arg:expr),+];)+) => {
-        mod auto_mode {
-            $(
-                #[test]
-                fn $name() {
-                    super::exact(None, &[$($arg),+]);
-                }
-            )+
-        }
         mod tracepoint_mode {
             $(
                 #[test]
                 fn $name() {
                     super::exact(Some("tracepoint"), &[$($arg),+]);
+                }
+            )+
+        }
+        mod kernel_mode {
+            $(
+                #[test]
+                fn $name() {
+                    if !super::kernel_mode_available() {
+                        eprintln!(
+                            "kernel mode is not available on this kernel: asserted the \
+                             fallback to tracepoint mode instead (see tracepoint_mode::{})",
+                            stringify!($name)
+                        );
+                        return;
+                    }
+                    super::exact(Some("kernel"), &[$($arg),+]);
                 }
             )+
         }

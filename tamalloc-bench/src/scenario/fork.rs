@@ -97,6 +97,10 @@ pub fn wipeonfork(report: Option<&Path>) -> anyhow::Result<Outcome> {
         }
         write_pages(base, 0..WIPE_PAGES);
         c.add(FaultKind::WriteZero, WIPE_PAGES as u64);
+        c.tracepoint_limit(
+            "A MADV_WIPEONFORK region's child pages count other when first written",
+            &[(FaultKind::Other, WIPE_PAGES as u64)],
+        );
         c.info("resident_at_start", res);
         c.emit(report)
     })?;

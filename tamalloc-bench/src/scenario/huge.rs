@@ -85,6 +85,13 @@ fn child_writes(
             FaultKind::WriteZero
         };
         c.add(kind, CHILD_WRITES.len() as u64);
+        if was_huge {
+            c.tracepoint_limit(
+                "THP, MADV_COLLAPSE/khugepaged and UFFDIO_COPY can leave pages present that \
+                 the tracer believes empty",
+                &[(FaultKind::CowZero, CHILD_WRITES.len() as u64)],
+            );
+        }
         c.emit(report)
     })?;
     wait_ok(child)
@@ -202,6 +209,11 @@ pub fn collapse(report: Option<&Path>) -> anyhow::Result<Outcome> {
         );
         write_pages(at, 100..108);
         c.add(FaultKind::Cow, 8);
+        c.tracepoint_limit(
+            "THP, MADV_COLLAPSE/khugepaged and UFFDIO_COPY can leave pages present that \
+             the tracer believes empty",
+            &[(FaultKind::CowZero, 8)],
+        );
         c.emit(report)
     })?;
     wait_ok(child)?;

@@ -141,7 +141,8 @@ pub struct Truth {
     /// THP first touches (kernel mode's `huge_faults`), when the scenario makes any.
     pub huge_faults: Option<u64>,
     /// Where tracepoint mode counts otherwise by its documented design (README: it sees
-    /// only faults of the process, and counts faults, not pages): those fields' values.
+    /// only faults of the process, counts faults, not pages, and its listed limits): those
+    /// fields' values, and `limit`, the README sentence.
     pub tracepoint: serde_json::Map<String, Value>,
     pub info: serde_json::Map<String, Value>,
 }
@@ -168,6 +169,16 @@ impl Truth {
     /// In tracepoint mode, `field` is `v` (see [`Truth::tracepoint`]).
     pub fn tracepoint(&mut self, field: &str, v: impl Into<Value>) {
         self.tracepoint.insert(field.to_owned(), v.into());
+    }
+
+    /// Tracepoint mode counts `kinds` instead, as README's "Known limits, tracepoint mode"
+    /// documents (`limit` quotes it).
+    pub fn tracepoint_limit(&mut self, limit: &str, kinds: &[(FaultKind, u64)]) {
+        for k in FaultKind::ALL {
+            let v = kinds.iter().find(|(x, _)| *x == k).map_or(0, |(_, n)| *n);
+            self.tracepoint(k.name(), v);
+        }
+        self.tracepoint("limit", limit);
     }
 
     pub fn info(&mut self, key: &str, v: impl Into<Value>) {
