@@ -47,7 +47,13 @@ impl Run {
 /// the scenario was skipped (said on stderr).
 fn run(mode: Option<&str>, args: &[&str]) -> Option<Run> {
     require_root();
-    let dir = TempDir::new(&format!("scn-{}-{}", args[0], mode.unwrap_or("auto")));
+    // One directory per scenario and arguments: tests run in parallel in one process.
+    let tag: String = args
+        .join("-")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let dir = TempDir::new(&format!("scn-{tag}-{}", mode.unwrap_or("auto")));
     let (out, report) = (dir.arg("trace.jsonl"), dir.arg("expect.jsonl"));
     let mut tracer = Command::new(bin());
     tracer
