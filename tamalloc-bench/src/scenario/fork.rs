@@ -267,6 +267,10 @@ pub fn fork_race(report: Option<&Path>) -> anyhow::Result<Outcome> {
     // Every page of it present before the writer starts: its stack never faults.
     // SAFETY: the whole mapping is ours.
     unsafe { std::ptr::write_bytes(shared.cast::<u8>(), 0, STACK + PAGE) };
+    // And the code the writer runs is mapped: a first execution of a text page would be a
+    // fault of its own (the writer's count then exceeds 4096 + forks, and the run fails).
+    write(shared.cast(), 1);
+    let _ = thread_minor_faults();
     let race_ptr = shared.cast::<Race>();
     // SAFETY: the mapping is fresh, page-aligned and large enough for a `Race`.
     let race = unsafe {
