@@ -88,10 +88,54 @@ pub mod prog {
     pub const EXIT_MADVISE: &str = "exit_madvise";
     pub const EXIT_MREMAP_CLEAR_TARGET: &str = "exit_mremap_clear_target";
     pub const EXIT_MMAP_FIXED: &str = "exit_mmap_fixed";
+    // Kernel mode (fexit/fentry, see `crate::trace::Install`); each counts and, when
+    // `KernelLayout::stream` is set, streams.
+    /// fexit `do_anonymous_page`.
+    pub const ANON_FAULT: &str = "anon_fault";
+    /// fexit `do_huge_pmd_anonymous_page`.
+    pub const HUGE_ANON_FAULT: &str = "huge_anon_fault";
+    /// fexit `do_wp_page`.
+    pub const WP_FAULT: &str = "wp_fault";
+    /// fexit `do_huge_pmd_wp_page`.
+    pub const HUGE_WP_FAULT: &str = "huge_wp_fault";
+    /// fentry `bad_area_access_error`: a fault the VMA's protection refuses (SIGSEGV).
+    pub const ACCESS_ERROR: &str = "access_error";
 }
 
+/// The kernel-mode programs: (program, kernel function, fexit rather than fentry).
+pub const KERNEL_HOOKS: [(&str, &str, bool); 5] = [
+    (prog::ANON_FAULT, "do_anonymous_page", true),
+    (prog::HUGE_ANON_FAULT, "do_huge_pmd_anonymous_page", true),
+    (prog::WP_FAULT, "do_wp_page", true),
+    (prog::HUGE_WP_FAULT, "do_huge_pmd_wp_page", true),
+    (prog::ACCESS_ERROR, "bad_area_access_error", false),
+];
+
+/// Name of the read-only global ([`KernelLayout`]) the loader sets in kernel mode.
+pub const KERNEL_LAYOUT: &str = "KERNEL_LAYOUT";
+
+/// Where the kernel-mode programs find what they read, found by the loader in the running
+/// kernel's BTF (the Rust programs have no CO-RE relocations). A read-only global, so the
+/// verifier sees constants. Offsets are into `struct vm_fault`, read as one window of
+/// [`VMF_WINDOW`] bytes from its start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `vm_fault.address` (`unsigned long`).
+    pub vmf_address: u32,
+    /// `vm_fault.flags` (`enum fault_flag`, 4 bytes).
+    pub vmf_flags: u32,
+    /// `vm_fault.orig_pte` (`pte_t`, 8 bytes).
+    pub vmf_orig_pte: u32,
+    /// Stream every counted fault through `EVENTS` too.
+    pub stream: u32,
+}
+
+/// Bytes of `struct vm_fault` the kernel-mode programs copy (every offset + 8 fits).
+pub const VMF_WINDOW: u32 = 96;
+
 /// Every program of the object.
-pub const ALL_PROGRAMS: [&str; 17] = [
+pub const ALL_PROGRAMS: [&str; 22] = [
     prog::SYS_ENTER,
     prog::SYS_EXIT,
     prog::SCHED_PROCESS_FORK,
@@ -109,6 +153,11 @@ pub const ALL_PROGRAMS: [&str; 17] = [
     prog::EXIT_MADVISE,
     prog::EXIT_MREMAP_CLEAR_TARGET,
     prog::EXIT_MMAP_FIXED,
+    prog::ANON_FAULT,
+    prog::HUGE_ANON_FAULT,
+    prog::WP_FAULT,
+    prog::HUGE_WP_FAULT,
+    prog::ACCESS_ERROR,
 ];
 
 /// Whether two names are equal, in a `const` (the ties in tamalloc-ebpf are assertions).
@@ -146,6 +195,9 @@ pub struct PidCounters {
     pub regions: u64,
     /// Bytes of live region pages (wrapping: sum over CPUs).
     pub reserved_bytes: u64,
+    /// First touches of a whole transparent huge page (kernel mode; their pages are in
+    /// `faults`, which counts pages).
+    pub huge_faults: u64,
 }
 
 /// Processes with counters at once (slots of `COUNTERS`).
@@ -242,6 +294,10 @@ pub struct Config {
     pub fork_child_pid_offset: u32,
     /// Possible CPUs, for summing per-CPU values inside the programs.
     pub nr_cpus: u32,
+    /// Offset of `group_dead` in `sched:sched_process_exit` (6.15 and later), 0 when the
+    /// kernel's record has none: then the end of a process is guessed from its leader's.
+    pub exit_group_dead_offset: u32,
+    pub _pad: u32,
 }
 
 /// The most CPUs the programs sum per-CPU values over.
@@ -289,7 +345,11 @@ pub const DROP_FAULT_EVENTS: u32 = 0;
 pub const DROP_CONTROL_EVENTS: u32 = 1;
 /// A map was full: a region, marker or counter could not be stored.
 pub const DROP_MAP_FULL: u32 = 2;
-pub const DROP_SLOTS: u32 = 3;
+/// A process to follow could not be put in `TRACED` (it, or a forked child, is not followed).
+pub const DROP_TRACED_FULL: u32 = 3;
+/// A region was cut short: `CHUNKS` had no room for its tail, which is not counted.
+pub const DROP_REGION_CUT: u32 = 4;
+pub const DROP_SLOTS: u32 = 5;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{helpers::generated::bpf_loop, macros::map, maps::PerCpuArray};
 use tamalloc_common::{
-    maps::{CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, DROP_MAP_FULL, RegionRef},
+    maps::{CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, DROP_MAP_FULL, DROP_REGION_CUT, RegionRef},
     trace::{PAGE_SHIFT, PAGE_SIZE},
 };
 
@@ -98,6 +98,8 @@ extern "C" fn add_chunk(i: u64, ctx: *mut c_void) -> i64 {
     let ctx = unsafe { &mut *(ctx as *mut RangeCtx) };
     let (chunk, lo, hi) = ctx.chunk_span(i);
     let Some(ch) = chunk_ptr(ctx.tgid, chunk, true) else {
+        // The rest of the region is not followed (and not in the bytes reported).
+        count_drop(DROP_REGION_CUT);
         return 1;
     };
     let mut added = 0u64;
