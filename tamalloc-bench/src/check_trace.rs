@@ -3,7 +3,10 @@
 //! summary; a report holding only a `skip` line (a scenario the kernel cannot walk) passes,
 //! saying so. The counts compared are those of the trace's mode (its `meta` record's
 //! `mode`; none is today's tracepoint design): an expectation's `tracepoint` object holds
-//! the fields that differ in tracepoint mode, and `huge_faults` is compared in kernel mode.
+//! the fields that differ in tracepoint mode (`kernel`: in kernel mode), with `limit`, the
+//! README sentence that documents it (printed as `KNOWN LIMIT: ...` on stderr), and
+//! `huge_faults` is compared in kernel mode. `drops.map_full` must be the sum of the
+//! expectations' `map_full` (absent: 0).
 
 use std::{collections::HashMap, path::PathBuf};
 
@@ -34,6 +37,30 @@ fn records(path: &PathBuf, ty: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     Ok(out)
 }
 
+/// `may_be_other`: up to that many of the expected `write_zero` may be counted `other`
+/// instead, by the race README documents in `race` (a fork racing a sibling thread's
+/// fault). When the trace shows `k` such pages, the expectation moves them, and says so.
+fn raced_to_other(e: &mut serde_json::Value, s: &serde_json::Value, pid: u64) {
+    let Some(n) = e["may_be_other"].as_u64() else {
+        return;
+    };
+    let (want_wz, want_other) = (
+        e["write_zero"].as_u64().unwrap_or(0),
+        e["other"].as_u64().unwrap_or(0),
+    );
+    let (wz, other) = (
+        s["write_zero"].as_u64().unwrap_or(0),
+        s["other"].as_u64().unwrap_or(0),
+    );
+    let k = other.saturating_sub(want_other);
+    if k > 0 && k <= n && k <= want_wz && wz == want_wz - k {
+        let why = e["race"].as_str().unwrap_or("a documented race");
+        eprintln!("KNOWN LIMIT: pid {pid}: {k} first writes counted `other`: {why}");
+        e["write_zero"] = (want_wz - k).into();
+        e["other"] = (want_other + k).into();
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let expect = records(&args.expect, "expect")?;
     let summaries: HashMap<u64, serde_json::Value> = records(&args.trace, "summary")?
@@ -55,16 +82,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| "tracepoint".to_owned());
     let kernel_mode = mode == "kernel";
     let mut wrong = Vec::new();
+    let mut map_full = 0;
     for e in &expect {
         let mut e = e.clone();
-        if !kernel_mode && let Some(over) = e["tracepoint"].as_object().cloned() {
+        let pid = e["pid"].as_u64().unwrap_or_default();
+        // Where this mode counts otherwise (its design, or a README "Known limits" line).
+        if let Some(over) = e[mode.as_str()].as_object().cloned() {
+            if let Some(limit) = over.get("limit").and_then(|l| l.as_str()) {
+                eprintln!("KNOWN LIMIT: pid {pid} ({mode} mode): {limit}");
+            }
             for (k, v) in over {
                 e[k] = v;
             }
         }
+        map_full += e["map_full"].as_u64().unwrap_or(0);
         // THP faults: a kernel-mode counter.
         let huge = kernel_mode && e.get("huge_faults").is_some_and(|h| !h.is_null());
-        let pid = e["pid"].as_u64().unwrap_or_default();
         let fields = FaultKind::ALL.map(FaultKind::name);
         let Some(s) = summaries.get(&pid) else {
             // A process with nothing to count need not have a summary.
@@ -73,6 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             continue;
         };
+        raced_to_other(&mut e, s, pid);
         let compared = fields
             .into_iter()
             .chain(["regions"])
@@ -85,6 +119,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ));
             }
         }
+    }
+    let drops = records(&args.trace, "drops")?;
+    let traced_full = drops.first().and_then(|d| d["map_full"].as_u64());
+    if traced_full != Some(map_full) {
+        wrong.push(format!(
+            "drops.map_full is {traced_full:?}, expected {map_full}"
+        ));
     }
     if !wrong.is_empty() {
         bail!(
