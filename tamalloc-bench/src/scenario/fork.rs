@@ -44,6 +44,23 @@ pub fn exec_thread(report: Option<&Path>) -> anyhow::Result<Outcome> {
 }
 
 const EXEC_PAGES: usize = 64;
+/// README "Known limits, both modes", before 6.15.
+const EXEC_THREAD_LIMIT: &str = "before 6.15, when the group leader leaves with `exit(2)` \
+     before its threads, the tracer keeps counting them and forgets the process once \
+     `/proc/PID` is gone (within one interval), and a non-leader thread's exec ends the \
+     process: the new image's regions and faults are not counted (no summary for the pid).";
+
+/// Whether the kernel says when a process's last thread exits (`group_dead` in
+/// `sched:sched_process_exit`, 6.15 and later), which the tracer needs to follow an exec
+/// from a non-leader thread.
+fn group_dead_kernel() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    (major, minor) >= (6, 15)
+}
 
 /// The new image: it must have kept the process's pid; it writes 64 region pages.
 pub fn exec_image(report: Option<&Path>, old_pid: u32) -> anyhow::Result<Outcome> {
@@ -67,6 +84,10 @@ pub fn exec_image(report: Option<&Path>, old_pid: u32) -> anyhow::Result<Outcome
         bail!("{res} of {EXEC_PAGES} written pages resident");
     }
     t.info("resident", res);
+    if !group_dead_kernel() {
+        t.limit_in_both_modes(EXEC_THREAD_LIMIT, &[]);
+        t.in_both_modes("regions", 0);
+    }
     t.emit(report)?;
     Ok(Outcome::Ran)
 }
@@ -97,10 +118,6 @@ pub fn wipeonfork(report: Option<&Path>) -> anyhow::Result<Outcome> {
         }
         write_pages(base, 0..WIPE_PAGES);
         c.add(FaultKind::WriteZero, WIPE_PAGES as u64);
-        c.tracepoint_limit(
-            "A MADV_WIPEONFORK region's child pages count other when first written",
-            &[(FaultKind::Other, WIPE_PAGES as u64)],
-        );
         c.info("resident_at_start", res);
         c.emit(report)
     })?;
@@ -118,6 +135,15 @@ pub struct PreforkArgs {
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=4000))]
     children: u64,
 }
+
+/// MARKERS' room (tamalloc-ebpf/src/maps.rs: `MARKERS`, 262,144 entries for all processes).
+const MARKERS_CAPACITY: u64 = 262_144;
+/// README "Known limits, both modes", on a fork that finds MARKERS full.
+const PREFORK_LIMIT: &str = "`MARKERS` holds one entry per region of every followed process \
+     (262,144 in all); a region a fork cannot copy there is one `map_full` drop (a pre-fork \
+     server with 1,000 regions and 300 children: 38,856; 10,000 regions: 2,747,856). The \
+     counts stay exact; only the `fault` events of such a region's pages name no region \
+     (`region` and `page` 0).";
 
 /// Pages per pre-fork region.
 const PREFORK_PAGES: usize = 2;
@@ -188,11 +214,27 @@ pub fn prefork(report: Option<&Path>, args: &PreforkArgs) -> anyhow::Result<Outc
         wait_ok(pid)?;
     }
     t.info("children", args.children);
+    // Every process holds a start marker per region; those beyond MARKERS' room are lost.
+    let markers = (args.children + 1) * args.regions;
+    let lost = markers.saturating_sub(MARKERS_CAPACITY);
+    if lost > 0 {
+        t.limit_in_both_modes(
+            PREFORK_LIMIT,
+            &[(FaultKind::WriteZero, PREFORK_WRITTEN as u64)],
+        );
+        t.in_both_modes("regions", args.regions);
+        t.in_both_modes("map_full", lost);
+    }
     t.emit(report)?;
     Ok(Outcome::Ran)
 }
 
 const RACE_PAGES: usize = 4096;
+/// README "Known limits, both modes": the pages a child's first write may count `other`.
+const FORK_RACE_LIMIT: &str = "A fork copies the parent's regions by walking `CHUNKS` and \
+     `MARKERS` whole, after the kernel copied the address space, so in tracepoint mode a \
+     sibling thread's fault on a page in between can be inherited wrongly (the child's first \
+     fault on that page then counts `other` or the other first-touch kind)";
 const RACE_FORKS: usize = 16;
 
 /// The writer's state, in a MAP_SHARED mapping: a fork write-protects none of it.
@@ -325,6 +367,8 @@ pub fn fork_race(report: Option<&Path>) -> anyhow::Result<Outcome> {
             write_pages(base, 0..RACE_PAGES);
             c.add(FaultKind::Cow, copied);
             c.add(FaultKind::WriteZero, RACE_PAGES as u64 - copied);
+            c.tracepoint("may_be_other", RACE_PAGES as u64 - copied);
+            c.tracepoint("race", FORK_RACE_LIMIT);
             c.info("copied", copied);
             c.info("copied_before_the_store", raced);
             c.emit(report)

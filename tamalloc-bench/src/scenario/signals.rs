@@ -81,10 +81,6 @@ pub fn prot_none(report: Option<&std::path::Path>) -> anyhow::Result<Outcome> {
     if res != 0 {
         bail!("{res} PROT_NONE pages became resident");
     }
-    t.tracepoint_limit(
-        "Reads of PROT_NONE region pages (each ending in SIGSEGV) count as read_zero",
-        &[(FaultKind::ReadZero, PAGES as u64)],
-    );
     t.info("segvs", SEGVS.load(Ordering::SeqCst));
     t.info("resident", res);
     t.emit(report)?;
