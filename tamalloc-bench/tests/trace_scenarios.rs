@@ -5,9 +5,10 @@
 //!
 //! These tests load the real eBPF programs on the host kernel, so they need root; without it
 //! they fail with that message rather than pass. Each scenario runs in both modes
-//! (`TAMALLOC_TRACE_MODE`): tracepoint mode, whose expectations are the truth except where
-//! README's "Known limits, tracepoint mode" documents otherwise (the `expect` line's
-//! `tracepoint.limit` quotes it), and kernel mode, whose expectations are the truth; where
+//! (`TAMALLOC_TRACE_MODE`); its expectations are the truth, except where README's "Known
+//! limits" documents another count for that mode (the `expect` line's `tracepoint.limit` or
+//! `kernel.limit` quotes the sentence; the test then prints `KNOWN LIMIT: ...` on stderr and
+//! asserts exactly that count; fork-race's children may show the documented race); where
 //! the kernel cannot run kernel mode (the 6.18 host refuses fexit programs), the kernel-mode
 //! test asserts the fallback instead and says so. A scenario the kernel cannot walk (no
 //! THP, no userfaultfd...) prints `SKIPPED: <reason>` on stderr and passes: it is not
@@ -34,6 +35,18 @@ impl Run {
         let drops = by_type(&self.records, "drops");
         assert_eq!(drops.len(), 1, "one drops record");
         drops[0]
+    }
+
+    /// The `map_full` the expectations allow in this trace's mode (absent: 0).
+    fn map_full(&self) -> u64 {
+        let mode = by_type(&self.records, "meta")[0]["mode"]
+            .as_str()
+            .unwrap_or("tracepoint")
+            .to_owned();
+        self.expect
+            .iter()
+            .map(|e| e[mode.as_str()]["map_full"].as_u64().unwrap_or(0))
+            .sum()
     }
 
     fn summary(&self, pid: &Value) -> Option<&Value> {
@@ -84,8 +97,9 @@ fn run(mode: Option<&str>, args: &[&str]) -> Option<Run> {
     })
 }
 
-/// Runs scenario ARGS in `mode` and asserts exact counts for every process it reports (the
-/// rig's `check-trace`, in the trace's mode), and that no map was full.
+/// Runs scenario ARGS in `mode` and asserts exact counts for every process it reports, and
+/// `drops.map_full` (the rig's `check-trace`, in the trace's mode: the truth, or the count a
+/// README "Known limits" sentence documents, which it prints as `KNOWN LIMIT: ...`).
 fn exact(mode: Option<&str>, args: &[&str]) {
     let Some(r) = run(mode, args) else {
         return;
@@ -98,9 +112,10 @@ fn exact(mode: Option<&str>, args: &[&str]) {
         .arg(r.dir.path("expect.jsonl"))
         .arg("--trace")
         .arg(r.dir.path("trace.jsonl"));
-    succeeds(check, "tamalloc-bench check-trace");
-    let drops = r.drops();
-    assert_eq!(drops["map_full"].as_u64(), Some(0), "{drops}");
+    let out = succeeds(check, "tamalloc-bench check-trace");
+    // The documented limits this run asserted instead of the truth.
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(r.drops()["map_full"], r.map_full(), "drops.map_full");
 }
 
 /// Whether this kernel runs kernel mode. When it does not, the fallback is asserted instead:
@@ -170,15 +185,16 @@ macro_rules! scenario_tests {
 }
 
 scenario_tests! {
-    // 8 `other`: handler saw 8 SEGV_ACCERR, mincore 0 resident.
+    // 8 `other`: handler saw 8 SEGV_ACCERR, mincore 0 resident. Exact in tracepoint mode.
     prot_none => ["prot-none"];
-    // 64 `write_zero` under the pid that a non-leader thread's execve kept.
+    // 64 `write_zero` under the pid that a non-leader thread's execve kept (6.15+; before:
+    // the README limit, nothing counted).
     exec_from_a_thread => ["exec-thread"];
     // child 8 `write_zero` (mincore in the child: 0 resident).
     wipeonfork => ["wipeonfork"];
     // 32 `write_zero` (mincore after the failed MADV_DONTNEED: 0 resident).
     dontneed_over_a_hole => ["dontneed-hole"];
-    // pre-fork server: every child exact, no map_full.
+    // pre-fork server: every child exact; map_full as README documents (MARKERS' room).
     prefork_1000_regions_300_children => ["prefork", "--regions", "1000", "--children", "300"];
     prefork_10000_regions_300_children => ["prefork", "--regions", "10000", "--children", "300"];
     // MADV_FREE keeps pages: re-writing is no fault (page content), child 16 `cow`.
@@ -198,6 +214,7 @@ scenario_tests! {
     // mremap(MREMAP_FIXED) of a plain mapping onto 4 region pages: 12 `write_zero`.
     mremap_fixed_onto_region_pages => ["mremap-onto"];
     // CLONE_VM child (own tgid): its region and faults under its pid, the parent's under its.
+    // Both modes: the README limit (the parent counts 16, not 20).
     clone_vm_child_changes_regions => ["clone-vm"];
     // int 0x80: ia32 execve/munmap/554 are not x86-64 munmap/fchmod/tamalloc.
     ia32_syscalls => ["ia32"];

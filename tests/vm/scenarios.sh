@@ -1,9 +1,10 @@
 #!/bin/sh
 # Issue 13's scenarios inside the patched kernel (tracepoint mode: no BTF or fexit here):
 # each `tamalloc-bench scenario NAME` knows its exact counts (bookkeeping, mincore, smaps)
-# and check-trace compares them with the trace. A scenario this kernel cannot walk (no
-# IA32_EMULATION, no USERFAULTFD, no mseal in 6.1) reports `skip` with the reason and passes,
-# saying so. Sizes are small: the VM is TCG.
+# and check-trace compares them with the trace, and drops.map_full (the truth, or the count
+# README's "Known limits" documents: check-trace prints `KNOWN LIMIT: ...`). A scenario
+# this kernel cannot walk (no IA32_EMULATION, no USERFAULTFD, no mseal in 6.1) reports
+# `skip` with the reason and passes, saying so. Sizes are small: the VM is TCG.
 set -u
 cd /tmp
 fail=0
@@ -20,12 +21,6 @@ run() {
 		echo "scenarios: FAILED: $name"
 		cat scn-expect.jsonl
 		grep '"type":"summary"' scn-trace.jsonl
-		fail=1
-		return
-	fi
-	if ! grep '"type":"drops"' scn-trace.jsonl | grep -q '"map_full":0'; then
-		echo "scenarios: FAILED: $name: a map was full:"
-		grep '"type":"drops"' scn-trace.jsonl
 		fail=1
 		return
 	fi
