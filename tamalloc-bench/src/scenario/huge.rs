@@ -87,8 +87,7 @@ fn child_writes(
         c.add(kind, CHILD_WRITES.len() as u64);
         if was_huge {
             c.tracepoint_limit(
-                "THP, MADV_COLLAPSE/khugepaged and UFFDIO_COPY can leave pages present that \
-                 the tracer believes empty",
+                super::UNSEEN_PRESENT_LIMIT,
                 &[(FaultKind::CowZero, CHILD_WRITES.len() as u64)],
             );
         }
@@ -209,11 +208,7 @@ pub fn collapse(report: Option<&Path>) -> anyhow::Result<Outcome> {
         );
         write_pages(at, 100..108);
         c.add(FaultKind::Cow, 8);
-        c.tracepoint_limit(
-            "THP, MADV_COLLAPSE/khugepaged and UFFDIO_COPY can leave pages present that \
-             the tracer believes empty",
-            &[(FaultKind::CowZero, 8)],
-        );
+        c.tracepoint_limit(super::UNSEEN_PRESENT_LIMIT, &[(FaultKind::CowZero, 8)]);
         c.emit(report)
     })?;
     wait_ok(child)?;

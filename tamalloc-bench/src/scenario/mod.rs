@@ -236,6 +236,17 @@ fn limit_in(mode: &mut serde_json::Map<String, Value>, limit: &str, kinds: &[(Fa
 
 pub const PAGE: usize = 4096;
 
+/// README "Known limits, tracepoint mode": pages present that it believes empty.
+pub const UNSEEN_PRESENT_LIMIT: &str = "THP, `MADV_COLLAPSE`/khugepaged and `UFFDIO_COPY` can \
+     leave pages present that the tracer believes empty, so a later swap-in or NUMA-hinting \
+     fault on them counts as a first touch, and a forked child's write to them counts \
+     `cow_zero`, not `cow`.";
+/// README "Known limits, tracepoint mode": first touches without a fault.
+pub const NO_FAULT_LIMIT: &str = "First touches made without a fault are not seen \
+     (`MADV_POPULATE_WRITE`, `mlock`, `MAP_POPULATE`, O_DIRECT reads into a region, \
+     `process_vm_writev` into it); VmRSS still shows them, and a forked child's write to such \
+     a page counts `cow_zero`, not `cow`.";
+
 /// Switches transparent huge pages off for this process (and its children), so that each
 /// page is one fault; the THP scenarios leave it on.
 pub fn no_thp() {

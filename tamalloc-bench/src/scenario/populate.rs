@@ -46,6 +46,7 @@ pub fn gup(report: Option<&Path>) -> anyhow::Result<Outcome> {
     // (FAULT_FLAG_REMOTE): neither mode counts them.
     t.add(FaultKind::WriteZero, 8);
     t.tracepoint("write_zero", 8);
+    t.tracepoint("limit", super::NO_FAULT_LIMIT);
     let src = [0x33u8; PAGE];
     let local: Vec<libc::iovec> = (0..8)
         .map(|_| libc::iovec {
@@ -114,16 +115,7 @@ pub fn gup(report: Option<&Path>) -> anyhow::Result<Outcome> {
     }
     write_pages(base, 0..GUP_PAGES);
     t.info("resident_before_touch", res);
-    child_cows(
-        report,
-        "gup",
-        base,
-        GUP_PAGES,
-        (
-            16,
-            "First touches made without a fault are not seen (MADV_POPULATE_WRITE ...)",
-        ),
-    )?;
+    child_cows(report, "gup", base, GUP_PAGES, (16, super::NO_FAULT_LIMIT))?;
     t.emit(report)?;
     Ok(Outcome::Ran)
 }
@@ -268,11 +260,7 @@ pub fn uffd_copy(report: Option<&Path>) -> anyhow::Result<Outcome> {
         "uffd-copy",
         base,
         UFFD_PAGES,
-        (
-            UFFD_PAGES,
-            "THP, MADV_COLLAPSE/khugepaged and UFFDIO_COPY can leave pages present that the \
-             tracer believes empty",
-        ),
+        (UFFD_PAGES, super::UNSEEN_PRESENT_LIMIT),
     )?;
     t.emit(report)?;
     Ok(Outcome::Ran)
