@@ -8,6 +8,7 @@ mod bpf;
 mod check_trace;
 mod faults;
 mod output;
+mod scenario;
 mod stats;
 mod workload;
 
@@ -27,6 +28,9 @@ enum Command {
     Stats(stats::Args),
     /// A workload that knows the faults it causes, and reports them (for testing the tracer).
     Workload(workload::Args),
+    /// Workloads for the paths where a tracer's counts can drift from the kernel's, each
+    /// knowing its exact truth (issue 13).
+    Scenario(scenario::Args),
     /// Compare a workload's expectations with a trace's summaries, exactly.
     CheckTrace(check_trace::Args),
 }
@@ -38,6 +42,7 @@ fn run() -> anyhow::Result<()> {
         Command::Bpf(args) => bpf::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Workload(args) => workload::run(args),
+        Command::Scenario(args) => scenario::run(args),
         Command::CheckTrace(args) => check_trace::run(args),
     }
 }

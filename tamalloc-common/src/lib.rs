@@ -27,4 +27,6 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::maps::Pending {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::maps::KernelLayout {}
 }

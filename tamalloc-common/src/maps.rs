@@ -80,6 +80,7 @@ pub mod prog {
     // Tail-called from sys_enter/sys_exit (their slots: `super::TAIL_PROGRAMS`).
     pub const EXIT_LEARN: &str = "exit_learn";
     pub const ENTER_MUNMAP: &str = "enter_munmap";
+    pub const EXIT_MUNMAP: &str = "exit_munmap";
     pub const EXIT_MREMAP: &str = "exit_mremap";
     pub const EXIT_MREMAP_SHRINK: &str = "exit_mremap_shrink";
     pub const EXIT_MREMAP_GROW: &str = "exit_mremap_grow";
@@ -88,10 +89,55 @@ pub mod prog {
     pub const EXIT_MADVISE: &str = "exit_madvise";
     pub const EXIT_MREMAP_CLEAR_TARGET: &str = "exit_mremap_clear_target";
     pub const EXIT_MMAP_FIXED: &str = "exit_mmap_fixed";
+    pub const EXIT_MPROTECT: &str = "exit_mprotect";
+    // Kernel mode (fexit/fentry, see `crate::trace::Install`); each counts and, when
+    // `KernelLayout::stream` is set, streams.
+    /// fexit `do_anonymous_page`.
+    pub const ANON_FAULT: &str = "anon_fault";
+    /// fexit `do_huge_pmd_anonymous_page`.
+    pub const HUGE_ANON_FAULT: &str = "huge_anon_fault";
+    /// fexit `do_wp_page`.
+    pub const WP_FAULT: &str = "wp_fault";
+    /// fexit `do_huge_pmd_wp_page`.
+    pub const HUGE_WP_FAULT: &str = "huge_wp_fault";
+    /// fentry `bad_area_access_error`: a fault the VMA's protection refuses (SIGSEGV).
+    pub const ACCESS_ERROR: &str = "access_error";
 }
 
+/// The kernel-mode programs: (program, kernel function, fexit rather than fentry).
+pub const KERNEL_HOOKS: [(&str, &str, bool); 5] = [
+    (prog::ANON_FAULT, "do_anonymous_page", true),
+    (prog::HUGE_ANON_FAULT, "do_huge_pmd_anonymous_page", true),
+    (prog::WP_FAULT, "do_wp_page", true),
+    (prog::HUGE_WP_FAULT, "do_huge_pmd_wp_page", true),
+    (prog::ACCESS_ERROR, "bad_area_access_error", false),
+];
+
+/// Name of the read-only global ([`KernelLayout`]) the loader sets in kernel mode.
+pub const KERNEL_LAYOUT: &str = "KERNEL_LAYOUT";
+
+/// Where the kernel-mode programs find what they read, found by the loader in the running
+/// kernel's BTF (the Rust programs have no CO-RE relocations). A read-only global, so the
+/// verifier sees constants. Offsets are into `struct vm_fault`, read as one window of
+/// [`VMF_WINDOW`] bytes from its start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `vm_fault.address` (`unsigned long`).
+    pub vmf_address: u32,
+    /// `vm_fault.flags` (`enum fault_flag`, 4 bytes).
+    pub vmf_flags: u32,
+    /// `vm_fault.orig_pte` (`pte_t`, 8 bytes).
+    pub vmf_orig_pte: u32,
+    /// Stream every counted fault through `EVENTS` too.
+    pub stream: u32,
+}
+
+/// Bytes of `struct vm_fault` the kernel-mode programs copy (every offset + 8 fits).
+pub const VMF_WINDOW: u32 = 96;
+
 /// Every program of the object.
-pub const ALL_PROGRAMS: [&str; 17] = [
+pub const ALL_PROGRAMS: [&str; 24] = [
     prog::SYS_ENTER,
     prog::SYS_EXIT,
     prog::SCHED_PROCESS_FORK,
@@ -101,6 +147,7 @@ pub const ALL_PROGRAMS: [&str; 17] = [
     prog::PAGE_FAULT_EVENTS,
     prog::EXIT_LEARN,
     prog::ENTER_MUNMAP,
+    prog::EXIT_MUNMAP,
     prog::EXIT_MREMAP,
     prog::EXIT_MREMAP_SHRINK,
     prog::EXIT_MREMAP_GROW,
@@ -109,6 +156,12 @@ pub const ALL_PROGRAMS: [&str; 17] = [
     prog::EXIT_MADVISE,
     prog::EXIT_MREMAP_CLEAR_TARGET,
     prog::EXIT_MMAP_FIXED,
+    prog::EXIT_MPROTECT,
+    prog::ANON_FAULT,
+    prog::HUGE_ANON_FAULT,
+    prog::WP_FAULT,
+    prog::HUGE_WP_FAULT,
+    prog::ACCESS_ERROR,
 ];
 
 /// Whether two names are equal, in a `const` (the ties in tamalloc-ebpf are assertions).
@@ -146,6 +199,9 @@ pub struct PidCounters {
     pub regions: u64,
     /// Bytes of live region pages (wrapping: sum over CPUs).
     pub reserved_bytes: u64,
+    /// First touches of a whole transparent huge page (kernel mode; their pages are in
+    /// `faults`, which counts pages).
+    pub huge_faults: u64,
 }
 
 /// Processes with counters at once (slots of `COUNTERS`).
@@ -208,8 +264,24 @@ pub struct Chunk {
     pub carry: RegionRef,
     /// The process's `COUNTERS` slot.
     pub slot: u32,
-    pub _pad: u32,
+    /// [`CHUNK_RESTRICTED`] once a page of the chunk had `noread` or `nowrite` set (never
+    /// cleared): the fault path reads those bitmaps only then. In the cache line of `slot`,
+    /// which the fault path reads anyway.
+    pub flags: u32,
+    /// Tracepoint mode: the page's protection forbids every access (`PROT_NONE`): a fault
+    /// there is refused (SIGSEGV) and counts `other`. Set by mprotect.
+    pub noread: [u64; CHUNK_WORDS],
+    /// Tracepoint mode: the page's protection forbids writes: a write fault counts `other`.
+    pub nowrite: [u64; CHUNK_WORDS],
+    /// `MADV_WIPEONFORK`: a forked child's copy of the page starts empty.
+    pub wipe: [u64; CHUNK_WORDS],
+    /// A thread's munmap covers the page and has not returned: forgotten if it succeeds.
+    /// A region learned there meanwhile (another thread's, in the freed range) clears it.
+    pub dying: [u64; CHUNK_WORDS],
 }
+
+/// [`Chunk::flags`]: some page of the chunk has (or had) a restricted protection.
+pub const CHUNK_RESTRICTED: u32 = 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -242,6 +314,13 @@ pub struct Config {
     pub fork_child_pid_offset: u32,
     /// Possible CPUs, for summing per-CPU values inside the programs.
     pub nr_cpus: u32,
+    /// Offset of `group_dead` in `sched:sched_process_exit` (6.15 and later), 0 when the
+    /// kernel's record has none: then the end of a process is guessed from its leader's.
+    pub exit_group_dead_offset: u32,
+    /// Offset of `thread_info.status` in `task_struct` (x86: 16 since 5.11, 8 before), 0
+    /// when unknown: then every syscall is read as an x86-64 one. Its `TS_COMPAT` bit marks
+    /// an ia32 syscall (`int 0x80`) of a 64-bit process.
+    pub thread_status_offset: u32,
 }
 
 /// The most CPUs the programs sum per-CPU values over.
@@ -254,7 +333,8 @@ pub const CONFIG_FILTER_COMM: u64 = 1 << 2;
 
 /// Slots of `TAIL_PROGS`, the programs `sys_enter`/`sys_exit` tail-call, and their names.
 pub const EXIT_LEARN: u32 = 0;
-/// munmap, at `sys_enter`: forgotten before the kernel frees the range for reuse.
+/// munmap, at `sys_enter`: the range's region pages are marked dying, then at `sys_exit`
+/// ([`EXIT_MUNMAP`]) forgotten if the call succeeded, kept if it failed.
 pub const ENTER_MUNMAP: u32 = 1;
 pub const EXIT_MREMAP: u32 = 2;
 /// mremap in place, smaller.
@@ -264,13 +344,17 @@ pub const EXIT_MREMAP_GROW: u32 = 4;
 /// mremap to a new address: the new range first, then [`EXIT_MREMAP_DROP_OLD`].
 pub const EXIT_MREMAP_MOVE: u32 = 5;
 pub const EXIT_MREMAP_DROP_OLD: u32 = 6;
-/// madvise(MADV_DONTNEED, MADV_FREE, MADV_REMOVE, MADV_DONTNEED_LOCKED).
+/// madvise(MADV_DONTNEED, MADV_REMOVE, MADV_DONTNEED_LOCKED, MADV_WIPEONFORK,
+/// MADV_KEEPONFORK).
 pub const EXIT_MADVISE: u32 = 7;
 /// mremap with MREMAP_FIXED onto region pages: forget them, then [`EXIT_MREMAP_MOVE`].
 pub const EXIT_MREMAP_CLEAR_TARGET: u32 = 8;
 /// mmap with MAP_FIXED over region pages: forget them.
 pub const EXIT_MMAP_FIXED: u32 = 9;
-pub const TAIL_SLOTS: u32 = 10;
+/// mprotect / pkey_mprotect of region pages: which accesses their faults may make.
+pub const EXIT_MPROTECT: u32 = 10;
+pub const EXIT_MUNMAP: u32 = 11;
+pub const TAIL_SLOTS: u32 = 12;
 pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
     (EXIT_LEARN, prog::EXIT_LEARN),
     (ENTER_MUNMAP, prog::ENTER_MUNMAP),
@@ -282,6 +366,8 @@ pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
     (EXIT_MADVISE, prog::EXIT_MADVISE),
     (EXIT_MREMAP_CLEAR_TARGET, prog::EXIT_MREMAP_CLEAR_TARGET),
     (EXIT_MMAP_FIXED, prog::EXIT_MMAP_FIXED),
+    (EXIT_MPROTECT, prog::EXIT_MPROTECT),
+    (EXIT_MUNMAP, prog::EXIT_MUNMAP),
 ];
 
 /// Indices of the per-CPU `DROPS` array.
@@ -289,7 +375,11 @@ pub const DROP_FAULT_EVENTS: u32 = 0;
 pub const DROP_CONTROL_EVENTS: u32 = 1;
 /// A map was full: a region, marker or counter could not be stored.
 pub const DROP_MAP_FULL: u32 = 2;
-pub const DROP_SLOTS: u32 = 3;
+/// A process to follow could not be put in `TRACED` (it, or a forked child, is not followed).
+pub const DROP_TRACED_FULL: u32 = 3;
+/// A region was cut short: `CHUNKS` had no room for its tail, which is not counted.
+pub const DROP_REGION_CUT: u32 = 4;
+pub const DROP_SLOTS: u32 = 5;
 
 #[cfg(test)]
 mod tests {
@@ -321,6 +411,6 @@ mod tests {
 
     #[test]
     fn chunk_size_is_pinned() {
-        assert_eq!(core::mem::size_of::<Chunk>(), 280);
+        assert_eq!(core::mem::size_of::<Chunk>(), 280 + 4 * 64);
     }
 }

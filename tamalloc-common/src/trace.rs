@@ -125,6 +125,94 @@ pub const fn classify(error_code: u64, page: PageState) -> (FaultKind, PageState
     }
 }
 
+/// What the kernel-mode programs hook: the kernel functions that install a page (or refuse
+/// to), each classified by what it did rather than by what the fault looked like.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Install {
+    /// `do_anonymous_page`: a pte-none fault in an anonymous VMA (a first touch, also after
+    /// the page was dropped): the zero page for a read, a new zeroed page for a write.
+    Anon = 0,
+    /// `do_huge_pmd_anonymous_page`: the same for a whole PMD (a transparent huge page).
+    HugeAnon = 1,
+    /// `do_wp_page`: a write to a write-protected pte (a zero page, or a page shared since
+    /// fork).
+    WriteProtect = 2,
+    /// `do_huge_pmd_wp_page`: the same for a huge page.
+    HugeWriteProtect = 3,
+}
+
+/// Kernel constants the kernel-mode programs read (include/linux/mm_types.h,
+/// arch/x86/include/asm/pgtable_types.h); the same from 6.1 to 6.18.
+pub mod kernel {
+    /// `enum fault_flag`.
+    pub const FAULT_FLAG_WRITE: u32 = 1 << 0;
+    pub const FAULT_FLAG_REMOTE: u32 = 1 << 7;
+    /// `enum vm_fault_reason`.
+    pub const VM_FAULT_OOM: u32 = 0x1;
+    pub const VM_FAULT_SIGBUS: u32 = 0x2;
+    pub const VM_FAULT_HWPOISON: u32 = 0x10;
+    pub const VM_FAULT_HWPOISON_LARGE: u32 = 0x20;
+    pub const VM_FAULT_SIGSEGV: u32 = 0x40;
+    pub const VM_FAULT_RETRY: u32 = 0x400;
+    pub const VM_FAULT_FALLBACK: u32 = 0x800;
+    /// The installed page table entry is the zero page: in an anonymous VMA the only
+    /// special pte (`pte_mkspecial(zero_pfn)`), x86's `_PAGE_SPECIAL` (software bit 1).
+    pub const PTE_SPECIAL: u64 = 1 << 9;
+    /// A PMD's base pages (x86-64: 2 MiB of 4 KiB pages).
+    pub const HPAGE_PMD_PAGES: u64 = 512;
+}
+
+/// Classifies what a hooked kernel function did, from its fault flags, its return value and
+/// (write-protect faults) the pte it found: `(kind, pages)`, or `None` when nothing is to be
+/// counted (the fault is retried, falls back to base pages, or is not the process's own).
+///
+/// The kernel tells what it installed, so no page state is kept: a second fault on a page
+/// that is already mapped (swap-in, NUMA hinting, a spurious fault) never reaches these
+/// functions, and a page dropped by `MADV_DONTNEED` reaches `do_anonymous_page` again.
+pub const fn classify_install(
+    at: Install,
+    fault_flags: u32,
+    ret: u32,
+    orig_pte: u64,
+) -> Option<(FaultKind, u64)> {
+    use kernel::*;
+    const REFUSED: u32 = VM_FAULT_OOM
+        | VM_FAULT_SIGBUS
+        | VM_FAULT_SIGSEGV
+        | VM_FAULT_HWPOISON
+        | VM_FAULT_HWPOISON_LARGE;
+    let huge = matches!(at, Install::HugeAnon | Install::HugeWriteProtect);
+    // Remote faults (process_vm_writev, ptrace) are another process's; a retried fault is
+    // counted when it runs again (the first pass only asked for the mmap lock); a huge
+    // fault that falls back is counted by the base-page function that runs next.
+    if fault_flags & FAULT_FLAG_REMOTE != 0
+        || ret & VM_FAULT_RETRY != 0
+        || (huge && ret & VM_FAULT_FALLBACK != 0)
+    {
+        return None;
+    }
+    if ret & REFUSED != 0 {
+        return Some((FaultKind::Other, 1));
+    }
+    let pages = if huge { HPAGE_PMD_PAGES } else { 1 };
+    let write = fault_flags & FAULT_FLAG_WRITE != 0;
+    match at {
+        Install::Anon | Install::HugeAnon => Some((
+            if write {
+                FaultKind::WriteZero
+            } else {
+                FaultKind::ReadZero
+            },
+            pages,
+        )),
+        // Write-protect faults without FAULT_FLAG_WRITE are GUP's unsharing, not a write.
+        Install::WriteProtect | Install::HugeWriteProtect if !write => None,
+        Install::WriteProtect if orig_pte & PTE_SPECIAL != 0 => Some((FaultKind::CowZero, 1)),
+        Install::WriteProtect | Install::HugeWriteProtect => Some((FaultKind::Cow, pages)),
+    }
+}
+
 /// What an [`Event`] reports.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,6 +314,78 @@ mod tests {
         assert_eq!(classify(pf::USER | pf::PROT, ZERO), (Other, ZERO));
         assert_eq!(classify(pf::USER | pf::INSTR, NONE), (Other, NONE));
         assert_eq!(classify(pf::USER | pf::WRITE | pf::PK, ZERO), (Other, ZERO));
+    }
+
+    #[test]
+    fn classify_install_reads_what_the_kernel_did() {
+        use FaultKind::*;
+        use kernel::*;
+        let w = FAULT_FLAG_WRITE;
+        assert_eq!(
+            classify_install(Install::Anon, 0, 0, 0),
+            Some((ReadZero, 1))
+        );
+        assert_eq!(
+            classify_install(Install::Anon, w, 0, 0),
+            Some((WriteZero, 1))
+        );
+        assert_eq!(
+            classify_install(Install::WriteProtect, w, 0, 0x8000_0000_0000_0225),
+            Some((CowZero, 1))
+        );
+        assert_eq!(
+            classify_install(Install::WriteProtect, w, 0, 0x8000_0000_1234_5025),
+            Some((Cow, 1))
+        );
+        assert_eq!(
+            classify_install(Install::HugeAnon, w, 0, 0),
+            Some((WriteZero, 512))
+        );
+        assert_eq!(
+            classify_install(Install::HugeAnon, 0, 0, 0),
+            Some((ReadZero, 512))
+        );
+        assert_eq!(
+            classify_install(Install::HugeWriteProtect, w, 0, 0),
+            Some((Cow, 512))
+        );
+    }
+
+    #[test]
+    fn classify_install_counts_refusals_once_and_skips_retries() {
+        use FaultKind::*;
+        use kernel::*;
+        let w = FAULT_FLAG_WRITE;
+        for refused in [
+            VM_FAULT_OOM,
+            VM_FAULT_SIGBUS,
+            VM_FAULT_SIGSEGV,
+            VM_FAULT_HWPOISON,
+        ] {
+            assert_eq!(
+                classify_install(Install::Anon, w, refused, 0),
+                Some((Other, 1))
+            );
+            assert_eq!(
+                classify_install(Install::HugeAnon, w, refused, 0),
+                Some((Other, 1))
+            );
+        }
+        assert_eq!(classify_install(Install::Anon, w, VM_FAULT_RETRY, 0), None);
+        assert_eq!(
+            classify_install(Install::HugeAnon, w, VM_FAULT_FALLBACK, 0),
+            None
+        );
+        assert_eq!(
+            classify_install(Install::HugeWriteProtect, w, VM_FAULT_FALLBACK, 0),
+            None
+        );
+        assert_eq!(
+            classify_install(Install::Anon, w | FAULT_FLAG_REMOTE, 0, 0),
+            None
+        );
+        // GUP unsharing is not a write.
+        assert_eq!(classify_install(Install::WriteProtect, 0, 0, 0), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub fn rig() -> &'static str {
 }
 
 /// `tamalloc trace ARGS -- tamalloc-bench workload --seed 7 --report REPORT`.
+#[allow(dead_code, reason = "each test crate uses a subset of these helpers")]
 pub fn trace_workload(args: &[&str], report: &str) -> std::process::Output {
     trace(
         args,

@@ -12,18 +12,18 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tamalloc_common::{
-    maps::{CHUNK_PAGES, CHUNK_SHIFT, ChunkKey, DROP_FAULT_EVENTS},
-    trace::{Event, EventKind, FaultKind, PAGE_SHIFT, PageState, classify},
+    maps::{CHUNK_RESTRICTED, CHUNK_SHIFT, DROP_FAULT_EVENTS},
+    trace::{Event, EventKind, FaultKind, PageState, classify, pf},
 };
 
 use crate::{
     atomics::{fetch_and, fetch_or},
-    maps::{CHUNKS, emit, gated_in, slot_counters},
+    maps::{emit, gated_in, slot_counters},
     regions,
 };
 
 /// The largest user address plus one (5-level paging).
-const USER_END: u64 = 1 << 56;
+pub(super) const USER_END: u64 = 1 << 56;
 
 /// Counts faults in region pages (the default mode).
 ///
@@ -57,24 +57,13 @@ fn on_fault<const STREAM: bool>(ctx: &RawTracePointContext) {
     if addr >= USER_END {
         return;
     }
-    let chunk = addr >> CHUNK_SHIFT;
-    let Some(ch) = CHUNKS.get_ptr_mut(ChunkKey::new(tgid, chunk)) else {
+    let Some(f) = regions::followed(tgid, addr) else {
         return;
     };
-    let page = (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1);
-    let w = ((page >> 6) & 7) as usize;
-    let bit = 1u64 << (page & 63);
+    let (ch, page) = (f.chunk, f.page);
+    let (w, bit) = f.word_bit();
     // SAFETY: `ch` is a live map value for this program run.
-    let (in_region, zero, present) = unsafe {
-        (
-            (*ch).in_region[w],
-            &raw mut (*ch).zero[w],
-            &raw mut (*ch).present[w],
-        )
-    };
-    if in_region & bit == 0 {
-        return;
-    }
+    let (zero, present) = unsafe { (&raw mut (*ch).zero[w], &raw mut (*ch).present[w]) };
     // SAFETY: as above.
     let was = unsafe {
         PageState {
@@ -82,7 +71,18 @@ fn on_fault<const STREAM: bool>(ctx: &RawTracePointContext) {
             present: *present & bit != 0,
         }
     };
-    let (mut kind, now) = classify(error_code, was);
+    let (mut kind, mut now) = classify(error_code, was);
+    // A page whose protection forbids the access: the kernel refuses the fault (SIGSEGV)
+    // and maps nothing. `flags` shares `slot`'s cache line, read below anyway.
+    // SAFETY: as above.
+    if unsafe { (*ch).flags } & CHUNK_RESTRICTED != 0 {
+        // SAFETY: as above.
+        let (noread, nowrite) = unsafe { ((*ch).noread[w], (*ch).nowrite[w]) };
+        if noread & bit != 0 || (error_code & pf::WRITE != 0 && nowrite & bit != 0) {
+            kind = FaultKind::Other;
+            now = was;
+        }
+    }
     // Faults racing on one page (threads of the process) all read the old state. Each marks
     // the page with an atomic operation whose old value says who came first; the others
     // count `other`. A page of its own never keeps its zero bit: a write clears it after
@@ -114,7 +114,7 @@ fn on_fault<const STREAM: bool>(ctx: &RawTracePointContext) {
         return;
     }
     // SAFETY: as above; only read.
-    let r = regions::resolve(unsafe { &*ch }, tgid, chunk, page);
+    let r = regions::resolve(unsafe { &*ch }, tgid, addr >> CHUNK_SHIFT, page);
     emit(
         &Event {
             // SAFETY: helper without preconditions.

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use tamalloc_common::{
     abi::{SYS_CLONE, SYS_CLONE3, SYS_FORK, SYS_VFORK},
-    maps::{DROP_CONTROL_EVENTS, MAX_CPUS, PidCounters},
+    maps::{DROP_CONTROL_EVENTS, DROP_TRACED_FULL, MAX_CPUS, PidCounters},
     trace::{Event, EventKind},
 };
 
@@ -91,8 +91,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: only the presence of the key is used.
-    if unsafe { TRACED.get(parent).is_some() } {
-        let _ = TRACED.insert(child, 1, 0);
+    if unsafe { TRACED.get(parent).is_some() } && TRACED.insert(child, 1, 0).is_err() {
+        // The child and its descendants are not followed: said in the drops record.
+        count_drop(DROP_TRACED_FULL);
     }
     // A parent without a counter slot has no regions: nothing to copy, no walk of the maps.
     if flags & CLONE_VM == 0 && slot_of(parent).is_some() {
@@ -152,19 +153,30 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 named_program!(sched_process_exec = SCHED_PROCESS_EXEC);
 
 #[tracepoint]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    // Only the group leader's exit ends the address space's bookkeeping, and not when
-    // the leader leaves with exit(2) while other threads go on (userspace cleans up once
-    // the whole process is gone).
-    if tgid != pid_tgid as u32 {
-        return 0;
-    }
-    // SAFETY: plain-data map value read for this program run.
-    if unsafe { PENDING.get(pid_tgid) }.is_some_and(|p| p.nr == SYS_EXIT as u64) {
-        let _ = PENDING.remove(pid_tgid);
-        return 0;
+    let group_dead = (config().exit_group_dead_offset & 0xff) as usize;
+    if group_dead != 0 {
+        // The kernel says when the last thread goes, whichever it is: a leader leaving
+        // first with exit(2), or killed by another thread's exec (which keeps the pid and
+        // gets a new address space), ends nothing.
+        // SAFETY: read_at copes with any offset (bpf_probe_read_kernel).
+        if !matches!(unsafe { ctx.read_at::<u8>(group_dead) }, Ok(d) if d != 0) {
+            return 0;
+        }
+    } else {
+        // Older kernels: only the group leader's exit ends the address space's
+        // bookkeeping, and not when the leader leaves with exit(2) while other threads go
+        // on (userspace cleans up once the whole process is gone).
+        if tgid != pid_tgid as u32 {
+            return 0;
+        }
+        // SAFETY: plain-data map value read for this program run.
+        if unsafe { PENDING.get(pid_tgid) }.is_some_and(|p| p.nr == SYS_EXIT as u64) {
+            let _ = PENDING.remove(pid_tgid);
+            return 0;
+        }
     }
     // SAFETY: only the presence of the key is used.
     if unsafe { TRACED.get(tgid).is_some() } {

@@ -17,7 +17,7 @@ use tamalloc_common::{
 
 pub use self::{
     process::{forget, fork},
-    range::{add, copy_page_states, remove, reset},
+    range::{Bits, add, copy_page_states, remove, remove_dying, reset, set_bits},
 };
 use crate::{
     atomics::fetch_or,
@@ -122,6 +122,35 @@ pub fn resolve(ch: &Chunk, tgid: u32, chunk: u64, page: u64) -> RegionRef {
         id: ch.carry.id,
         index: ch.carry.index + page,
     }
+}
+
+/// A followed page: its chunk's entry, and its index in the chunk (0..512).
+pub struct Followed {
+    pub chunk: *mut Chunk,
+    pub page: u64,
+}
+
+impl Followed {
+    /// The page's bit in the chunk's bitmaps: (word, bit).
+    #[inline(always)]
+    pub fn word_bit(&self) -> (usize, u64) {
+        (((self.page >> 6) & 7) as usize, 1u64 << (self.page & 63))
+    }
+}
+
+/// The membership predicate: whether the page at `addr` of process `tgid` is one the tracer
+/// follows (today: a page of a live tamalloc region), and where its state is. Every fault
+/// path of both modes asks this one function, so widening what is followed is one change.
+#[inline(always)]
+pub fn followed(tgid: u32, addr: u64) -> Option<Followed> {
+    let chunk = CHUNKS.get_ptr_mut(chunk_key(tgid, addr >> CHUNK_SHIFT))?;
+    let page = (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1);
+    // SAFETY: `chunk` is a live map value for this program run.
+    let in_region = unsafe { (*chunk).in_region[((page >> 6) & 7) as usize] };
+    if in_region & (1 << (page & 63)) == 0 {
+        return None;
+    }
+    Some(Followed { chunk, page })
 }
 
 /// Looks up the region of `addr` in `tgid`, if it is a region page.

@@ -72,9 +72,22 @@ extern "C" fn fork_chunk(_map: Ptr, key: Ptr, value: Ptr, ctx: Ptr) -> i64 {
             return 1;
         };
         // SAFETY: this CPU's scratch slot; nothing else uses it during this program.
+        // Word by word: a whole-`Chunk` assignment goes through the 512-byte BPF stack.
         let copy = unsafe {
-            *copy = *value;
-            (*copy).zero = [0; CHUNK_WORDS];
+            for w in 0..CHUNK_WORDS {
+                (*copy).in_region[w] = value.in_region[w];
+                (*copy).zero[w] = 0;
+                // MADV_WIPEONFORK: the child's copy of those pages is empty.
+                (*copy).present[w] = value.present[w] & !value.wipe[w];
+                (*copy).start[w] = value.start[w];
+                (*copy).noread[w] = value.noread[w];
+                (*copy).nowrite[w] = value.nowrite[w];
+                (*copy).wipe[w] = value.wipe[w];
+                // The parent's munmap in flight is the parent's.
+                (*copy).dying[w] = 0;
+            }
+            (*copy).carry = value.carry;
+            (*copy).flags = value.flags;
             (*copy).slot = ctx.to_slot;
             &*copy
         };

@@ -6,7 +6,10 @@ use core::ffi::c_void;
 
 use aya_ebpf::{helpers::generated::bpf_loop, macros::map, maps::PerCpuArray};
 use tamalloc_common::{
-    maps::{CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, DROP_MAP_FULL, RegionRef},
+    maps::{
+        CHUNK_PAGES, CHUNK_RESTRICTED, CHUNK_SHIFT, CHUNK_WORDS, DROP_MAP_FULL, DROP_REGION_CUT,
+        RegionRef,
+    },
     trace::{PAGE_SHIFT, PAGE_SIZE},
 };
 
@@ -98,6 +101,8 @@ extern "C" fn add_chunk(i: u64, ctx: *mut c_void) -> i64 {
     let ctx = unsafe { &mut *(ctx as *mut RangeCtx) };
     let (chunk, lo, hi) = ctx.chunk_span(i);
     let Some(ch) = chunk_ptr(ctx.tgid, chunk, true) else {
+        // The rest of the region is not followed (and not in the bytes reported).
+        count_drop(DROP_REGION_CUT);
         return 1;
     };
     let mut added = 0u64;
@@ -116,6 +121,15 @@ extern "C" fn add_chunk(i: u64, ctx: *mut c_void) -> i64 {
         added += u64::from((m & !before).count_ones());
         fetch_and(zero, !m);
         fetch_and(present, !m);
+        // A new region is readable, writable and not wiped on fork. Only this program
+        // writes these three (syscalls of one process), so plain stores do.
+        // SAFETY: as above.
+        unsafe {
+            (*ch).noread[i] &= !m;
+            (*ch).nowrite[i] &= !m;
+            (*ch).wipe[i] &= !m;
+            (*ch).dying[i] &= !m;
+        }
     }
     ctx.bytes += added * PAGE_SIZE;
     if i > 0 {
@@ -187,8 +201,18 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
     let mut left = 0u64;
     let mut any_start = 0u64;
     // Branch-free per word (a zero mask changes nothing), so the verifier walks one path.
+    // All ones when only the dying pages go: a mask, not a branch in the loop, which the
+    // verifier would walk both ways per word.
+    let only_dying = 0u64.wrapping_sub(ctx.id & ONLY_DYING);
     for w in 0..CHUNK_WORDS {
-        let m = word_mask(w as u64, lo, hi);
+        // SAFETY: `ch` is a live map value; the field pointer is in bounds.
+        let dying = unsafe { &raw mut (*ch).dying[w] };
+        // SAFETY: as above; syscalls of one process are the bitmap's only writers.
+        let m = unsafe {
+            let m = word_mask(w as u64, lo, hi) & (!only_dying | *dying);
+            *dying &= !m;
+            m
+        };
         // SAFETY: `ch` is a live map value; the field pointers are in bounds.
         let (inr, zero, present, start) = unsafe {
             (
@@ -225,12 +249,25 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
+/// [`RangeCtx::id`] of a removal of the dying pages alone.
+const ONLY_DYING: u64 = 1;
+
 /// Forgets `[addr, addr + len)`. The region page right after the range, if any, gets a start
 /// marker so that it keeps its identity. Returns the bytes of region pages that went away.
 pub fn remove(tgid: u32, addr: u64, len: u64) -> u64 {
+    remove_pages(tgid, addr, len, 0)
+}
+
+/// [`remove`] for the pages of the range still marked dying (a munmap that succeeded).
+pub fn remove_dying(tgid: u32, addr: u64, len: u64) -> u64 {
+    remove_pages(tgid, addr, len, ONLY_DYING)
+}
+
+#[inline(always)]
+fn remove_pages(tgid: u32, addr: u64, len: u64, which: u64) -> u64 {
     let end = addr + len;
     let after = region_at(tgid, end);
-    let mut ctx = RangeCtx::new(tgid, addr, end, 0, 0);
+    let mut ctx = RangeCtx::new(tgid, addr, end, which, 0);
     if !ctx.walk(remove_chunk) {
         return 0;
     }
@@ -263,6 +300,57 @@ pub fn reset(tgid: u32, addr: u64, len: u64) {
     RangeCtx::new(tgid, addr, addr + len, 0, 0).walk(reset_chunk);
 }
 
+/// Which per-page bitmap [`set_bits`] changes.
+#[derive(Clone, Copy)]
+#[repr(u64)]
+pub enum Bits {
+    NoRead = 0,
+    NoWrite = 1,
+    Wipe = 2,
+    Dying = 3,
+}
+
+extern "C" fn set_bits_chunk(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `RangeCtx` on our stack that `set_bits` gave it.
+    let ctx = unsafe { &*(ctx as *const RangeCtx) };
+    let (chunk, lo, hi) = ctx.chunk_span(i);
+    let Some(ch) = chunk_ptr(ctx.tgid, chunk, false) else {
+        return 0;
+    };
+    // `id` says which bitmap, `index` whether to set (1) or clear (0) its bits.
+    let (which, on) = (ctx.id, ctx.index != 0);
+    let mut any = 0u64;
+    for w in 0..CHUNK_WORDS {
+        // Only region pages: the bitmaps are read for region pages alone.
+        // SAFETY: `ch` is a live map value; the field pointers are in bounds.
+        let m = word_mask(w as u64, lo, hi) & unsafe { (*ch).in_region[w] };
+        // SAFETY: as above.
+        let word = unsafe {
+            match which {
+                0 => &raw mut (*ch).noread[w],
+                1 => &raw mut (*ch).nowrite[w],
+                2 => &raw mut (*ch).wipe[w],
+                _ => &raw mut (*ch).dying[w],
+            }
+        };
+        // SAFETY: as above; syscalls of one process are this map value's only writers of
+        // these bitmaps.
+        unsafe { *word = if on { *word | m } else { *word & !m } };
+        any |= m;
+    }
+    if on && any != 0 && which <= Bits::NoWrite as u64 {
+        // SAFETY: as above.
+        unsafe { (*ch).flags |= CHUNK_RESTRICTED };
+    }
+    0
+}
+
+/// Sets (`on`) or clears bitmap `which` for the region pages in `[addr, addr + len)`.
+pub fn set_bits(tgid: u32, addr: u64, len: u64, which: Bits, on: bool) {
+    let addr = addr & !(PAGE_SIZE - 1);
+    RangeCtx::new(tgid, addr, addr + len, which as u64, u64::from(on)).walk(set_bits_chunk);
+}
+
 #[repr(C)]
 struct CopyCtx {
     tgid: u32,
@@ -283,7 +371,13 @@ extern "C" fn copy_page_state(i: u64, ctx: *mut c_void) -> i64 {
     let sp = src & (CHUNK_PAGES - 1);
     let (sw, sbit) = (((sp >> 6) & 7) as usize, 1u64 << (sp & 63));
     let (zero, present) = (s.zero[sw] & sbit != 0, s.present[sw] & sbit != 0);
-    if !zero && !present {
+    // The mapping's protection and wipe-on-fork go along with its pages.
+    let (noread, nowrite, wipe) = (
+        s.noread[sw] & sbit != 0,
+        s.nowrite[sw] & sbit != 0,
+        s.wipe[sw] & sbit != 0,
+    );
+    if !zero && !present && !noread && !nowrite && !wipe {
         return 0;
     }
     if let Some(d) = chunk_ptr(ctx.tgid, dst >> 9, false) {
@@ -293,6 +387,21 @@ extern "C" fn copy_page_state(i: u64, ctx: *mut c_void) -> i64 {
         let (dz, dpr) = unsafe { (&raw mut (*d).zero[dw], &raw mut (*d).present[dw]) };
         fetch_or(dz, if zero { dbit } else { 0 });
         fetch_or(dpr, if present { dbit } else { 0 });
+        // SAFETY: as above; syscalls of one process are these bitmaps' only writers.
+        unsafe {
+            if noread {
+                (*d).noread[dw] |= dbit;
+            }
+            if nowrite {
+                (*d).nowrite[dw] |= dbit;
+            }
+            if wipe {
+                (*d).wipe[dw] |= dbit;
+            }
+            if noread || nowrite {
+                (*d).flags |= CHUNK_RESTRICTED;
+            }
+        }
     }
     0
 }

@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use tamalloc::{
     output::{self, Format, Tee, prometheus, terminal},
     tracer::{
-        ProbeOptions, View, command,
+        ModeChoice, ProbeOptions, View, command,
         session::{self, TraceOptions},
     },
 };
@@ -56,6 +56,11 @@ pub struct Args {
     /// Print only the summary at the end, no live view.
     #[arg(short, long)]
     quiet: bool,
+    /// How faults are counted: `kernel` (what the kernel installed, through fexit; needs
+    /// BTF), `tracepoint` (the page-fault tracepoints and the tracer's own page state), or
+    /// `auto`: kernel where the kernel allows it ($TAMALLOC_TRACE_MODE decides `auto`).
+    #[arg(long, default_value = "auto", value_name = "MODE", value_parser = parse_mode)]
+    mode: ModeChoice,
     /// Command to run and follow, with its descendants; the trace ends when it exits, and
     /// exits with its status (128+N if signal N killed it; 127 or 126 if it cannot be run).
     /// A trace that ends first (--duration, Ctrl-C) kills it and exits 0.
@@ -86,6 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             comm: args.comm.clone(),
             filter_pids: !args.command.is_empty(),
             max_procs: args.max_procs,
+            mode: args.mode,
         },
         command: args.command.clone(),
         duration: args.duration,
@@ -156,4 +162,8 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
             "{s} is not a power of two between 4KiB and 2GiB (e.g. 4KiB, 1MiB, 4MiB)"
         )),
     }
+}
+
+fn parse_mode(s: &str) -> Result<ModeChoice, String> {
+    s.parse()
 }

@@ -42,7 +42,7 @@ const BEFORE_KINDS: [&str; 28] = [
 ];
 
 /// The columns after them.
-const AFTER_KINDS: [&str; 17] = [
+const AFTER_KINDS: [&str; 21] = [
     "reserved_bytes",
     "regions",
     "nr_processes",
@@ -60,6 +60,11 @@ const AFTER_KINDS: [&str; 17] = [
     "kernel",
     "stats_source",
     "events",
+    // Added with the tracer's modes; appended, so earlier columns keep their places.
+    "mode",
+    "huge_faults",
+    "traced_full",
+    "region_cut",
 ];
 
 const N_COLUMNS: usize = BEFORE_KINDS.len() + FAULT_KINDS + AFTER_KINDS.len();
@@ -151,6 +156,7 @@ mod tests {
                 kernel: "6.1".into(),
                 stats_source: "procfs".into(),
                 events: true,
+                mode: "kernel".into(),
             },
             Record::Event(TraceEvent::Region {
                 ts_ns: 1,
@@ -238,12 +244,15 @@ mod tests {
                 cow: 4,
                 other: 5,
                 regions: 6,
+                huge_faults: 7,
             },
             Record::Drops {
                 count: 1,
                 fault_events: 1,
                 control_events: 0,
                 map_full: 0,
+                traced_full: 0,
+                region_cut: 0,
             },
         ]
     }

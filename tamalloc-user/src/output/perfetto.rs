@@ -440,6 +440,7 @@ mod tests {
                 cow: 0,
                 other: 0,
                 regions: 1,
+                huge_faults: 0,
             },
         ]);
         let evs = v["traceEvents"].as_array().expect("array");

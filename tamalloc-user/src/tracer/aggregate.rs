@@ -162,6 +162,7 @@ fn add(a: &PidCounters, b: &PidCounters) -> PidCounters {
         *o += x;
     }
     out.regions += b.regions;
+    out.huge_faults += b.huge_faults;
     out.reserved_bytes = out.reserved_bytes.wrapping_add(b.reserved_bytes);
     out
 }

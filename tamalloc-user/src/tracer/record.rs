@@ -26,6 +26,11 @@ pub enum Record {
         stats_source: String,
         /// Whether every fault was streamed (`fault` records present).
         events: bool,
+        /// How faults were counted: `kernel` (what the kernel installed) or `tracepoint`
+        /// (the page-fault tracepoints); README "What is counted" says what each
+        /// guarantees. Empty in traces written before modes existed.
+        #[serde(default)]
+        mode: String,
     },
     Stats {
         ts_ns: u64,
@@ -76,6 +81,10 @@ pub enum Record {
         cow: u64,
         other: u64,
         regions: u64,
+        /// First touches of a whole transparent huge page (kernel mode); their pages are
+        /// in the kinds' counts, which count pages.
+        #[serde(default)]
+        huge_faults: u64,
     },
     /// Last record: what could not be delivered or stored.
     Drops {
@@ -83,6 +92,12 @@ pub enum Record {
         fault_events: u64,
         control_events: u64,
         map_full: u64,
+        /// Processes to follow that `TRACED` had no room for.
+        #[serde(default)]
+        traced_full: u64,
+        /// Regions cut short: their tail is not counted.
+        #[serde(default)]
+        region_cut: u64,
     },
     /// What the programs reported: `region`, `unmap`, `remap`, `fork`, `exec`, `exit` and
     /// `fault` records (the event carries its own `type`).
@@ -122,6 +137,7 @@ impl Record {
             cow,
             other,
             regions: counters.regions,
+            huge_faults: counters.huge_faults,
         }
     }
 
@@ -196,12 +212,13 @@ mod tests {
             faults: [1, 2, 3, 4, 5],
             regions: 6,
             reserved_bytes: 0,
+            huge_faults: 0,
         };
         let r = Record::summary(7, "demo".into(), &counters);
         let s = serde_json::to_string(&r).unwrap_or_default();
         assert_eq!(
             s,
-            r#"{"type":"summary","pid":7,"comm":"demo","read_zero":1,"write_zero":2,"cow_zero":3,"cow":4,"other":5,"regions":6}"#
+            r#"{"type":"summary","pid":7,"comm":"demo","read_zero":1,"write_zero":2,"cow_zero":3,"cow":4,"other":5,"regions":6,"huge_faults":0}"#
         );
         let back: Option<Record> = serde_json::from_str(&s).ok();
         assert_eq!(back, Some(r));

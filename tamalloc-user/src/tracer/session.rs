@@ -108,18 +108,24 @@ pub async fn run(
         kernel: kernel_release(),
         stats_source: stats_source.to_owned(),
         events: opts.probe.stream_faults,
+        mode: s.probe.mode().name().to_owned(),
     });
 
     // As bpftrace does: one line on stderr once every probe is in place.
     eprintln!(
-        "Attached {} tracepoints in {} ms. Tracing{}... Hit Ctrl-C to end.",
+        "Attached {} probes ({} mode) in {} ms. Tracing{}... Hit Ctrl-C to end.",
         s.probe.attachments(),
+        s.probe.mode(),
         s.started.elapsed().as_millis(),
         match opts.command.first() {
             Some(c) => format!(" `{c}`"),
             None => String::new(),
         }
     );
+    // After the "Attached" line, which scripts wait for as the first one.
+    if let Some(why) = s.probe.fallback_reason() {
+        eprintln!("tamalloc: tracepoint mode: {why}");
+    }
     let mut child = match opts.command.split_first() {
         Some((program, args)) => Some(spawn_followed(&mut s.probe, program, args)?),
         None => None,
@@ -180,6 +186,8 @@ pub async fn run(
         fault_events: snap.drops.fault_events,
         control_events: snap.drops.control_events,
         map_full: snap.drops.map_full,
+        traced_full: snap.drops.traced_full,
+        region_cut: snap.drops.region_cut,
     });
     if let Some(sink) = s.sink.as_mut()
         && let Err(e) = sink.finish()

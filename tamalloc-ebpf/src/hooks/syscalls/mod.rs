@@ -10,7 +10,10 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -23,12 +26,13 @@ use tamalloc_common::{
     trace::{Event, EventKind, PAGE_SIZE, REGION_FALLBACK, page_align},
 };
 
+mod advice;
 mod mremap;
 
 use crate::{
     maps::{
-        ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP_FIXED, EXIT_MREMAP, PENDING, TAIL_PROGS,
-        TRACED, config, counters, emit, gated_in, slot_of,
+        ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP_FIXED, EXIT_MPROTECT, EXIT_MREMAP,
+        EXIT_MUNMAP, PENDING, TAIL_PROGS, TRACED, config, counters, emit, gated_in, slot_of,
     },
     regions,
 };
@@ -38,15 +42,38 @@ const ARGS_OFFSET: usize = 16;
 const RET_OFFSET: usize = 16;
 
 const SYS_MADVISE: i64 = 28;
+const SYS_MPROTECT: i64 = 10;
+const SYS_PKEY_MPROTECT: i64 = 329;
+const ENOMEM: i64 = 12;
 /// A thread's own exit (not exit_group): the group may live on without its leader.
 pub const SYS_EXIT: i64 = 60;
 const MAP_FIXED: u64 = 0x10;
 const MREMAP_FIXED: u64 = 2;
-/// The advice values that drop pages: the next touch is a first touch again.
+/// The advice values that drop pages: the next touch is a first touch again. (MADV_FREE
+/// does not: the page stays mapped until reclaim takes it, unseen.)
 const MADV_DONTNEED: u64 = 4;
-const MADV_FREE: u64 = 8;
 const MADV_REMOVE: u64 = 9;
 const MADV_DONTNEED_LOCKED: u64 = 24;
+/// A forked child's copy of the pages starts empty, or no longer does.
+const MADV_WIPEONFORK: u64 = 18;
+const MADV_KEEPONFORK: u64 = 19;
+
+/// ia32 syscall numbers (`int 0x80` from a 64-bit process) of the calls that change
+/// regions or fork, read as their x86-64 counterparts; every other ia32 call is ignored (a
+/// 64-bit number it shares, such as 11 = ia32 execve, is not the x86-64 call). Not
+/// translated: ia32's old `mmap` (90, arguments in memory) and `exit` (1, the number of
+/// x86-64's `write`, too hot to check; needed only before 6.15, see lifecycle.rs).
+const IA32_FORK: i64 = 2;
+const IA32_CLONE: i64 = 120;
+const IA32_VFORK: i64 = 190;
+const IA32_MUNMAP: i64 = 91;
+const IA32_MPROTECT: i64 = 125;
+const IA32_MREMAP: i64 = 163;
+const IA32_MMAP2: i64 = 192;
+const IA32_MADVISE: i64 = 219;
+const IA32_PKEY_MPROTECT: i64 = 380;
+/// `TS_COMPAT` in x86's `thread_info.status`: the current syscall is an ia32 one.
+const TS_COMPAT: u32 = 0x0002;
 /// The largest user address plus one (5-level paging).
 const USER_END: u64 = 1 << 56;
 
@@ -106,13 +133,78 @@ fn stash(pid_tgid: u64, nr: i64, args: [u64; 5], fallback_len: u64) {
     let _ = PENDING.insert(pid_tgid, p, 0);
 }
 
+/// [`stash`] for a call that is no mmap: a fallback armed by a 554 that failed waits for
+/// the thread's next mmap, so the stash carries it through (see [`done`]).
+#[inline(always)]
+fn stash_keeping_armed(pid_tgid: u64, nr: i64, args: [u64; 5]) {
+    // SAFETY: plain-data map value of this thread only, copied out.
+    let armed = unsafe { PENDING.get(pid_tgid) }.map_or(0, |p| p.fallback_len);
+    stash(pid_tgid, nr, args, armed);
+}
+
+/// Ends the stash `p` of a call stashed by [`stash_keeping_armed`]: the thread is armed
+/// again if it was, else it has no stash.
+#[inline(always)]
+fn done(pid_tgid: u64, p: &Pending) {
+    if p.fallback_len != 0 {
+        stash(pid_tgid, 0, [0; 5], p.fallback_len);
+    } else {
+        let _ = PENDING.remove(pid_tgid);
+    }
+}
+
+/// Whether the current syscall is an ia32 one (`TS_COMPAT`), read only for the numbers
+/// the tracer acts on.
+#[inline(always)]
+fn in_ia32_syscall() -> bool {
+    let off = config().thread_status_offset;
+    if off == 0 {
+        return false;
+    }
+    // SAFETY: helper without preconditions; the pointer is only read through
+    // bpf_probe_read_kernel, which copes with any address.
+    let status = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        bpf_probe_read_kernel(task.wrapping_add(off as usize) as *const u32)
+    };
+    status.is_ok_and(|s| s & TS_COMPAT != 0)
+}
+
+/// The x86-64 number of the syscall in `raw_syscalls`' `id`, -1 for one the tracer ignores.
+#[inline(always)]
+fn native_nr(ctx: &TracePointContext) -> i64 {
+    let nr = read_u64(ctx, ID_OFFSET) as i64;
+    let native = match nr {
+        SYS_TAMALLOC | SYS_MMAP | SYS_MUNMAP | SYS_MREMAP | SYS_MADVISE | SYS_MPROTECT
+        | SYS_PKEY_MPROTECT | SYS_CLONE | SYS_CLONE3 | SYS_FORK | SYS_VFORK | SYS_EXIT => nr,
+        IA32_MUNMAP | IA32_MPROTECT | IA32_MREMAP | IA32_MMAP2 | IA32_MADVISE
+        | IA32_PKEY_MPROTECT | IA32_FORK | IA32_CLONE | IA32_VFORK => -1,
+        _ => return -1,
+    };
+    if !in_ia32_syscall() {
+        return native;
+    }
+    match nr {
+        IA32_MUNMAP => SYS_MUNMAP,
+        IA32_MPROTECT => SYS_MPROTECT,
+        IA32_MREMAP => SYS_MREMAP,
+        IA32_MMAP2 => SYS_MMAP,
+        IA32_MADVISE => SYS_MADVISE,
+        IA32_PKEY_MPROTECT => SYS_PKEY_MPROTECT,
+        // ia32 clone takes the flags first too; clone3's struct is the same.
+        IA32_FORK => SYS_FORK,
+        IA32_CLONE => SYS_CLONE,
+        IA32_VFORK => SYS_VFORK,
+        SYS_CLONE3 => SYS_CLONE3,
+        _ => -1,
+    }
+}
+
 #[tracepoint]
 pub fn sys_enter(ctx: TracePointContext) -> u32 {
-    let nr = read_u64(&ctx, ID_OFFSET) as i64;
-    match nr {
-        SYS_TAMALLOC | SYS_MMAP | SYS_MUNMAP | SYS_MREMAP | SYS_MADVISE | SYS_CLONE
-        | SYS_CLONE3 | SYS_FORK | SYS_VFORK | SYS_EXIT => on_enter(&ctx, nr),
-        _ => {}
+    let nr = native_nr(&ctx);
+    if nr >= 0 {
+        on_enter(&ctx, nr);
     }
     0
 }
@@ -140,11 +232,21 @@ fn on_enter(ctx: &TracePointContext, nr: i64) {
                 stash(pid_tgid, nr, args(ctx), 0);
             }
         }
+        // pkey_mprotect's first three arguments are mprotect's.
+        SYS_MPROTECT | SYS_PKEY_MPROTECT => {
+            if tracked(tgid) {
+                stash_keeping_armed(pid_tgid, SYS_MPROTECT, args(ctx));
+            }
+        }
         SYS_MADVISE => {
             let a = args(ctx);
             if matches!(
                 a[2],
-                MADV_DONTNEED | MADV_FREE | MADV_REMOVE | MADV_DONTNEED_LOCKED
+                MADV_DONTNEED
+                    | MADV_REMOVE
+                    | MADV_DONTNEED_LOCKED
+                    | MADV_WIPEONFORK
+                    | MADV_KEEPONFORK
             ) && tracked(tgid)
             {
                 stash(pid_tgid, nr, a, 0);
@@ -185,8 +287,11 @@ fn on_enter_mmap(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) {
     }
 }
 
-/// munmap(addr, len), applied before the kernel frees the range. The kernel fails only
-/// for arguments checked here (or, practically never, -ENOMEM splitting a VMA).
+/// munmap(addr, len): the range's region pages are marked dying before the kernel frees
+/// the range, and forgotten at `sys_exit` if the call succeeded (it fails for a sealed
+/// mapping, -EPERM, or -ENOMEM splitting one; bad arguments are checked here). A region
+/// another thread gets in the freed range meanwhile is learned without the mark, so the
+/// late forgetting leaves it alone.
 #[tracepoint]
 pub fn enter_munmap(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -197,10 +302,42 @@ pub fn enter_munmap(ctx: TracePointContext) -> u32 {
     if len == 0 || addr & (PAGE_SIZE - 1) != 0 || addr >= USER_END || len > USER_END - addr {
         return 0;
     }
-    unmap(pid_tgid, addr, len);
+    regions::set_bits(
+        (pid_tgid >> 32) as u32,
+        addr,
+        len,
+        regions::Bits::Dying,
+        true,
+    );
+    stash_keeping_armed(pid_tgid, SYS_MUNMAP, [addr, len, 0, 0, 0]);
     0
 }
 named_program!(enter_munmap = ENTER_MUNMAP);
+
+#[tracepoint]
+pub fn exit_munmap(ctx: TracePointContext) -> u32 {
+    let Some((pid_tgid, p)) = take_pending(SYS_MUNMAP) else {
+        return 0;
+    };
+    done(pid_tgid, &p);
+    let (tgid, tid, addr, len) = (
+        (pid_tgid >> 32) as u32,
+        pid_tgid as u32,
+        p.args[0],
+        p.args[1],
+    );
+    if read_u64(&ctx, RET_OFFSET) != 0 {
+        regions::set_bits(tgid, addr, len, regions::Bits::Dying, false);
+        return 0;
+    }
+    let gone = regions::remove_dying(tgid, addr, len);
+    if gone != 0 {
+        add_reserved(tgid, gone.wrapping_neg(), false);
+        control(EventKind::Unmap, tgid, tid, addr, [len, gone, 0], 0);
+    }
+    0
+}
+named_program!(exit_munmap = EXIT_MUNMAP);
 
 /// Forgets `[addr, addr + len)` of the current process and reports it.
 #[inline(always)]
@@ -215,8 +352,7 @@ fn unmap(pid_tgid: u64, addr: u64, len: u64) {
 
 #[tracepoint]
 pub fn sys_exit(ctx: TracePointContext) -> u32 {
-    let nr = read_u64(&ctx, ID_OFFSET) as i64;
-    let slot = match nr {
+    let slot = match native_nr(&ctx) {
         SYS_TAMALLOC => EXIT_LEARN,
         // Stashed only when armed (fallback_len != 0) or MAP_FIXED; the stash says which.
         SYS_MMAP => {
@@ -227,8 +363,10 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
                 None => return 0,
             }
         }
+        SYS_MUNMAP => EXIT_MUNMAP,
         SYS_MREMAP => EXIT_MREMAP,
         SYS_MADVISE => EXIT_MADVISE,
+        SYS_MPROTECT | SYS_PKEY_MPROTECT => EXIT_MPROTECT,
         SYS_CLONE | SYS_CLONE3 | SYS_FORK | SYS_VFORK => {
             // The fork tracepoint has used the flags by now.
             let pid_tgid = bpf_get_current_pid_tgid();
@@ -262,7 +400,7 @@ fn take_pending(nr: i64) -> Option<(u64, Pending)> {
 /// 554 and the mmaps that matter: the fallback's, and MAP_FIXED over region pages.
 #[tracepoint]
 pub fn exit_learn(ctx: TracePointContext) -> u32 {
-    let nr = read_u64(&ctx, ID_OFFSET) as i64;
+    let nr = native_nr(&ctx);
     let Some((pid_tgid, pending)) = take_pending(nr) else {
         return 0;
     };
@@ -300,24 +438,6 @@ pub fn exit_mmap_fixed(ctx: TracePointContext) -> u32 {
     0
 }
 named_program!(exit_mmap_fixed = EXIT_MMAP_FIXED);
-
-/// madvise(addr, len, MADV_DONTNEED and friends): the pages are dropped, their next touch
-/// is a first touch again.
-#[tracepoint]
-pub fn exit_madvise(ctx: TracePointContext) -> u32 {
-    let Some((pid_tgid, p)) = take_pending(SYS_MADVISE) else {
-        return 0;
-    };
-    let _ = PENDING.remove(pid_tgid);
-    if read_u64(&ctx, RET_OFFSET) != 0 {
-        return 0;
-    }
-    if let Some(len) = page_align(p.args[1]) {
-        regions::reset((pid_tgid >> 32) as u32, p.args[0] & !(PAGE_SIZE - 1), len);
-    }
-    0
-}
-named_program!(exit_madvise = EXIT_MADVISE);
 
 #[inline(always)]
 /// Emits a control event; `args` fill `arg1..arg3` (their meaning depends on `kind`).

@@ -25,13 +25,15 @@ pub fn exit_mremap(ctx: TracePointContext) -> u32 {
     };
     let ret = read_u64(&ctx, RET_OFFSET);
     let tgid = (pid_tgid >> 32) as u32;
+    let moved_fixed = ret != p.args[0] && p.args[3] & MREMAP_FIXED != 0;
     let slot = match (page_align(p.args[1]), page_align(p.args[2])) {
+        // Any mapping moved onto region pages replaces them (the move program then finds
+        // no region to carry when the source was not one).
+        (Some(_), Some(_)) if is_addr(ret) && moved_fixed => EXIT_MREMAP_CLEAR_TARGET,
         (Some(old_len), Some(new_len))
             if is_addr(ret) && old_len != 0 && regions::is_region_page(tgid, p.args[0]) =>
         {
-            if ret != p.args[0] && p.args[3] & MREMAP_FIXED != 0 {
-                EXIT_MREMAP_CLEAR_TARGET
-            } else if ret != p.args[0] {
+            if ret != p.args[0] {
                 EXIT_MREMAP_MOVE
             } else if new_len < old_len {
                 EXIT_MREMAP_SHRINK

@@ -9,7 +9,7 @@ use aya::{
 };
 use tamalloc_common::maps::{
     self as name, Chunk, ChunkKey, Config, DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS, DROP_MAP_FULL,
-    MarkerKey, PidCounters, RegionRef,
+    DROP_REGION_CUT, DROP_TRACED_FULL, MarkerKey, PidCounters, RegionRef,
 };
 
 use super::{Probe, refused};
@@ -21,11 +21,15 @@ pub struct Drops {
     pub fault_events: u64,
     pub control_events: u64,
     pub map_full: u64,
+    /// Processes to follow that `TRACED` had no room for.
+    pub traced_full: u64,
+    /// Regions cut short for want of room in `CHUNKS`.
+    pub region_cut: u64,
 }
 
 impl Drops {
     pub fn total(&self) -> u64 {
-        self.fault_events + self.control_events + self.map_full
+        self.fault_events + self.control_events + self.map_full + self.traced_full + self.region_cut
     }
 }
 
@@ -63,6 +67,7 @@ fn sum<'a>(values: impl Iterator<Item = &'a PidCounters>) -> PidCounters {
             *t += f;
         }
         total.regions += v.regions;
+        total.huge_faults += v.huge_faults;
         total.reserved_bytes = total.reserved_bytes.wrapping_add(v.reserved_bytes);
     }
     total
@@ -195,6 +200,8 @@ impl Probe {
             fault_events: slot(DROP_FAULT_EVENTS)?,
             control_events: slot(DROP_CONTROL_EVENTS)?,
             map_full: slot(DROP_MAP_FULL)?,
+            traced_full: slot(DROP_TRACED_FULL)?,
+            region_cut: slot(DROP_REGION_CUT)?,
         })
     }
 

@@ -4,25 +4,37 @@
 //! A [`Probe`] owns the loaded object: dropping it detaches every program and frees every
 //! map (aya's links are RAII), so an early return or a panic never leaves probes behind.
 //! Every map and program is named by its const in `tamalloc_common::maps`.
+//!
+//! The fault programs depend on the [`Mode`], chosen at load from what the kernel offers
+//! ([`mode`]): kernel mode (fexit on the functions that install pages, offsets from BTF)
+//! where it can, else tracepoint mode (`exceptions:page_fault_*`, shadow page state).
 
+mod btf;
+mod compat;
 mod maps;
+mod mode;
 mod privileges;
 mod tracefs;
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::ProgramArray,
     programs::{
-        Program, ProgramError, ProgramInfo, RawTracePoint, TracePoint,
-        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
+        FEntry, FExit, Program, ProgramError, ProgramInfo, RawTracePoint, TracePoint,
+        fentry::FEntryLinkId, fexit::FExitLinkId, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
     },
 };
 use tamalloc_common::maps::{
-    self as name, CONFIG_FILTER_COMM, CONFIG_FILTER_PID, Config, MAX_CPUS, MAX_PROCS,
+    self as name, CONFIG_FILTER_COMM, CONFIG_FILTER_PID, Config, KERNEL_HOOKS, MAX_CPUS, MAX_PROCS,
     TAIL_PROGRAMS, prog,
 };
 
-pub use self::{maps::Drops, tracefs::field_offset};
+pub use self::{
+    maps::Drops,
+    mode::{Mode, ModeChoice},
+    tracefs::field_offset,
+};
 use super::TraceError;
 
 /// How a program is attached to its tracepoint.
@@ -35,7 +47,8 @@ enum Attach {
     Raw,
 }
 
-/// Every tracepoint the tracer attaches to: (program, category, name, how). The fault
+/// Every tracepoint the tracer attaches to in both modes, then tracepoint mode's fault
+/// programs (the last [`FAULT_TRACEPOINTS`]): (program, category, name, how). The fault
 /// program is [`prog::PAGE_FAULT_EVENTS`] instead when faults are streamed.
 const ATTACHMENTS: &[(&str, &str, &str, Attach)] = &[
     (prog::SYS_ENTER, "raw_syscalls", "sys_enter", Attach::Record),
@@ -72,10 +85,15 @@ const ATTACHMENTS: &[(&str, &str, &str, Attach)] = &[
     ),
 ];
 
+/// How many of [`ATTACHMENTS`], at its end, are tracepoint mode's fault programs.
+const FAULT_TRACEPOINTS: usize = 2;
+
 /// An attached program's link, to detach it before the final drain.
 enum Link {
     Record(TracePointLinkId),
     Raw(RawTracePointLinkId),
+    FExit(FExitLinkId),
+    FEntry(FEntryLinkId),
 }
 
 /// What to load and how.
@@ -94,6 +112,9 @@ pub struct ProbeOptions {
     /// Processes with regions counted at once (counter slots; an exited process's slot is
     /// reused once its final counts are read).
     pub max_procs: u32,
+    /// Which fault programs: `Auto` picks kernel mode where the kernel offers it (and
+    /// `$TAMALLOC_TRACE_MODE`, when set, decides for `Auto`).
+    pub mode: ModeChoice,
 }
 
 impl Default for ProbeOptions {
@@ -105,6 +126,7 @@ impl Default for ProbeOptions {
             comm: None,
             filter_pids: false,
             max_procs: MAX_PROCS,
+            mode: ModeChoice::Auto,
         }
     }
 }
@@ -117,6 +139,11 @@ pub struct Probe {
     links: Vec<(&'static str, Link)>,
     /// The streaming fault program is attached rather than the counting one.
     stream_faults: bool,
+    /// Which fault programs are attached; with the kernel's BTF in kernel mode.
+    mode: Mode,
+    btf: Option<Btf>,
+    /// Why kernel mode was not used, when `Auto` fell back.
+    fallback: Option<String>,
 }
 
 /// The embedded eBPF object, built by build.rs.
@@ -169,6 +196,7 @@ impl Probe {
             tracefs::format(category, name)?;
         }
         let fork_child_pid_offset = tracefs::fork_child_pid_offset()?;
+        let exit_group_dead_offset = tracefs::exit_group_dead_offset()?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| TraceError::Io {
             what: "reading the number of possible CPUs".into(),
             source: e,
@@ -185,9 +213,29 @@ impl Probe {
             )));
         }
 
-        let mut ebpf = EbpfLoader::new()
-            // No CO-RE relocations in our programs: skip parsing the kernel's BTF (~0.5 s).
-            .btf(None)
+        let choice = opts.mode.or_env()?;
+        let kernel = match choice {
+            ModeChoice::Tracepoint => Err("asked for".to_owned()),
+            _ => mode::kernel_layout(opts.stream_faults),
+        };
+        let (layout, fallback) = match kernel {
+            Ok(k) => (Some(k), None),
+            Err(_) if choice == ModeChoice::Tracepoint => (None, None),
+            Err(why) if choice == ModeChoice::Kernel => {
+                return Err(TraceError::Usage(format!(
+                    "kernel mode is not available: {why}"
+                )));
+            }
+            Err(why) => (None, Some(why)),
+        };
+        let mut loader = EbpfLoader::new();
+        // No CO-RE relocations in our programs: the loader needs no kernel BTF (kernel mode
+        // reads its own, once, for the fexit attach points).
+        loader.btf(None);
+        if let Some((l, _)) = &layout {
+            loader.override_global(name::KERNEL_LAYOUT, l, true);
+        }
+        let mut ebpf = loader
             .map_max_entries(name::EVENTS, opts.ring_bytes)
             .map_max_entries(name::COUNTERS, opts.max_procs)
             .map_max_entries(name::SLOTS, opts.max_procs)
@@ -198,6 +246,8 @@ impl Probe {
 
         let mut cfg = Config {
             fork_child_pid_offset,
+            exit_group_dead_offset,
+            thread_status_offset: compat::running_thread_status_offset(),
             nr_cpus: u32::try_from(nr_cpus).unwrap_or(MAX_CPUS).min(MAX_CPUS),
             ..Config::default()
         };
@@ -213,17 +263,52 @@ impl Probe {
         maps::write_config(&mut ebpf, cfg)?;
         maps::free_all_slots(&mut ebpf, opts.max_procs)?;
         install_tail_programs(&mut ebpf)?;
+        let (mode, btf) = match layout {
+            Some((_, btf)) => (Mode::Kernel, Some(btf)),
+            None => (Mode::Tracepoint, None),
+        };
         let mut probe = Self {
             ebpf,
             nr_cpus,
             links: Vec::new(),
             stream_faults: opts.stream_faults,
+            mode,
+            btf,
+            fallback,
         };
         for &pid in &opts.pids {
             probe.follow(pid)?;
         }
-        probe.attach()?;
+        match probe.attach() {
+            Ok(()) => {}
+            // The kernel lists the functions but will not attach to one (not traceable,
+            // no DIRECT_CALLS): fall back unless kernel mode was asked for.
+            Err(e) if probe.mode == Mode::Kernel && choice == ModeChoice::Auto => {
+                probe.detach();
+                probe.mode = Mode::Tracepoint;
+                probe.btf = None;
+                probe.fallback = Some(mode::refusal(&e));
+                probe.attach()?;
+            }
+            Err(e) if probe.mode == Mode::Kernel => {
+                return Err(TraceError::Usage(format!(
+                    "kernel mode is not available: {}",
+                    mode::refusal(&e)
+                )));
+            }
+            Err(e) => return Err(e),
+        }
         Ok(probe)
+    }
+
+    /// The fault programs attached.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Why kernel mode is not used, when it was not asked for and the kernel lacks it.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 
     /// Attaches every program (again, after [`Probe::detach`]: benchmarks measure the same
@@ -232,7 +317,12 @@ impl Probe {
         if !self.links.is_empty() {
             return Ok(());
         }
-        for &(prog, category, name, how) in ATTACHMENTS {
+        let common = ATTACHMENTS.len() - FAULT_TRACEPOINTS;
+        let tracepoints = match self.mode {
+            Mode::Kernel => &ATTACHMENTS[..common],
+            Mode::Tracepoint => ATTACHMENTS,
+        };
+        for &(prog, category, name, how) in tracepoints {
             let prog = match prog {
                 prog::PAGE_FAULT if self.stream_faults => prog::PAGE_FAULT_EVENTS,
                 p => p,
@@ -249,6 +339,40 @@ impl Probe {
                         .attach(name)
                         .map_err(attach_err)?,
                 ),
+            };
+            self.links.push((prog, link));
+        }
+        if self.mode == Mode::Kernel {
+            self.attach_kernel_hooks()?;
+        }
+        Ok(())
+    }
+
+    /// Kernel mode's fexit/fentry programs on the functions that install pages.
+    fn attach_kernel_hooks(&mut self) -> Result<(), TraceError> {
+        let btf = self
+            .btf
+            .as_ref()
+            .ok_or_else(|| TraceError::Internal("kernel mode without BTF".into()))?;
+        for (prog, function, exit) in KERNEL_HOOKS {
+            let verify = |e| TraceError::Verifier(prog.to_string(), Box::new(e));
+            let attach_err = |e| TraceError::Attach(function.to_string(), Box::new(e));
+            let p = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| TraceError::Internal(format!("program {prog} missing")))?;
+            let link = if exit {
+                let p: &mut FExit = p.try_into().map_err(refused)?;
+                if p.fd().is_err() {
+                    p.load(function, btf).map_err(verify)?;
+                }
+                Link::FExit(p.attach().map_err(attach_err)?)
+            } else {
+                let p: &mut FEntry = p.try_into().map_err(refused)?;
+                if p.fd().is_err() {
+                    p.load(function, btf).map_err(verify)?;
+                }
+                Link::FEntry(p.attach().map_err(attach_err)?)
             };
             self.links.push((prog, link));
         }
@@ -272,6 +396,16 @@ impl Probe {
                         let _ = tp.detach(link);
                     }
                 }
+                Link::FExit(link) => {
+                    if let Ok(fx) = <&mut FExit>::try_from(p) {
+                        let _ = fx.detach(link);
+                    }
+                }
+                Link::FEntry(link) => {
+                    if let Ok(fe) = <&mut FEntry>::try_from(p) {
+                        let _ = fe.detach(link);
+                    }
+                }
             }
         }
     }
@@ -280,9 +414,12 @@ impl Probe {
         self.nr_cpus
     }
 
-    /// How many tracepoints the programs are attached to.
+    /// How many tracepoints and kernel functions the programs are attached to.
     pub fn attachments(&self) -> usize {
-        ATTACHMENTS.len()
+        match self.mode {
+            Mode::Kernel => ATTACHMENTS.len() - FAULT_TRACEPOINTS + KERNEL_HOOKS.len(),
+            Mode::Tracepoint => ATTACHMENTS.len(),
+        }
     }
 
     /// What the kernel says of each loaded program (for per-program cost: run time and count
@@ -354,6 +491,13 @@ mod tests {
         }
         for (_, p) in TAIL_PROGRAMS {
             assert!(name::ALL_PROGRAMS.contains(&p), "{p}");
+        }
+        for (p, ..) in KERNEL_HOOKS {
+            assert!(name::ALL_PROGRAMS.contains(&p), "{p}");
+        }
+        // The fault tracepoints are the last ones, as `attach` assumes.
+        for (p, ..) in &ATTACHMENTS[ATTACHMENTS.len() - FAULT_TRACEPOINTS..] {
+            assert_eq!(*p, prog::PAGE_FAULT);
         }
     }
 }

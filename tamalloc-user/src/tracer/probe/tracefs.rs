@@ -63,6 +63,11 @@ pub(super) fn fork_child_pid_offset() -> Result<u32, TraceError> {
     })
 }
 
+/// Where `group_dead` is in `sched:sched_process_exit`'s record (6.15 and later), or 0.
+pub(super) fn exit_group_dead_offset() -> Result<u32, TraceError> {
+    Ok(field_offset(&format("sched", "sched_process_exit")?, "group_dead").unwrap_or(0))
+}
+
 /// The byte offset of `field` in a tracefs format description.
 pub fn field_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
