@@ -68,7 +68,12 @@ fn write(base: *mut u8, page: usize) {
     unsafe { ptr::write_volatile(base.add(page * PAGE), 0x5a) };
 }
 
-fn mmap_plain(len: usize, addr: *mut libc::c_void, flags: libc::c_int) -> anyhow::Result<*mut u8> {
+/// A private anonymous read-write mapping of `len` bytes (at `addr` with `flags` if given).
+pub(crate) fn mmap_plain(
+    len: usize,
+    addr: *mut libc::c_void,
+    flags: libc::c_int,
+) -> anyhow::Result<*mut u8> {
     // SAFETY: an anonymous mapping; the kernel validates every argument.
     let p = unsafe {
         libc::mmap(

@@ -262,24 +262,10 @@ pub fn region(pages: usize) -> anyhow::Result<*mut u8> {
     Ok(p.as_ptr())
 }
 
-/// A plain anonymous mapping (not a region), at `addr` with `flags` (MAP_FIXED...) if given.
+/// A plain anonymous mapping (not a region), at `addr` with `flags` (MAP_FIXED...) if given;
+/// callers pass MAP_FIXED only over ranges they own.
 pub fn plain(pages: usize, addr: *mut u8, flags: libc::c_int) -> anyhow::Result<*mut u8> {
-    // SAFETY: an anonymous mapping; the kernel validates every argument, and callers pass
-    // MAP_FIXED only over ranges they own.
-    let p = unsafe {
-        libc::mmap(
-            addr.cast(),
-            pages * PAGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        bail!("mmap: {}", std::io::Error::last_os_error());
-    }
-    Ok(p.cast())
+    crate::workload::mmap_plain(pages * PAGE, addr.cast(), flags)
 }
 
 pub fn page(base: *mut u8, i: usize) -> *mut u8 {
