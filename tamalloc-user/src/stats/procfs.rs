@@ -177,20 +177,27 @@ pub fn parse_smaps_tamalloc(bytes: &[u8]) -> TamallocVmas {
 }
 
 /// The tamalloc VMAs of `pid` from `/proc`: `maps` first (cheap), `smaps` only when it shows
-/// one. Processes whose maps we may not read count as none.
-fn tamalloc_vmas_procfs(pid: &str, buf: &mut Vec<u8>) -> Result<TamallocVmas, std::io::Error> {
+/// one. `None` when we may not read its maps.
+///
+/// Opening `maps` takes the check syscall 555 makes of every other process,
+/// `ptrace_may_access(PTRACE_MODE_READ_FSCREDS)` (LSMs included), so a denial here is the
+/// syscall's `EPERM`: the fallback shows what 555 would, never more.
+fn tamalloc_vmas_procfs(
+    pid: &str,
+    buf: &mut Vec<u8>,
+) -> Result<Option<TamallocVmas>, std::io::Error> {
     match read_into(&format!("/proc/{pid}/maps"), buf) {
         Ok(()) => {}
-        Err(e) if is_denied(&e) => return Ok(TamallocVmas::default()),
+        Err(e) if is_denied(&e) => return Ok(None),
         Err(e) => return Err(e),
     }
     let (regions, _) = parse_maps_tamalloc(buf);
     if regions == 0 {
-        return Ok(TamallocVmas::default());
+        return Ok(Some(TamallocVmas::default()));
     }
     match read_into(&format!("/proc/{pid}/smaps"), buf) {
-        Ok(()) => Ok(parse_smaps_tamalloc(buf)),
-        Err(e) if is_denied(&e) => Ok(TamallocVmas::default()),
+        Ok(()) => Ok(Some(parse_smaps_tamalloc(buf))),
+        Err(e) if is_denied(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -247,7 +254,14 @@ fn read_proc(pid: u32, buf: &mut Vec<u8>) -> Result<ProcStats, Error> {
         }
     }
     let t = match tamalloc_vmas_procfs(&dir, buf) {
-        Ok(t) => t,
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Err(Error::os(
+                "get_memory_usage_stats",
+                Some(pid.into()),
+                libc::EPERM,
+            ));
+        }
         Err(e) if gone(&e) => return Err(Error::NoSuchProcess { pid }),
         Err(e) => return Err(Error::io(format!("/proc/{dir}/maps"), e)),
     };
@@ -275,7 +289,8 @@ fn proc_pids() -> Result<Vec<u32>, Error> {
     Ok(pids)
 }
 
-/// [`all_proc_stats`](super::all_proc_stats) from `/proc` only. Processes that exit meanwhile are left out.
+/// [`all_proc_stats`](super::all_proc_stats) from `/proc` only. Processes that exit meanwhile
+/// are left out, and so are those syscall 555 would leave out (not ptrace-readable).
 pub fn all_proc_stats_procfs() -> Result<Vec<ProcStats>, Error> {
     let mut buf = Vec::with_capacity(2048);
     let mut out = Vec::new();
@@ -283,6 +298,9 @@ pub fn all_proc_stats_procfs() -> Result<Vec<ProcStats>, Error> {
         match read_proc(pid, &mut buf) {
             Ok(p) => out.push(p),
             Err(Error::NoSuchProcess { .. }) => {}
+            Err(Error::Os {
+                errno: libc::EPERM, ..
+            }) => {}
             Err(e) => return Err(e),
         }
     }
