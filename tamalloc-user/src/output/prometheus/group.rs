@@ -39,8 +39,8 @@ impl GroupBy {
     }
 }
 
-/// The label value of a cgroup that could not be read.
-pub const UNKNOWN_CGROUP: &str = "?";
+/// The label value of a comm or cgroup that could not be read.
+pub const UNKNOWN: &str = "?";
 
 /// One series' labels (without `kind`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -152,9 +152,10 @@ impl Grouper {
                 pid: row.pid,
                 comm: comm.clone(),
             },
-            GroupBy::Comm if comm.is_empty() => {
-                last.cloned().unwrap_or_else(|| Group::Comm(String::new()))
-            }
+            // An empty label is no label to Prometheus: a comm never read is `?`.
+            GroupBy::Comm if comm.is_empty() => last
+                .cloned()
+                .unwrap_or_else(|| Group::Comm(UNKNOWN.to_owned())),
             GroupBy::Comm => Group::Comm(comm.clone()),
             GroupBy::Cgroup => {
                 let now = if row.state.exited {
@@ -165,7 +166,7 @@ impl Grouper {
                 match (now, last) {
                     (Some(path), _) => Group::Cgroup(path),
                     (None, Some(g)) => g.clone(),
-                    (None, None) => Group::Cgroup(UNKNOWN_CGROUP.to_owned()),
+                    (None, None) => Group::Cgroup(UNKNOWN.to_owned()),
                 }
             }
         }
@@ -320,6 +321,9 @@ mod tests {
         run(&mut g, &mut totals, &[row(1, "", 3, false)]);
         assert_eq!(totals[&comm("sh")], 3);
         assert!(!totals.contains_key(&comm("")), "{totals:?}");
+        // Never read at all: `?`.
+        run(&mut g, &mut totals, &[row(2, "", 1, false)]);
+        assert_eq!(totals[&comm("?")], 1);
         let up = run(&mut g, &mut totals, &[row(1, "demo", 10, false)]);
         assert_eq!(totals[&comm("sh")], 3, "the old series keeps its count");
         assert_eq!(totals[&comm("demo")], 7, "only the faults since the exec");
