@@ -1,9 +1,10 @@
 //! `tamalloc trace --prometheus ADDR`, scraped by a real Prometheus server (Debian's
 //! `prometheus` package, /usr/bin/prometheus, installed by `cargo xtask setup`), on loopback
 //! with free ports, a 1 s scrape interval and a temporary TSDB. The values are read back
-//! through Prometheus' HTTP query API and compared with the demo's own counts.
+//! through Prometheus' HTTP query API and compared with the demo's own counts, under each
+//! `--prometheus-by` grouping (pid, comm: the default, cgroup).
 //!
-//! The tracing test loads eBPF programs, so it needs root (CI runs as root); without it, or
+//! The tracing tests load eBPF programs, so they need root (CI runs as root); without it, or
 //! without the prometheus binary, it fails with that message rather than pass silently.
 //! Every wait is bounded; Prometheus and the tracer are stopped when the test ends, however
 //! it ends.
@@ -156,9 +157,47 @@ fn start_prometheus(dir: &Path, target: u16) -> (Guard, u16) {
     (guard, port)
 }
 
+/// `--prometheus-by`: what the demo's series are labelled with.
+#[derive(Clone, Copy)]
+enum By {
+    Pid,
+    /// The default: run without the flag.
+    Comm,
+    Cgroup,
+}
+
+/// The cgroup v2 path of this process (its children, the demo among them, inherit it).
+fn own_cgroup() -> String {
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("this test needs cgroup v2 (a 0:: line): {text}"))
+        .to_owned()
+}
+
+// One at a time: each run starts a Prometheus and a tracer on a 2-core machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn prometheus_scrapes_the_tracer_and_sees_the_demo_counts() {
+    scrape_the_demo(By::Pid);
+}
+
+#[test]
+fn prometheus_by_comm_is_the_default_and_sums_under_the_comm() {
+    scrape_the_demo(By::Comm);
+}
+
+#[test]
+fn prometheus_by_cgroup_sums_under_the_cgroup() {
+    scrape_the_demo(By::Cgroup);
+}
+
+/// Traces the demo with `--prometheus`, grouped as `by` says, and checks through
+/// Prometheus' query API that the demo's counts and gauges appear under its group.
+fn scrape_the_demo(by: By) {
     require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new("prometheus");
     let target = free_port();
     let (_prometheus, prom) = start_prometheus(dir.dir(), target);
@@ -172,6 +211,11 @@ fn prometheus_scrapes_the_tracer_and_sees_the_demo_counts() {
     let mut trace = Command::new(bin())
         .args(["trace", "--quiet", "--interval", "200ms", "--prometheus"])
         .arg(format!("127.0.0.1:{target}"))
+        .args(match by {
+            By::Pid => vec!["--prometheus-by", "pid"],
+            By::Comm => vec![],
+            By::Cgroup => vec!["--prometheus-by", "cgroup"],
+        })
         .args(["--", "sh", "-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -197,18 +241,28 @@ fn prometheus_scrapes_the_tracer_and_sees_the_demo_counts() {
         }
     };
     let pid = demo["pid"].as_u64().expect("pid");
+    // The demo's series, and the labels a series of that grouping has (besides `kind`).
+    let (selector, labels): (String, &[&str]) = match by {
+        By::Pid => (format!(r#"pid="{pid}",comm="tamalloc""#), &["pid", "comm"]),
+        By::Comm => (r#"comm="tamalloc""#.to_owned(), &["comm"]),
+        By::Cgroup => (format!(r#"cgroup="{}""#, own_cgroup()), &["cgroup"]),
+    };
+    let shaped = |m: &Value| {
+        ["pid", "comm", "cgroup"]
+            .iter()
+            .all(|l| labels.contains(l) == m.get(l).is_some())
+    };
 
-    // The counters, as Prometheus scraped them, reach the demo's counts.
+    // The counters, as Prometheus scraped them, reach the demo's counts (the only counted
+    // process of the trace, so alone in its comm and cgroup).
     let mut last = Vec::new();
     let matched = poll(60, || {
-        last = query(prom, &format!(r#"tamalloc_faults_total{{pid="{pid}"}}"#));
+        last = query(prom, &format!("tamalloc_faults_total{{{selector}}}"));
         KINDS
             .iter()
             .all(|k| {
                 last.iter().any(|(m, v)| {
-                    m["kind"] == *k
-                        && m["comm"] == "tamalloc"
-                        && Some(*v as u64) == demo[k].as_u64()
+                    m["kind"] == *k && shaped(m) && Some(*v as u64) == demo[k].as_u64()
                 })
             })
             .then_some(())
@@ -222,14 +276,11 @@ fn prometheus_scrapes_the_tracer_and_sees_the_demo_counts() {
     // The gauges, while the demo held its region.
     let gauge = |name: &str| {
         poll(30, || {
-            query(
-                prom,
-                &format!(r#"max_over_time({name}{{pid="{pid}"}}[10m])"#),
-            )
-            .first()
-            .map(|r| r.1)
+            query(prom, &format!("max_over_time({name}{{{selector}}}[10m])"))
+                .first()
+                .map(|r| r.1)
         })
-        .unwrap_or_else(|| panic!("no {name} for pid {pid}"))
+        .unwrap_or_else(|| panic!("no {name} for {selector}"))
     };
     assert_eq!(
         gauge("tamalloc_reserved_bytes") as u64,
@@ -237,6 +288,10 @@ fn prometheus_scrapes_the_tracer_and_sees_the_demo_counts() {
     );
     assert!(gauge("tamalloc_vm_rss_bytes") > 0.0);
     assert!(gauge("tamalloc_resident_bytes") >= 0.0);
+    match by {
+        By::Pid => assert!(query(prom, "tamalloc_processes").is_empty()),
+        _ => assert_eq!(gauge("tamalloc_processes"), 1.0),
+    }
     let drops = query(prom, "tamalloc_dropped_events_total");
     for k in ["fault_events", "control_events", "map_full"] {
         assert!(

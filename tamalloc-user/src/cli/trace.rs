@@ -45,6 +45,16 @@ pub struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics while tracing (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     prometheus: Option<SocketAddr>,
+    /// What one Prometheus series stands for: `comm` (the default; few series), `cgroup`, or
+    /// `pid` (one series per process: many, for a fleet).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        value_name = "GROUP",
+        requires = "prometheus"
+    )]
+    prometheus_by: prometheus::GroupBy,
     /// Ring buffer for streamed events, in bytes (a power of two of at least 4KiB).
     #[arg(long, default_value = "4MiB", value_parser = parse_ring_size)]
     ring_size: u32,
@@ -119,7 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut view = terminal::for_stdout(args.events, args.quiet);
     if let Some(listener) = listener {
-        let (metrics, registry) = prometheus::metrics();
+        let (metrics, registry) = prometheus::metrics(args.prometheus_by);
         let _entered = runtime.enter();
         let listener = tokio::net::TcpListener::from_std(listener)
             .context("serving the Prometheus endpoint")?;

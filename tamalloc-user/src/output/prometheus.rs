@@ -6,19 +6,30 @@
 //! [`Tee`](super::Tee). [`serve`] answers `GET /metrics` on the session's tokio runtime;
 //! it is a deliberately small HTTP/1.1 server (one request per connection, then close).
 //!
-//! Metrics:
-//! - `tamalloc_faults_total{pid,comm,kind}`: first-touch faults in tamalloc regions;
-//! - `tamalloc_reserved_bytes{pid,comm}`: bytes of live regions the tracer knows of;
-//! - `tamalloc_resident_bytes{pid,comm}`: resident region bytes (syscall 555 or /proc);
-//! - `tamalloc_vm_rss_bytes{pid,comm}`: VmRSS;
+//! Metrics, per GROUP as `--prometheus-by` chooses ([`GroupBy`]): `{pid,comm}` (one series
+//! per process), `{comm}` (the default) or `{cgroup}`:
+//! - `tamalloc_faults_total{GROUP,kind}`: first-touch faults in tamalloc regions;
+//! - `tamalloc_reserved_bytes{GROUP}`: bytes of live regions the tracer knows of;
+//! - `tamalloc_resident_bytes{GROUP}`: resident region bytes (syscall 555 or /proc);
+//! - `tamalloc_vm_rss_bytes{GROUP}`: VmRSS;
+//! - `tamalloc_processes{GROUP}` (comm and cgroup only): live processes, so that the
+//!   gauges, sums over them, can be read per process;
 //! - `tamalloc_dropped_events_total{kind}`: `fault_events`, `control_events`, `map_full`.
 //!
-//! The gauges of a process that has exited are removed; its fault counters stay.
+//! A group's counters never decrease: each process's new faults go to the group it is in
+//! at that refresh ([`group`] says how exec, exit and pid reuse are handled). The gauges of
+//! a group without a live process are removed; its fault counters stay.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+pub mod group;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -28,19 +39,21 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+pub use self::group::GroupBy;
+use self::group::{Group, Grouper};
 use crate::tracer::{Snapshot, View, decode::TraceEvent};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct FaultLabels {
-    pid: u32,
-    comm: String,
+    group: Group,
     kind: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProcLabels {
-    pid: u32,
-    comm: String,
+impl EncodeLabelSet for FaultLabels {
+    fn encode(&self, mut enc: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.group.encode_labels(&mut enc)?;
+        ("kind", self.kind).encode(enc.encode_label())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,31 +63,43 @@ struct DropLabels {
 
 /// The metrics a session exports, and what they were last set from.
 pub struct PrometheusView {
+    grouper: Grouper,
     faults: Family<FaultLabels, Counter>,
-    reserved: Family<ProcLabels, Gauge>,
-    resident: Family<ProcLabels, Gauge>,
-    vm_rss: Family<ProcLabels, Gauge>,
+    reserved: Family<Group, Gauge>,
+    resident: Family<Group, Gauge>,
+    vm_rss: Family<Group, Gauge>,
+    /// Registered for comm and cgroup only.
+    processes: Family<Group, Gauge>,
     dropped: Family<DropLabels, Counter>,
-    /// Counter values already added, so the registry's counters follow the tracer's totals.
-    seen_faults: HashMap<FaultLabels, u64>,
+    /// Groups whose gauges are set, to remove them when their last live process goes.
+    live: HashSet<Group>,
     seen_drops: HashMap<&'static str, u64>,
 }
 
-/// A new view and the registry it fills, for [`serve`].
-pub fn metrics() -> (PrometheusView, Arc<Registry>) {
+/// A new view grouping by `by`, and the registry it fills, for [`serve`].
+pub fn metrics(by: GroupBy) -> (PrometheusView, Arc<Registry>) {
+    view_with(Grouper::new(by), by)
+}
+
+fn view_with(grouper: Grouper, by: GroupBy) -> (PrometheusView, Arc<Registry>) {
     let mut reg = Registry::default();
     let v = PrometheusView {
+        grouper,
         faults: Family::default(),
         reserved: Family::default(),
         resident: Family::default(),
         vm_rss: Family::default(),
+        processes: Family::default(),
         dropped: Family::default(),
-        seen_faults: HashMap::new(),
+        live: HashSet::new(),
         seen_drops: HashMap::new(),
     };
     reg.register(
         "tamalloc_faults",
-        "First-touch page faults in tamalloc regions, by process and kind",
+        format!(
+            "First-touch page faults in tamalloc regions, by {} and kind",
+            by.noun()
+        ),
         v.faults.clone(),
     );
     reg.register(
@@ -88,6 +113,13 @@ pub fn metrics() -> (PrometheusView, Arc<Registry>) {
         v.resident.clone(),
     );
     reg.register("tamalloc_vm_rss_bytes", "VmRSS", v.vm_rss.clone());
+    if by != GroupBy::Pid {
+        reg.register(
+            "tamalloc_processes",
+            format!("Live traced processes, by {}", by.noun()),
+            v.processes.clone(),
+        );
+    }
     reg.register(
         "tamalloc_dropped_events",
         "Events that could not be delivered, or region state that did not fit",
@@ -100,53 +132,38 @@ fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-impl PrometheusView {
-    fn add_faults(&mut self, labels: FaultLabels, total: u64) {
-        let seen = self.seen_faults.entry(labels.clone()).or_insert(0);
-        if total > *seen {
-            self.faults.get_or_create(&labels).inc_by(total - *seen);
-            *seen = total;
-        } else if *seen == 0 {
-            // Present from the first scrape on, at zero.
-            drop(self.faults.get_or_create(&labels));
-        }
-    }
-}
-
 impl View for PrometheusView {
     fn event(&mut self, _ev: &TraceEvent) {}
 
     fn refresh(&mut self, snap: &Snapshot) {
-        for row in &snap.rows {
-            let (pid, comm) = (row.pid, row.state.comm.clone());
+        let up = self.grouper.update(&snap.rows);
+        for (group, deltas) in up.faults {
             for kind in FaultKind::ALL {
                 let labels = FaultLabels {
-                    pid,
-                    comm: comm.clone(),
+                    group: group.clone(),
                     kind: kind.name(),
                 };
-                self.add_faults(labels, row.state.faults(kind));
+                // Created at zero too: present from the first scrape on.
+                self.faults
+                    .get_or_create(&labels)
+                    .inc_by(deltas[kind as usize]);
             }
-            let labels = ProcLabels { pid, comm };
-            match (&row.stats, row.state.exited) {
-                (Some(s), false) => {
-                    self.reserved
-                        .get_or_create(&labels)
-                        .set(gauge(row.state.reserved_bytes()));
-                    self.resident
-                        .get_or_create(&labels)
-                        .set(gauge(s.tamalloc_resident_kib.saturating_mul(1024)));
-                    self.vm_rss
-                        .get_or_create(&labels)
-                        .set(gauge(s.vm_rss_kib.saturating_mul(1024)));
-                }
-                (_, true) => {
-                    self.reserved.remove(&labels);
-                    self.resident.remove(&labels);
-                    self.vm_rss.remove(&labels);
-                }
-                (None, false) => {}
+        }
+        for gone in self.live.iter().filter(|g| !up.live.contains_key(*g)) {
+            self.reserved.remove(gone);
+            self.resident.remove(gone);
+            self.vm_rss.remove(gone);
+            self.processes.remove(gone);
+        }
+        self.live.clear();
+        for (group, (n, sums)) in up.live {
+            self.processes.get_or_create(&group).set(gauge(n));
+            if let Some([reserved, resident, rss]) = sums {
+                self.reserved.get_or_create(&group).set(gauge(reserved));
+                self.resident.get_or_create(&group).set(gauge(resident));
+                self.vm_rss.get_or_create(&group).set(gauge(rss));
             }
+            self.live.insert(group);
         }
         let d = &snap.drops;
         for (kind, total) in [
@@ -284,7 +301,7 @@ mod tests {
 
     #[test]
     fn counters_follow_the_tracer_totals() {
-        let (mut view, reg) = metrics();
+        let (mut view, reg) = metrics(GroupBy::Pid);
         view.refresh(&snapshot(5, false));
         view.refresh(&snapshot(7, false));
         let text = render(&reg);
@@ -313,6 +330,7 @@ mod tests {
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+        assert!(!text.contains("tamalloc_processes"), "per pid: {text}");
         // Exited: the gauges go, the counters stay.
         view.refresh(&snapshot(7, true));
         let text = render(&reg);
@@ -320,9 +338,57 @@ mod tests {
         assert!(text.contains(r#"kind="write_zero"} 7"#), "{text}");
     }
 
+    #[test]
+    fn by_comm_sums_and_counts_processes() {
+        let (mut view, reg) = metrics(GroupBy::Comm);
+        let mut snap = snapshot(5, false);
+        let mut other = snap.rows[0].clone();
+        other.pid = 43;
+        snap.rows.push(other);
+        view.refresh(&snap);
+        let text = render(&reg);
+        for line in [
+            r#"tamalloc_faults_total{comm="demo",kind="write_zero"} 10"#,
+            r#"tamalloc_faults_total{comm="demo",kind="read_zero"} 0"#,
+            r#"tamalloc_reserved_bytes{comm="demo"} 16384"#,
+            r#"tamalloc_processes{comm="demo"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("pid="), "{text}");
+        // Both exited: the gauges go (the process count too), the counters stay.
+        for r in &mut snap.rows {
+            r.state.exited = true;
+            r.stats = None;
+        }
+        view.refresh(&snap);
+        let text = render(&reg);
+        assert!(!text.contains("tamalloc_processes{"), "{text}");
+        assert!(!text.contains("tamalloc_reserved_bytes{"), "{text}");
+        assert!(text.contains(r#"kind="write_zero"} 10"#), "{text}");
+    }
+
+    #[test]
+    fn by_cgroup_labels_the_cgroup() {
+        let (mut view, reg) = view_with(
+            Grouper::with_cgroup_reader(GroupBy::Cgroup, |_| Some("/a/b".into())),
+            GroupBy::Cgroup,
+        );
+        view.refresh(&snapshot(5, false));
+        let text = render(&reg);
+        assert!(
+            text.contains(r#"tamalloc_faults_total{cgroup="/a/b",kind="write_zero"} 5"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tamalloc_processes{cgroup="/a/b"} 1"#),
+            "{text}"
+        );
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn serves_metrics_over_http() {
-        let (mut view, reg) = metrics();
+        let (mut view, reg) = metrics(GroupBy::Comm);
         view.refresh(&snapshot(1, false));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
