@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tamalloc_common::trace::Event;
 use tokio::{
     io::unix::AsyncFd,
     process::Child,
@@ -217,8 +218,12 @@ async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
 
 impl Session {
     fn emit(&mut self, r: &Record) {
+        self.to_sink(|sink| sink.record(r));
+    }
+
+    fn to_sink(&mut self, write: impl FnOnce(&mut (dyn Sink + Send)) -> std::io::Result<()>) {
         if let Some(sink) = self.sink.as_mut()
-            && let Err(e) = sink.record(r)
+            && let Err(e) = write(sink.as_mut())
         {
             // Keep tracing; report the first write error at the end.
             self.sink_error.get_or_insert(e);
@@ -249,10 +254,15 @@ impl Session {
         let mut n = 0;
         while n < max {
             let Some(item) = ring.next() else { break };
-            let ev = decode(&item);
+            // A copy, so the ring's space is given back before the maps are read below.
+            let mut raw = [0u8; size_of::<Event>()];
+            let len = item.len().min(raw.len());
+            raw[..len].copy_from_slice(&item[..len]);
             drop(item);
             n += 1;
-            let Some(ev) = ev else { continue };
+            let Some(ev) = decode(&raw[..len]) else {
+                continue;
+            };
             self.agg.apply(&ev);
             match ev {
                 TraceEvent::Exit { .. } => self.collect_exited()?,
@@ -264,7 +274,7 @@ impl Session {
             if let TraceEvent::Fault { pid, tid, .. } | TraceEvent::Region { pid, tid, .. } = ev {
                 self.name_thread(pid, tid);
             }
-            self.emit(&Record::Event(ev));
+            self.to_sink(|sink| sink.event_bytes(&raw[..len], &ev));
             self.view.event(&ev);
         }
         if n > 0 {
