@@ -28,6 +28,9 @@ use crate::stats;
 
 /// Ring records handled per wake-up before yielding, so timers and signals stay timely.
 const DRAIN_BATCH: usize = 4096;
+/// The programs wake the reader for fault events only once a batch waits in the ring
+/// (`Config::wakeup_bytes`); it drains this often anyway, so a quiet trace is not late.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
@@ -147,6 +150,8 @@ pub async fn run(
         }
     };
     tokio::pin!(sleep_until);
+    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
@@ -156,6 +161,9 @@ pub async fn run(
                 if n < DRAIN_BATCH {
                     guard.clear_ready();
                 }
+            }
+            _ = drain_tick.tick() => {
+                s.drain(ring.get_mut(), DRAIN_BATCH)?;
             }
             _ = tick.tick() => {
                 s.refresh(false)?;
