@@ -132,7 +132,7 @@ pub fn exit_status(outcome: &session::Outcome) -> ExitCode {
 
 /// Opens `path` for the trace in `format`.
 pub fn open_output(path: &std::path::Path, format: Format) -> anyhow::Result<Box<dyn Sink + Send>> {
-    output::open(path, format)
+    output::open_live(path, format)
         .with_context(|| format!("cannot write the trace to {}", path.display()))
 }
 

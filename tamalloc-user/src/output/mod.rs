@@ -9,6 +9,7 @@ pub mod perfetto;
 pub mod prometheus;
 pub mod recording;
 pub mod terminal;
+pub mod threaded;
 
 use std::{fs::File, io, path::Path};
 
@@ -37,6 +38,17 @@ pub fn open(path: &Path, format: Format) -> io::Result<Box<dyn Sink + Send>> {
         Format::Perfetto => Box::new(self::perfetto::Perfetto::new(file)),
         Format::Csv => Box::new(self::csv::Csv::new(file)),
         Format::Record => Box::new(recording::Recording::new(file)),
+    })
+}
+
+/// Opens `path` for a live trace in `format`: a recording is written by the session's
+/// thread, every other format by a writer thread fed from the recording path
+/// ([`threaded`]), so the thread that drains the ring never formats.
+pub fn open_live(path: &Path, format: Format) -> io::Result<Box<dyn Sink + Send>> {
+    let sink = open(path, format)?;
+    Ok(match format {
+        Format::Record => sink,
+        _ => Box::new(threaded::Threaded::spawn(sink)?),
     })
 }
 

@@ -87,17 +87,7 @@ pub fn convert(path: &Path, sink: &mut dyn Sink, out: &Path) -> Result<ReadInfo,
         path: out.to_owned(),
         source,
     };
-    let info = read(path, |item| {
-        match item {
-            Item::Event { raw, ev } => sink.event_bytes(raw, &ev),
-            Item::Record(r) => sink.record(&r),
-            Item::ThreadName { pid, tid, name } => {
-                sink.thread_name(pid, tid, &name);
-                Ok(())
-            }
-        }
-        .map_err(write)
-    })?;
+    let info = read(path, |item| recording::replay(item, sink).map_err(write))?;
     sink.finish().map_err(write)?;
     Ok(info)
 }

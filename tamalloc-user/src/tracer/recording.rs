@@ -20,6 +20,7 @@ use std::io::{self, Read, Write};
 use tamalloc_common::trace::Event;
 
 use super::{
+    Sink,
     decode::{TraceEvent, decode},
     record::{Record, SCHEMA_VERSION},
 };
@@ -141,6 +142,18 @@ pub enum Item<'a> {
         tid: u32,
         name: String,
     },
+}
+
+/// Hands `item` to `sink` as the live session would have: an event with its ring bytes.
+pub fn replay(item: Item<'_>, sink: &mut dyn Sink) -> io::Result<()> {
+    match item {
+        Item::Event { raw, ev } => sink.event_bytes(raw, &ev),
+        Item::Record(r) => sink.record(&r),
+        Item::ThreadName { pid, tid, name } => {
+            sink.thread_name(pid, tid, &name);
+            Ok(())
+        }
+    }
 }
 
 /// Reads a recording, item by item; the `meta` record comes first.
