@@ -226,10 +226,12 @@ async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
 
 impl Session {
     fn emit(&mut self, r: &Record) {
-        self.to_sink(|sink| sink.record(r));
+        self.write_sink(|sink| sink.record(r));
     }
 
-    fn to_sink(&mut self, write: impl FnOnce(&mut (dyn Sink + Send)) -> std::io::Result<()>) {
+    /// Hands something to the sink; after a write error, the sink is dropped (the first
+    /// error is reported at the end).
+    fn write_sink(&mut self, write: impl FnOnce(&mut (dyn Sink + Send)) -> std::io::Result<()>) {
         if let Some(sink) = self.sink.as_mut()
             && let Err(e) = write(sink.as_mut())
         {
@@ -282,7 +284,7 @@ impl Session {
             if let TraceEvent::Fault { pid, tid, .. } | TraceEvent::Region { pid, tid, .. } = ev {
                 self.name_thread(pid, tid);
             }
-            self.to_sink(|sink| sink.event_bytes(&raw[..len], &ev));
+            self.write_sink(|sink| sink.event_bytes(&raw[..len], &ev));
             self.view.event(&ev);
         }
         if n > 0 {
