@@ -5,6 +5,7 @@
 
 mod ab;
 mod bpf;
+mod burst;
 mod check_trace;
 mod faults;
 mod output;
@@ -24,6 +25,8 @@ enum Command {
     Ab(ab::Args),
     /// Per-run cost of the BPF programs, the tracer's, a reference and bpftrace's (root).
     Bpf(bpf::Args),
+    /// Many processes making many regions at once: the ring's burst (issue 14).
+    Burst(burst::Args),
     /// Syscalls 555/554 against /proc and mmap (inside the patched kernel).
     Stats(stats::Args),
     /// A workload that knows the faults it causes, and reports them (for testing the tracer).
@@ -40,6 +43,7 @@ fn run() -> anyhow::Result<()> {
         Command::Faults(args) => faults::run(args),
         Command::Ab(args) => ab::run(args),
         Command::Bpf(args) => bpf::run(args),
+        Command::Burst(args) => burst::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Workload(args) => workload::run(args),
         Command::Scenario(args) => scenario::run(args),

@@ -321,6 +321,10 @@ pub struct Config {
     /// when unknown: then every syscall is read as an x86-64 one. Its `TS_COMPAT` bit marks
     /// an ia32 syscall (`int 0x80`) of a 64-bit process.
     pub thread_status_offset: u32,
+    /// Bytes waiting in the ring from which a fault event wakes the reader; below it, fault
+    /// events are submitted without a wake-up (the reader also drains on a short timer), so
+    /// a burst costs a wake-up per batch, not per event. 0: every event may wake it.
+    pub wakeup_bytes: u32,
 }
 
 /// The most CPUs the programs sum per-CPU values over.

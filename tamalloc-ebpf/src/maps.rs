@@ -1,13 +1,14 @@
 //! Every map the programs share with userspace. Sizes are defaults; the loader may resize.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, Queue, RingBuf},
 };
 use tamalloc_common::{
     maps::{
-        Chunk, ChunkKey, Config, DROP_MAP_FULL, DROP_SLOTS, MAX_PROCS, MarkerKey, PID_GATE_WORDS,
-        Pending, PidCounters, RegionRef,
+        Chunk, ChunkKey, Config, DROP_FAULT_EVENTS, DROP_MAP_FULL, DROP_SLOTS, MAX_PROCS,
+        MarkerKey, PID_GATE_WORDS, Pending, PidCounters, RegionRef,
     },
     trace::Event,
 };
@@ -121,9 +122,28 @@ pub fn emit(ev: &Event, drop_slot: u32) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*ev);
-            entry.submit(0);
+            entry.submit(wakeup(drop_slot));
         }
         None => count_drop(drop_slot),
+    }
+}
+
+/// The submit flags of an event: a fault event wakes the reader only once
+/// `Config::wakeup_bytes` wait in the ring (batched wake-ups: the reader drains on a short
+/// timer too, every 50 ms); control events (regions, exits...) keep the ring's own
+/// adaptive wake-up, as before: it wakes a reader that has caught up.
+#[inline(always)]
+fn wakeup(drop_slot: u32) -> u64 {
+    if drop_slot != DROP_FAULT_EVENTS {
+        return 0;
+    }
+    let threshold = CONFIG.get(0).map_or(0, |c| c.wakeup_bytes);
+    if threshold == 0 {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= u64::from(threshold) {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
 }
 

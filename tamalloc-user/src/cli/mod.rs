@@ -3,6 +3,7 @@
 mod compare;
 mod demo;
 mod global;
+mod record;
 mod report;
 mod stats;
 mod trace;
@@ -25,13 +26,16 @@ pub struct Cli {
 enum Command {
     /// Trace first-touch faults in tamalloc regions, per process, live (needs root).
     Trace(trace::Args),
+    /// Record every fault into a compact binary file, to convert or draw later (needs root).
+    Record(record::Args),
     /// Per-process memory statistics (syscall 555, or /proc without the kernel patch).
     Stats(stats::Args),
     /// System-wide totals (syscall 556, or /proc without the kernel patch).
     Global(global::Args),
     /// Allocate with tamalloc and touch the region slowly: watch VmRSS climb.
     Demo(demo::Args),
-    /// Draw a trace (JSON lines) as an SVG: reserved vs resident bytes vs pages first touched.
+    /// Draw a trace as an SVG (reserved vs resident bytes vs pages first touched), or convert
+    /// it to another format.
     Report(report::Args),
     /// Measure malloc, malloc+memset, calloc, mmap and tamalloc side by side.
     Compare(compare::Args),
@@ -73,6 +77,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     match parse_or_exit().command {
         // CMD's status (`trace -- CMD`); every other subcommand succeeds or fails.
         Command::Trace(args) => return trace::run(args),
+        Command::Record(args) => return record::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Global(args) => global::run(args),
         Command::Demo(args) => demo::run(args),

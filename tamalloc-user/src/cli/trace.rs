@@ -4,9 +4,9 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tamalloc::{
-    output::{self, Format, Tee, prometheus, terminal},
+    output::{self, Format, Tee, TeeSink, prometheus, terminal},
     tracer::{
-        ModeChoice, ProbeOptions, View, command,
+        ModeChoice, ProbeOptions, Sink, View, command,
         session::{self, TraceOptions},
     },
 };
@@ -17,20 +17,11 @@ use tamalloc::{
     sudo tamalloc trace -p 1234 --interval 2s\n  \
     sudo tamalloc trace --events --output trace.jsonl -- ./my-program\n  \
     sudo tamalloc trace --output trace.json --format perfetto -- ./my-program\n  \
+    sudo tamalloc trace --output trace.jsonl --record trace.tamrec -- ./my-program\n  \
     sudo tamalloc trace --prometheus 127.0.0.1:9464 -p 1234")]
 pub struct Args {
-    /// Follow this process and the processes it forks (repeatable).
-    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
-    pids: Vec<u32>,
-    /// Follow processes with this command name (as /proc/PID/comm shows it, at most 15 bytes).
-    #[arg(long, value_parser = parse_comm)]
-    comm: Option<String>,
-    /// Stop after this long (e.g. 500ms, 10s, 2m).
-    #[arg(short, long, value_parser = parse_duration)]
-    duration: Option<Duration>,
-    /// Refresh the view and sample memory stats this often.
-    #[arg(short, long, default_value = "1s", value_parser = parse_interval)]
-    interval: Duration,
+    #[command(flatten)]
+    follow: Follow,
     /// Print every fault as it happens, one line each: seconds (CLOCK_MONOTONIC), pid, tid,
     /// kind, `region` ADDR, `page` N, `addr` ADDR.
     #[arg(short, long)]
@@ -38,10 +29,14 @@ pub struct Args {
     /// Write the trace to FILE (faults are streamed, not only counted).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Format of --output: jsonl, perfetto (Chrome JSON trace events for ui.perfetto.dev) or
-    /// csv.
+    /// Format of --output: jsonl, perfetto (Chrome JSON trace events for ui.perfetto.dev),
+    /// csv, or record (a binary recording, as `tamalloc record` writes).
     #[arg(short, long, value_enum, default_value_t, requires = "output")]
     format: Format,
+    /// Also keep a recording of the session in FILE, beside --output in any format (convert
+    /// it later with `tamalloc report FILE --format ...`).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics while tracing (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     prometheus: Option<SocketAddr>,
@@ -55,6 +50,26 @@ pub struct Args {
         requires = "prometheus"
     )]
     prometheus_by: prometheus::GroupBy,
+    /// Print only the summary at the end, no live view.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// What to follow, for how long and how: the flags `trace` and `record` share.
+#[derive(clap::Args)]
+pub struct Follow {
+    /// Follow this process and the processes it forks (repeatable).
+    #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pids: Vec<u32>,
+    /// Follow processes with this command name (as /proc/PID/comm shows it, at most 15 bytes).
+    #[arg(long, value_parser = parse_comm)]
+    comm: Option<String>,
+    /// Stop after this long (e.g. 500ms, 10s, 2m).
+    #[arg(short, long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Refresh the view and sample memory stats this often.
+    #[arg(short, long, default_value = "1s", value_parser = parse_interval)]
+    interval: Duration,
     /// Ring buffer for streamed events, in bytes (a power of two of at least 4KiB).
     #[arg(long, default_value = "4MiB", value_parser = parse_ring_size)]
     ring_size: u32,
@@ -63,9 +78,6 @@ pub struct Args {
     #[arg(long, default_value_t = tamalloc_common::maps::MAX_PROCS, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     max_procs: u32,
-    /// Print only the summary at the end, no live view.
-    #[arg(short, long)]
-    quiet: bool,
     /// How faults are counted: `kernel` (what the kernel installed, through fexit; needs
     /// BTF), `tracepoint` (the page-fault tracepoints and the tracer's own page state), or
     /// `auto`: kernel where the kernel allows it ($TAMALLOC_TRACE_MODE decides `auto`).
@@ -78,46 +90,82 @@ pub struct Args {
     command: Vec<String>,
 }
 
+impl Follow {
+    /// Checks what can be checked before anything is loaded or created: a command that
+    /// cannot run costs no attach, and main exits 127 (not found) or 126 (not executable)
+    /// as shells do.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(program) = self.command.first() {
+            command::check(program)?;
+        }
+        for pid in &self.pids {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                bail!("process {pid} not found");
+            }
+        }
+        Ok(())
+    }
+
+    /// The session's options; `stream` asks for every fault, not only counts.
+    pub fn options(&self, stream: bool) -> TraceOptions {
+        TraceOptions {
+            probe: ProbeOptions {
+                stream_faults: stream,
+                ring_bytes: self.ring_size,
+                pids: self.pids.clone(),
+                comm: self.comm.clone(),
+                filter_pids: !self.command.is_empty(),
+                max_procs: self.max_procs,
+                mode: self.mode,
+            },
+            command: self.command.clone(),
+            duration: self.duration,
+            interval: self.interval,
+        }
+    }
+}
+
+/// The current-thread runtime a session runs on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The status to exit with after a session: CMD's when CMD's end ended it, else success.
+pub fn exit_status(outcome: &session::Outcome) -> ExitCode {
+    outcome
+        .command
+        .map_or(ExitCode::SUCCESS, |s| ExitCode::from(command::exit_code(s)))
+}
+
+/// Opens `path` for the trace in `format`.
+pub fn open_output(path: &std::path::Path, format: Format) -> anyhow::Result<Box<dyn Sink + Send>> {
+    output::open_live(path, format)
+        .with_context(|| format!("cannot write the trace to {}", path.display()))
+}
+
 /// Traces, and returns the status to exit with: CMD's with `-- CMD` when CMD's end ended
 /// the trace (128 + N when signal N killed it), as `strace`, `perf stat` and `time` do;
 /// else success.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // Before anything is loaded or created: a command that cannot run costs no attach, and
-    // main exits 127 (not found) or 126 (not executable) as shells do.
-    if let Some(program) = args.command.first() {
-        command::check(program)?;
+    args.follow.check()?;
+    let stream = args.events || args.output.is_some() || args.record.is_some();
+    let opts = args.follow.options(stream);
+    let mut sinks = Vec::new();
+    if let Some(path) = &args.output {
+        sinks.push(open_output(path, args.format)?);
     }
-    for pid in &args.pids {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            bail!("process {pid} not found");
-        }
+    if let Some(path) = &args.record {
+        sinks.push(open_output(path, Format::Record)?);
     }
-    let stream = args.events || args.output.is_some();
-    let opts = TraceOptions {
-        probe: ProbeOptions {
-            stream_faults: stream,
-            ring_bytes: args.ring_size,
-            pids: args.pids.clone(),
-            comm: args.comm.clone(),
-            filter_pids: !args.command.is_empty(),
-            max_procs: args.max_procs,
-            mode: args.mode,
-        },
-        command: args.command.clone(),
-        duration: args.duration,
-        interval: args.interval,
+    let sink: Option<Box<dyn Sink + Send>> = match sinks.len() {
+        0 => None,
+        1 => sinks.pop(),
+        _ => Some(Box::new(TeeSink::new(sinks))),
     };
-    let sink = match &args.output {
-        Some(path) => Some(
-            output::open(path, args.format)
-                .with_context(|| format!("cannot write the trace to {}", path.display()))?,
-        ),
-        None => None,
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     // Bound before tracing starts, so a busy port is one clear error and nothing else.
     let listener = match args.prometheus {
         Some(addr) => Some(
@@ -140,9 +188,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outcome = runtime
         .block_on(session::run(opts, sink, view))
         .context("tracing failed")?;
-    Ok(outcome
-        .command
-        .map_or(ExitCode::SUCCESS, |s| ExitCode::from(command::exit_code(s))))
+    Ok(exit_status(&outcome))
 }
 
 fn parse_comm(s: &str) -> Result<String, String> {

@@ -1,5 +1,5 @@
 //! ⑤ Where a trace goes: the terminal ([`terminal`]), trace files ([`jsonl`], [`csv`],
-//! [`perfetto`]) and a Prometheus endpoint ([`prometheus`]). Each implements a trait the
+//! [`perfetto`], the binary [`recording`]) and a Prometheus endpoint ([`prometheus`]). Each implements a trait the
 //! tracer defines and calls, [`Sink`] for files and [`View`] for the rest; this module
 //! depends on the tracer, never the other way.
 
@@ -7,13 +7,15 @@ pub mod csv;
 pub mod jsonl;
 pub mod perfetto;
 pub mod prometheus;
+pub mod recording;
 pub mod terminal;
+pub mod threaded;
 
 use std::{fs::File, io, path::Path};
 
-use crate::tracer::{Sink, Snapshot, View, decode::TraceEvent};
+use crate::tracer::{Sink, Snapshot, View, decode::TraceEvent, record::Record};
 
-/// Output formats of `tamalloc trace --output`.
+/// Output formats of `tamalloc trace --output` (and `tamalloc report --format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// One JSON object per line (the documented schema).
@@ -23,6 +25,9 @@ pub enum Format {
     Perfetto,
     /// A header row, then one row per record: `type`, then every field (see README).
     Csv,
+    /// A binary recording (what `tamalloc record` writes): the cheapest to write; convert it
+    /// later with `tamalloc report FILE --format jsonl|csv|perfetto -o OUT`.
+    Record,
 }
 
 /// Opens `path` for a trace in `format`, failing with the path in the message.
@@ -32,7 +37,62 @@ pub fn open(path: &Path, format: Format) -> io::Result<Box<dyn Sink + Send>> {
         Format::Jsonl => Box::new(jsonl::JsonLines::new(file)),
         Format::Perfetto => Box::new(self::perfetto::Perfetto::new(file)),
         Format::Csv => Box::new(self::csv::Csv::new(file)),
+        Format::Record => Box::new(recording::Recording::new(file)),
     })
+}
+
+/// Opens `path` for a live trace in `format`: a recording is written by the session's
+/// thread, every other format by a writer thread fed from the recording path
+/// ([`threaded`]), so the thread that drains the ring never formats.
+pub fn open_live(path: &Path, format: Format) -> io::Result<Box<dyn Sink + Send>> {
+    let sink = open(path, format)?;
+    Ok(match format {
+        Format::Record => sink,
+        _ => Box::new(threaded::Threaded::spawn(sink)?),
+    })
+}
+
+/// Several files of one session (e.g. a Perfetto trace and a recording), given every call
+/// in order; a write error ends all of them (the session stops writing to its sink).
+pub struct TeeSink {
+    sinks: Vec<Box<dyn Sink + Send>>,
+}
+
+impl TeeSink {
+    pub fn new(sinks: Vec<Box<dyn Sink + Send>>) -> Self {
+        Self { sinks }
+    }
+}
+
+impl Sink for TeeSink {
+    fn record(&mut self, r: &Record) -> io::Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.record(r))
+    }
+
+    fn event_bytes(&mut self, raw: &[u8], ev: &TraceEvent) -> io::Result<()> {
+        self.sinks
+            .iter_mut()
+            .try_for_each(|s| s.event_bytes(raw, ev))
+    }
+
+    fn thread_name(&mut self, pid: u32, tid: u32, name: &str) {
+        self.sinks
+            .iter_mut()
+            .for_each(|s| s.thread_name(pid, tid, name));
+    }
+
+    /// Finishes every sink, even after one fails; the first error.
+    fn finish(&mut self) -> io::Result<()> {
+        let mut first = Ok(());
+        for s in &mut self.sinks {
+            if let Err(e) = s.finish()
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
 }
 
 /// Several views of one session, called in order (e.g. the table and the Prometheus

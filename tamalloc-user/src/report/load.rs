@@ -1,13 +1,13 @@
-//! Reading a JSON lines trace into what the report draws: per process, the reserved bytes
+//! Reading a trace (JSON lines or a recording) into what the report draws: per process, the reserved bytes
 //! over time (replayed with the tracer's own [`Aggregator`]), the `stats` samples and the
 //! streamed faults, cumulative by kind.
 
-use std::{collections::BTreeMap, io::BufRead, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
 use tamalloc_common::trace::FAULT_KINDS;
 
 use super::ReportError;
-use crate::tracer::{aggregate::Aggregator, decode::TraceEvent, record::Record};
+use crate::tracer::{aggregate::Aggregator, decode::TraceEvent, record::Record, recording::Item};
 
 /// Fault points closer together than this are merged (the curve keeps its shape, the
 /// memory stays bounded by the trace's duration rather than its number of faults).
@@ -66,46 +66,30 @@ pub struct Trace {
     pub t0_ns: u64,
     pub procs: BTreeMap<u32, Proc>,
     pub stats_source: String,
+    /// A recording cut short (the tracer was killed): read up to its last complete frame.
+    pub truncated: bool,
 }
 
 impl Trace {
-    /// Reads a JSON lines trace. Records of types this version does not know are skipped.
+    /// Reads a trace: JSON lines or a recording. Records of types this version does not
+    /// know are skipped.
     pub fn load(path: &Path) -> Result<Self, ReportError> {
-        let read = |source| ReportError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(read)?;
         let mut t = Trace::default();
         let mut agg = Aggregator::new();
         let mut first: Option<u64> = None;
-        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(read)?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parse = |why: String| ReportError::Parse {
-                path: path.to_owned(),
-                line: i + 1,
-                why,
-            };
-            let r = match serde_json::from_str::<Record>(&line) {
-                Ok(r) => r,
-                Err(e) => {
-                    // A record type from a newer schema: skip it. Anything else is an error.
-                    let v: serde_json::Value =
-                        serde_json::from_str(&line).map_err(|e| parse(e.to_string()))?;
-                    if v.get("type").is_some_and(serde_json::Value::is_string) && e.is_data() {
-                        continue;
-                    }
-                    return Err(parse(e.to_string()));
-                }
+        let info = super::read::read(path, |item| {
+            let r = match item {
+                Item::Event { ev, .. } => Record::Event(ev),
+                Item::Record(r) => r,
+                Item::ThreadName { .. } => return Ok(()),
             };
             if let Some(ts) = r.ts_ns() {
                 first = Some(first.map_or(ts, |f| f.min(ts)));
             }
             t.add(&r, &mut agg);
-        }
+            Ok(())
+        })?;
+        t.truncated = info.truncated;
         t.t0_ns = first.unwrap_or(0);
         for p in t.procs.values_mut() {
             if p.totals.iter().all(|&n| n == 0) {

@@ -1,4 +1,5 @@
-//! `tamalloc report`: the picture of lazy zeroing, from a JSON lines trace.
+//! `tamalloc report`: the picture of lazy zeroing, from a trace (JSON lines or a recording),
+//! and the conversion of a trace to another format ([`read::convert`]).
 //!
 //! Per process, over time (seconds since the trace started): bytes reserved in tamalloc
 //! regions (replayed from the region, unmap, mremap, fork, exec and exit records with the
@@ -9,10 +10,12 @@
 //! faults were not streamed). Drawn as SVG with plotters; text is emitted as SVG `<text>`, so
 //! no font is needed.
 //!
-//! In data-flow order: `load` reads the trace into a [`Trace`], `series` turns it into
-//! [`Series`], `svg` draws them; [`text_summary`] says the same in numbers.
+//! In data-flow order: `read` reads either form of trace file, `load` reduces it to a
+//! [`Trace`], `series` turns that into [`Series`], `svg` draws them; [`text_summary`] says
+//! the same in numbers.
 
 mod load;
+pub mod read;
 mod series;
 mod svg;
 
@@ -41,6 +44,12 @@ pub enum ReportError {
         path: PathBuf,
         line: usize,
         why: String,
+    },
+    #[error("{path}")]
+    Recording {
+        path: PathBuf,
+        #[source]
+        source: crate::tracer::recording::RecordingError,
     },
     #[error("{0} has no traced process with tamalloc regions")]
     Empty(PathBuf),

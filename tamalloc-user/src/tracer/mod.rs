@@ -8,7 +8,8 @@
 //! ③ decode            ring bytes -> TraceEvent
 //! ④ aggregate         events + counter snapshots -> per-process state
 //!    session          drives ①–④ for one trace: the followed command (command), timing,
-//!                      signals, the final drain; it builds the records (record)
+//!                      signals, the final drain; it builds the records (record), whose
+//!                      binary form, with events as their ring bytes, is in recording
 //! ⑤ Sink / View       what the session hands records and snapshots to (sink): defined
 //!                      here, implemented in `crate::output`, which this module never uses
 //! ```
@@ -18,6 +19,7 @@ pub mod command;
 pub mod decode;
 pub mod probe;
 pub mod record;
+pub mod recording;
 pub mod session;
 pub mod sink;
 

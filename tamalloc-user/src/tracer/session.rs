@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tamalloc_common::trace::Event;
 use tokio::{
     io::unix::AsyncFd,
     process::Child,
@@ -27,6 +28,9 @@ use crate::stats;
 
 /// Ring records handled per wake-up before yielding, so timers and signals stay timely.
 const DRAIN_BATCH: usize = 4096;
+/// The programs wake the reader for fault events only once a batch waits in the ring
+/// (`Config::wakeup_bytes`); it drains this often anyway, so a quiet trace is not late.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
@@ -146,6 +150,8 @@ pub async fn run(
         }
     };
     tokio::pin!(sleep_until);
+    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
@@ -155,6 +161,9 @@ pub async fn run(
                 if n < DRAIN_BATCH {
                     guard.clear_ready();
                 }
+            }
+            _ = drain_tick.tick() => {
+                s.drain(ring.get_mut(), DRAIN_BATCH)?;
             }
             _ = tick.tick() => {
                 s.refresh(false)?;
@@ -217,8 +226,14 @@ async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
 
 impl Session {
     fn emit(&mut self, r: &Record) {
+        self.write_sink(|sink| sink.record(r));
+    }
+
+    /// Hands something to the sink; after a write error, the sink is dropped (the first
+    /// error is reported at the end).
+    fn write_sink(&mut self, write: impl FnOnce(&mut (dyn Sink + Send)) -> std::io::Result<()>) {
         if let Some(sink) = self.sink.as_mut()
-            && let Err(e) = sink.record(r)
+            && let Err(e) = write(sink.as_mut())
         {
             // Keep tracing; report the first write error at the end.
             self.sink_error.get_or_insert(e);
@@ -249,10 +264,15 @@ impl Session {
         let mut n = 0;
         while n < max {
             let Some(item) = ring.next() else { break };
-            let ev = decode(&item);
+            // A copy, so the ring's space is given back before the maps are read below.
+            let mut raw = [0u8; size_of::<Event>()];
+            let len = item.len().min(raw.len());
+            raw[..len].copy_from_slice(&item[..len]);
             drop(item);
             n += 1;
-            let Some(ev) = ev else { continue };
+            let Some(ev) = decode(&raw[..len]) else {
+                continue;
+            };
             self.agg.apply(&ev);
             match ev {
                 TraceEvent::Exit { .. } => self.collect_exited()?,
@@ -264,7 +284,7 @@ impl Session {
             if let TraceEvent::Fault { pid, tid, .. } | TraceEvent::Region { pid, tid, .. } = ev {
                 self.name_thread(pid, tid);
             }
-            self.emit(&Record::Event(ev));
+            self.write_sink(|sink| sink.event_bytes(&raw[..len], &ev));
             self.view.event(&ev);
         }
         if n > 0 {

@@ -33,6 +33,13 @@ pub struct Snapshot {
 /// complete and valid once [`Sink::finish`] has run, including after Ctrl-C.
 pub trait Sink {
     fn record(&mut self, r: &Record) -> io::Result<()>;
+    /// An event, both as the ring item it was read from (`raw`) and decoded (`ev`, what
+    /// [`decode`](super::decode::decode) makes of `raw`); in place of
+    /// `record(&Record::Event(*ev))`, which is what it does unless a sink stores the bytes
+    /// themselves (a recording).
+    fn event_bytes(&mut self, _raw: &[u8], ev: &TraceEvent) -> io::Result<()> {
+        self.record(&Record::Event(*ev))
+    }
     /// The name of thread `tid` of process `pid` (not its leader, whose name is the
     /// process's), given once, before the first record from that thread, when the tracer
     /// could read it. Formats that do not name threads ignore it.

@@ -23,6 +23,9 @@ pub struct Report {
     pub ab: Vec<AbRun>,
     /// Part 3.
     pub drops: Vec<DropRun>,
+    /// `tamalloc record` of the burst (processes × regions at once), one entry per run.
+    #[serde(default)]
+    pub bursts: Vec<BurstRun>,
     pub decode: Option<Decode>,
     /// Part 4, and the kernel it boots ("6.1" in reports from before there was a choice).
     pub vm: VmPart,
@@ -87,10 +90,21 @@ pub enum Variant {
     Count,
     Events,
     Bpftrace,
+    /// `tamalloc record -o FILE` (issue 14).
+    Record,
+    /// `tamalloc trace --output FILE` (JSON lines, fed from the recording path).
+    Jsonl,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [Self::Untraced, Self::Count, Self::Events, Self::Bpftrace];
+    pub const ALL: [Variant; 6] = [
+        Self::Untraced,
+        Self::Count,
+        Self::Events,
+        Self::Bpftrace,
+        Self::Record,
+        Self::Jsonl,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -98,6 +112,8 @@ impl Variant {
             Self::Count => "`tamalloc trace` (counting)",
             Self::Events => "`tamalloc trace --events` (streaming, stdout to /dev/null)",
             Self::Bpftrace => "bpftrace per-PID count",
+            Self::Record => "`tamalloc record -o FILE` (streaming, binary)",
+            Self::Jsonl => "`tamalloc trace --output FILE` (streaming, JSON lines)",
         }
     }
 }
@@ -113,6 +129,9 @@ pub struct Run {
     /// From launching the tracer to the workload's first instruction (ms).
     pub startup_ms: Option<f64>,
     pub footprint: Option<Footprint>,
+    /// Events the trace dropped, from its closing `drops:` line (streaming to a file).
+    #[serde(default)]
+    pub drops: Option<u64>,
 }
 
 /// A tracer's own footprint, sampled from /proc while it runs.
@@ -143,6 +162,15 @@ pub struct DropRun {
     pub faults_per_sec: f64,
     pub drops: u64,
     pub fault_events: u64,
+}
+
+/// One recording of `tamalloc-bench burst`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BurstRun {
+    pub procs: u32,
+    pub regions: u32,
+    pub drops: u64,
+    pub elapsed_s: f64,
 }
 
 /// Criterion's figures for the decoder bench.

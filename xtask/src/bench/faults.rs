@@ -1,6 +1,7 @@
 //! Part 2: the slowdown of a fault-heavy workload (`tamalloc-bench faults`) under
-//! `tamalloc trace`, `tamalloc trace --events` and bpftrace, interleaved over rounds, with
-//! the tracers' footprint; and the in-process A/B (`tamalloc-bench ab`).
+//! `tamalloc trace`, `tamalloc trace --events`, `tamalloc record`, `tamalloc trace --output`
+//! and bpftrace, interleaved over rounds, with the tracers' footprint; and the in-process A/B
+//! (`tamalloc-bench ab`).
 
 use std::{
     fs,
@@ -76,26 +77,48 @@ fn run_once(
     // When `tamalloc trace` was launched: the workload's start time gives its start-up.
     let mut tracer_launched = None;
     let mut footprint = None;
+    let mut drops = None;
     match variant {
         Variant::Untraced => {
             untraced()?;
         }
-        Variant::Count | Variant::Events => {
+        Variant::Count | Variant::Events | Variant::Record | Variant::Jsonl => {
             let mut cmd = Command::new(&bins.tamalloc);
-            cmd.arg("trace");
-            if variant == Variant::Events {
-                cmd.arg("--events");
-            }
+            let file = work.join("streamed.out");
+            match variant {
+                Variant::Events => cmd.args(["trace", "--events"]),
+                Variant::Record => cmd.args(["record", "-o"]).arg(&file),
+                Variant::Jsonl => cmd.args(["trace", "--output"]).arg(&file),
+                _ => cmd.arg("trace"),
+            };
+            // Streaming to a file: stdout holds the summary, for its `drops:` line.
+            let summary = work.join("summary.txt");
+            let to_file = matches!(variant, Variant::Record | Variant::Jsonl);
+            let stdout: Stdio = if to_file {
+                fs::File::create(&summary)
+                    .context("creating the summary file")?
+                    .into()
+            } else {
+                Stdio::null()
+            };
             cmd.arg("--")
                 .arg(&bins.bench)
                 .args(&wl)
-                .stdout(Stdio::null())
+                .stdout(stdout)
                 .stderr(stderr()?);
             tracer_launched = Some(unix_ns());
             let mut c = Spawned::spawn(&mut cmd)?;
             let fp = watch_footprint(c.pid());
             c.wait_ok("tamalloc trace").with_context(stderr_text)?;
             footprint = fp.recv_timeout(Duration::from_secs(5)).ok();
+            if to_file {
+                let text = fs::read_to_string(&summary).unwrap_or_default();
+                drops = text
+                    .lines()
+                    .rfind(|l| l.trim_start().starts_with("drops:"))
+                    .map(|l| super::streaming::parse_drops(l).0);
+                let _ = fs::remove_file(&file);
+            }
         }
         Variant::Bpftrace => {
             let launched = unix_ns();
@@ -140,6 +163,7 @@ fn run_once(
         faults_per_sec: rec.faults_per_sec,
         startup_ms,
         footprint,
+        drops,
     })
 }
 

@@ -6,8 +6,10 @@
 //! Parts, each measured by its own module into the typed [`data::Report`]:
 //! 1. per-run cost of each BPF program (`tamalloc-bench bpf`: `kernel.bpf_stats_enabled`);
 //! 2. slowdown of a 1M-fault workload (`tamalloc-bench faults`) under `tamalloc trace`,
-//!    `tamalloc trace --events` and bpftrace, and the tracer's footprint in those runs;
-//! 3. drops when streaming at full speed, and the userspace decoder (criterion);
+//!    `tamalloc trace --events`, `tamalloc record`, `trace --output` and bpftrace, and the
+//!    tracer's footprint in those runs;
+//! 3. drops when streaming at full speed, recording and JSON lines against counting, the
+//!    burst of processes and regions, and the userspace decoder (criterion);
 //! 4. syscalls 555/554 against /proc and mmap inside the patched kernel under QEMU.
 //!
 //! `plan` holds what the parts run, `process` the children and what /proc says of them,
@@ -130,6 +132,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if part(Part::Streaming) {
         util::step("Streaming");
         r.drops = streaming::drops(&bins, work, rounds).context("measuring streaming drops")?;
+        r.bursts =
+            streaming::bursts(&bins, work, plan::BURST_RUNS).context("recording the burst")?;
     }
     if part(Part::Decode) {
         util::step("Decoder");

@@ -17,6 +17,12 @@ pub const AB_PAGES: u64 = 1 << 21;
 pub const AB_BATCHES: u32 = 64;
 
 /// `tamalloc-bench faults ...` minus the binary: the fault workload of parts 2 and 3.
+/// The burst of issue 14: processes × one-page regions, made at once, recorded.
+pub const BURST_PROCS: u32 = 300;
+pub const BURST_REGIONS: u32 = 100;
+/// Recordings of the burst (the target: no drop in any of them).
+pub const BURST_RUNS: u32 = 10;
+
 pub fn faults_args(threads: u32, report: &Path) -> Vec<String> {
     vec![
         "faults".into(),

@@ -10,8 +10,8 @@ use std::{
 use anyhow::Context as _;
 
 use super::{
-    data::{Decode, DropRun},
-    plan::{Bins, decode_secs, faults_args},
+    data::{BurstRun, Decode, DropRun},
+    plan::{BURST_PROCS, BURST_REGIONS, Bins, decode_secs, faults_args},
     process::{Spawned, tail},
     records::{self, Benchmark, Estimates},
 };
@@ -53,7 +53,7 @@ pub fn drops(bins: &Bins, work: &Path, rounds: u32) -> anyhow::Result<Vec<DropRu
 }
 
 /// "drops: N (fault events F, control events C, map full M)" → (N, F).
-fn parse_drops(line: &str) -> (u64, u64) {
+pub fn parse_drops(line: &str) -> (u64, u64) {
     let nums: Vec<u64> = line
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|t| t.parse().ok())
@@ -62,6 +62,46 @@ fn parse_drops(line: &str) -> (u64, u64) {
         nums.first().copied().unwrap_or(0),
         nums.get(1).copied().unwrap_or(0),
     )
+}
+
+/// `tamalloc record -- tamalloc-bench burst` (300 processes × 100 regions at once), `runs`
+/// times, at the default ring: the drops of each, from the closing `drops:` line.
+pub fn bursts(bins: &Bins, work: &Path, runs: u32) -> anyhow::Result<Vec<BurstRun>> {
+    let (procs, regions) = (BURST_PROCS, BURST_REGIONS);
+    let mut out = Vec::new();
+    for _ in 0..runs {
+        let file = work.join("burst.tamrec");
+        let summary = work.join("burst-summary.txt");
+        let stdout = fs::File::create(&summary).context("creating the summary file")?;
+        let started = std::time::Instant::now();
+        let mut c = Spawned::spawn(
+            Command::new(&bins.tamalloc)
+                .args(["record", "-o"])
+                .arg(&file)
+                .arg("--")
+                .arg(&bins.bench)
+                .args(["burst", "--procs", &procs.to_string()])
+                .args(["--regions", &regions.to_string()])
+                .stdout(stdout)
+                .stderr(Stdio::null()),
+        )?;
+        c.wait_ok("tamalloc record -- tamalloc-bench burst")?;
+        let elapsed_s = started.elapsed().as_secs_f64();
+        let text = tail(&summary, 64 << 10)?;
+        let _ = fs::remove_file(&file);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with("drops:"))
+            .context("no `drops:` line in the recording's summary")?;
+        out.push(BurstRun {
+            procs,
+            regions,
+            drops: parse_drops(line).0,
+            elapsed_s,
+        });
+    }
+    Ok(out)
 }
 
 /// `cargo bench --bench decode`, then criterion's median from its estimates.

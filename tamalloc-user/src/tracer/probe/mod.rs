@@ -249,6 +249,9 @@ impl Probe {
             exit_group_dead_offset,
             thread_status_offset: compat::running_thread_status_offset(),
             nr_cpus: u32::try_from(nr_cpus).unwrap_or(MAX_CPUS).min(MAX_CPUS),
+            // A wake-up per eighth of the ring: few per second at any fault rate, and room
+            // for seven more eighths while the reader wakes.
+            wakeup_bytes: opts.ring_bytes / 8,
             ..Config::default()
         };
         if opts.filter_pids || !opts.pids.is_empty() {

@@ -220,7 +220,13 @@ impl Report {
         );
         let mut startup_all = Vec::new();
         let mut hwm_max: f64 = 0.0;
-        for v in [Variant::Count, Variant::Events, Variant::Bpftrace] {
+        for v in [
+            Variant::Count,
+            Variant::Events,
+            Variant::Record,
+            Variant::Jsonl,
+            Variant::Bpftrace,
+        ] {
             for threads in [1, 2] {
                 let runs = self.runs_of(v, threads);
                 if runs.is_empty() {

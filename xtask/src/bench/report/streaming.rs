@@ -63,6 +63,7 @@ impl Report {
                         .into(),
             });
         }
+        self.render_recording(s, targets);
         if let Some(d) = &self.decode {
             let events = d.events as f64;
             let eps = events / (d.median_ns * 1e-9);
@@ -98,6 +99,138 @@ impl Report {
                 eps / top,
                 cpu_per_event / 2.0
             );
+        }
+    }
+
+    /// Issue 14: recording and JSON lines against counting (from part 2's rounds), the
+    /// BPF cost of a streamed event (part 1), and the burst.
+    fn render_recording(&self, s: &mut String, targets: &mut Vec<Target>) {
+        let cpu = |v: Variant| {
+            median(
+                &self
+                    .runs_of(v, 2)
+                    .iter()
+                    .filter_map(|r| r.footprint.map(|f| f.cpu_s))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        // The primed pass streams too: two passes of FAULT_PAGES events per run.
+        let events = (2 * FAULT_PAGES) as f64;
+        let per_event = |v: Variant| (cpu(v) - cpu(Variant::Count)) * 1e9 / events;
+        let rows: Vec<Variant> = [Variant::Record, Variant::Jsonl, Variant::Events]
+            .into_iter()
+            .filter(|v| !self.runs_of(*v, 2).is_empty())
+            .collect();
+        // Reports from before recordings have no such runs, and no such section.
+        if self.runs_of(Variant::Record, 2).is_empty() {
+            return;
+        }
+        {
+            let _ = writeln!(
+                s,
+                "Recording (issue 14), from part 2's rounds with 2 threads: `tamalloc record -o \
+                 FILE` writes the ring's items as they come (a copy each, 1 MiB writes); `trace \
+                 --output FILE` (JSON lines) frames them the same way and formats them on a \
+                 writer thread. Fault events wake the tracer once an eighth of the ring waits. \
+                 CPU per event = (the tracer's CPU time, user + system, median) − counting's, \
+                 over the {events:.0} events of a run (the primed pass streams too):\n"
+            );
+            let _ = writeln!(
+                s,
+                "| variant | slowdown (2 threads) | best of rounds | CPU per event beyond counting | events dropped (all runs) |\n|---|---|---|---|---|"
+            );
+            for &v in &rows {
+                let drops: Option<u64> = self.runs_of(v, 2).iter().map(|r| r.drops).sum();
+                let _ = writeln!(
+                    s,
+                    "| {} | {:+.1} % | {:+.1} % | {:.0} ns | {} |",
+                    v.label(),
+                    (self.ratio(v, 2) - 1.0) * 100.0,
+                    (self.best_ratio(v, 2) - 1.0) * 100.0,
+                    per_event(v),
+                    drops.map_or("–".into(), |d| d.to_string()),
+                );
+            }
+            let _ = writeln!(s);
+        }
+        {
+            let slow = self.ratio(Variant::Record, 2) - 1.0;
+            targets.push(Target {
+                name: "recording at the top 2-thread fault rate ≤ 15 % slowdown".into(),
+                measured: format!("{:+.1} % (median of rounds)", slow * 100.0),
+                met: slow <= 0.15,
+                limit: "the fault program's streaming cost (part 1) is paid in the faulting \
+                 thread, and the tracer's thread competes with the 2 workload threads \
+                 for the 2 cores"
+                    .into(),
+            });
+            let drops: u64 = self
+                .runs_of(Variant::Record, 2)
+                .iter()
+                .filter_map(|r| r.drops)
+                .sum();
+            targets.push(Target {
+                name: "recording at the top 2-thread fault rate: 0 drops".into(),
+                measured: format!("{drops} dropped"),
+                met: drops == 0,
+                limit: "the tracer's thread gets too little CPU beside the workload".into(),
+            });
+            let ns = per_event(Variant::Record);
+            targets.push(Target {
+                name: "userspace CPU per recorded event ≤ 150 ns".into(),
+                measured: format!("{ns:.0} ns"),
+                met: ns <= 150.0,
+                limit: "reading the ring, the copy and the write(2) of each 1 MiB".into(),
+            });
+        }
+        // The fault program of a variant, one region (the kernel cuts names to 15 bytes:
+        // `page_fault_even`).
+        let fault = |v: &str| {
+            self.bpf
+                .iter()
+                .filter(|c| c.variant == v && c.regions == 1 && c.program.starts_with("page_fault"))
+                .max_by(|a, b| a.runs.total_cmp(&b.runs))
+                .map(|c| c.ns_per_run)
+        };
+        if let (Some(count), Some(stream)) = (fault("tamalloc"), fault("tamalloc-events")) {
+            targets.push(Target {
+                name: "BPF cost per streamed event ≤ 2× counting mode".into(),
+                measured: format!("{stream:.1} ns vs {count:.1} ns = {:.2}×", stream / count),
+                met: stream <= 2.0 * count,
+                limit: "a streamed fault also reads the clock, resolves its region and page \
+                 (the chunk's start markers, a `MARKERS` lookup), and reserves, fills \
+                 and submits a 56-byte ring item"
+                    .into(),
+            });
+        }
+        if let Some(b) = self.bursts.first() {
+            let clean = self.bursts.iter().filter(|r| r.drops == 0).count();
+            let secs = median(&self.bursts.iter().map(|r| r.elapsed_s).collect::<Vec<_>>());
+            let _ = writeln!(
+                s,
+                "The burst: `tamalloc record -o FILE -- tamalloc-bench burst --procs {} --regions \
+                 {}` ({} processes forked, released at once, each making {} one-page regions and \
+                 writing each: {} region and {} fault events), default ring, {} runs: {clean} \
+                 without a drop, {secs:.1} s each (median).\n",
+                b.procs,
+                b.regions,
+                b.procs,
+                b.regions,
+                u64::from(b.procs) * u64::from(b.regions),
+                u64::from(b.procs) * u64::from(b.regions),
+                self.bursts.len(),
+            );
+            targets.push(Target {
+                name: format!(
+                    "burst ({} processes × {} regions, default ring): 0 drops in every run",
+                    b.procs, b.regions
+                ),
+                measured: format!("{clean} of {} runs without a drop", self.bursts.len()),
+                met: clean == self.bursts.len(),
+                limit: "the ring holds about 75,000 events; the burst's control events wake \
+                        the tracer as it goes"
+                    .into(),
+            });
         }
     }
 
