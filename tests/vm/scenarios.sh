@@ -45,4 +45,15 @@ run munmap-fail
 run mremap-onto
 run clone-vm
 run ia32
+# --regions anon (issue 14): an unmodified program's heap, calloc and mmap, per range.
+rm -f scn-trace.jsonl scn-expect.jsonl
+if tamalloc trace --quiet --regions anon --output scn-trace.jsonl -- \
+	tamalloc-bench scenario anon --report scn-expect.jsonl &&
+	tamalloc-bench check-ranges --expect scn-expect.jsonl --trace scn-trace.jsonl; then
+	echo "scenarios: ok: anon"
+else
+	echo "scenarios: FAILED: anon"
+	cat scn-expect.jsonl
+	fail=1
+fi
 exit "$fail"

@@ -11,15 +11,15 @@ use aya_ebpf::{
 };
 use tamalloc_common::{
     abi::{SYS_CLONE, SYS_CLONE3, SYS_FORK, SYS_VFORK},
-    maps::{DROP_CONTROL_EVENTS, DROP_TRACED_FULL, MAX_CPUS, PidCounters},
+    maps::{DROP_CONTROL_EVENTS, DROP_MAP_FULL, DROP_TRACED_FULL, MAX_CPUS, PidCounters},
     trace::{Event, EventKind},
 };
 
 use crate::{
     hooks::syscalls::{SYS_EXIT, add_reserved, tracked},
     maps::{
-        COUNTERS, PENDING, TRACED, config, count_drop, emit, gate_out, retire_slot, slot_counters,
-        slot_of,
+        COUNTERS, HEAPS, PENDING, TRACED, config, count_drop, emit, gate_out, retire_slot,
+        slot_counters, slot_of,
     },
     regions,
 };
@@ -95,6 +95,14 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         // The child and its descendants are not followed: said in the drops record.
         count_drop(DROP_TRACED_FULL);
     }
+    // The child's heap is a copy of the parent's (`--regions anon`).
+    // SAFETY: plain-data map value, copied out.
+    if flags & CLONE_VM == 0
+        && let Some(heap) = unsafe { HEAPS.get(parent) }.copied()
+        && HEAPS.insert(child, heap, 0).is_err()
+    {
+        count_drop(DROP_MAP_FULL);
+    }
     // A parent without a counter slot has no regions: nothing to copy, no walk of the maps.
     if flags & CLONE_VM == 0 && slot_of(parent).is_some() {
         let bytes = regions::fork(parent, child);
@@ -135,10 +143,20 @@ fn clear_reserved(slot: u32) {
     }
 }
 
+/// A new image (exec) or none (exit): the heap the programs knew is gone.
+#[inline(always)]
+fn forget_heap(tgid: u32) {
+    // SAFETY: only the presence of the key is used.
+    if unsafe { HEAPS.get(tgid).is_some() } {
+        let _ = HEAPS.remove(tgid);
+    }
+}
+
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    forget_heap(tgid);
     if let Some(slot) = slot_of(tgid) {
         regions::forget(tgid);
         clear_reserved(slot);
@@ -182,6 +200,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if unsafe { TRACED.get(tgid).is_some() } {
         let _ = TRACED.remove(tgid);
     }
+    forget_heap(tgid);
     let Some(slot) = slot_of(tgid) else {
         return 0;
     };

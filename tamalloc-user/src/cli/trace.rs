@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use tamalloc::{
     output::{self, Format, Tee, prometheus, terminal},
     tracer::{
-        ModeChoice, ProbeOptions, View, command,
+        ModeChoice, ProbeOptions, Regions, View, command,
         session::{self, TraceOptions},
     },
 };
@@ -61,6 +61,11 @@ pub struct Args {
     /// `auto`: kernel where the kernel allows it ($TAMALLOC_TRACE_MODE decides `auto`).
     #[arg(long, default_value = "auto", value_name = "MODE", value_parser = parse_mode)]
     mode: ModeChoice,
+    /// Which mappings are followed: `tamalloc` (syscall 554's regions) or `anon` (those and
+    /// every private anonymous mapping made from then on: `mmap(MAP_PRIVATE|MAP_ANONYMOUS)`
+    /// and the heap, so an unmodified program's malloc, calloc and mmap memory counts too).
+    #[arg(long, default_value = "tamalloc", value_name = "WHICH", value_parser = parse_regions)]
+    regions: Regions,
     /// Command to run and follow, with its descendants; the trace ends when it exits, and
     /// exits with its status (128+N if signal N killed it; 127 or 126 if it cannot be run).
     /// A trace that ends first (--duration, Ctrl-C) kills it and exits 0.
@@ -92,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             filter_pids: !args.command.is_empty(),
             max_procs: args.max_procs,
             mode: args.mode,
+            regions: args.regions,
         },
         command: args.command.clone(),
         duration: args.duration,
@@ -165,5 +171,9 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
 }
 
 fn parse_mode(s: &str) -> Result<ModeChoice, String> {
+    s.parse()
+}
+
+fn parse_regions(s: &str) -> Result<Regions, String> {
     s.parse()
 }

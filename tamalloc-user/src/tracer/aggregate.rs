@@ -12,7 +12,25 @@ use tamalloc_common::{
     trace::{FAULT_KINDS, FaultKind},
 };
 
-use super::decode::TraceEvent;
+use super::decode::{MadeBy, TraceEvent};
+
+/// One region's first touches, from the streamed fault events (faults name their region by
+/// its identity, its first address when it was made).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegionFaults {
+    /// Its length, as last made, grown or moved.
+    pub len: u64,
+    pub made_by: MadeBy,
+    pub faults: [u64; FAULT_KINDS],
+}
+
+impl RegionFaults {
+    /// Pages first touched: every kind but `cow` (a copy of a page touched before) and
+    /// `other`; a page read and then written counts once.
+    pub fn pages_touched(&self) -> u64 {
+        self.faults[FaultKind::ReadZero as usize] + self.faults[FaultKind::WriteZero as usize]
+    }
+}
 
 /// What the tracer knows about one process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,6 +43,9 @@ pub struct ProcState {
     pub base: PidCounters,
     /// Live regions seen through events: address -> length (after unmaps and remaps).
     pub regions: BTreeMap<u64, u64>,
+    /// Every region the process had, by identity, with its streamed faults (empty when
+    /// faults were only counted). Kept after unmap, exec and exit, for the summary.
+    pub by_region: BTreeMap<u64, RegionFaults>,
     /// The process has exited; `counters` are final.
     pub exited: bool,
     pub parent: Option<u32>,
@@ -88,9 +109,27 @@ impl Aggregator {
     /// they come from [`Aggregator::set_counters`].
     pub fn apply(&mut self, ev: &TraceEvent) {
         match *ev {
-            TraceEvent::Fault { kind, .. } => self.streamed[kind as usize] += 1,
-            TraceEvent::Region { pid, addr, len, .. } => {
-                self.get_mut(pid).regions.insert(addr, len);
+            TraceEvent::Fault {
+                pid, kind, region, ..
+            } => {
+                self.streamed[kind as usize] += 1;
+                self.get_mut(pid)
+                    .by_region
+                    .entry(region)
+                    .or_default()
+                    .faults[kind as usize] += 1;
+            }
+            TraceEvent::Region {
+                pid,
+                addr,
+                len,
+                made_by,
+                ..
+            } => {
+                let p = self.get_mut(pid);
+                p.regions.insert(addr, len);
+                let r = p.by_region.entry(addr).or_default();
+                (r.len, r.made_by) = (len, made_by);
             }
             TraceEvent::Unmap { pid, addr, len, .. } => {
                 trim(
@@ -107,16 +146,33 @@ impl Aggregator {
                 new_len,
                 ..
             } => {
-                let regions = &mut self.get_mut(pid).regions;
-                trim(regions, old_addr, old_addr.saturating_add(old_len));
-                regions.insert(new_addr, new_len);
+                let p = self.get_mut(pid);
+                trim(&mut p.regions, old_addr, old_addr.saturating_add(old_len));
+                p.regions.insert(new_addr, new_len);
+                // A region keeps its identity when it grows, shrinks or moves.
+                if let Some(r) = p.by_region.get_mut(&old_addr) {
+                    r.len = new_len;
+                }
             }
             TraceEvent::Fork { pid, child, .. } => {
                 let parent = self.get_mut(pid);
                 let (comm, regions) = (parent.comm.clone(), parent.regions.clone());
+                // The child's copies, with faults of their own from here on.
+                let by_region: BTreeMap<u64, RegionFaults> = parent
+                    .by_region
+                    .iter()
+                    .map(|(&id, r)| {
+                        let copy = RegionFaults {
+                            faults: [0; FAULT_KINDS],
+                            ..r.clone()
+                        };
+                        (id, copy)
+                    })
+                    .collect();
                 let c = self.get_mut(child);
                 c.parent = Some(pid);
                 c.regions = regions;
+                c.by_region = by_region;
                 if c.comm.is_empty() {
                     c.comm = comm;
                 }
@@ -200,6 +256,7 @@ mod tests {
             addr: 0x10000,
             len: 0x10000,
             fallback: true,
+            made_by: MadeBy::Fallback,
         });
         agg.apply(&TraceEvent::Unmap {
             ts_ns: 1,
@@ -228,6 +285,7 @@ mod tests {
             addr: 0x1000,
             len: 0x1000,
             fallback: false,
+            made_by: MadeBy::Tamalloc,
         });
         agg.apply(&TraceEvent::Fork {
             ts_ns: 1,

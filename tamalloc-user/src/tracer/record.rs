@@ -9,7 +9,10 @@ use tamalloc_common::{
     trace::{FAULT_KINDS, FaultKind},
 };
 
-use super::decode::TraceEvent;
+use super::{
+    aggregate::RegionFaults,
+    decode::{MadeBy, TraceEvent},
+};
 
 /// Version of the schema, written in the first (`meta`) record.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -31,6 +34,10 @@ pub enum Record {
         /// guarantees. Empty in traces written before modes existed.
         #[serde(default)]
         mode: String,
+        /// Which mappings were followed: `tamalloc` (554's regions) or `anon` (every
+        /// private anonymous mapping too). Empty in traces written before `--regions`.
+        #[serde(default)]
+        follows: String,
     },
     Stats {
         ts_ns: u64,
@@ -86,6 +93,21 @@ pub enum Record {
         #[serde(default)]
         huge_faults: u64,
     },
+    /// After the summaries, when faults were streamed: one per region with first touches,
+    /// its faults by kind (so "this 1 GiB calloc touched 3 %" is one record).
+    RegionSummary {
+        pid: u32,
+        /// The region's identity: its first address when it was made.
+        region: u64,
+        made_by: MadeBy,
+        /// Its length as last made, grown or moved.
+        len: u64,
+        read_zero: u64,
+        write_zero: u64,
+        cow_zero: u64,
+        cow: u64,
+        other: u64,
+    },
     /// Last record: what could not be delivered or stored.
     Drops {
         count: u64,
@@ -120,7 +142,26 @@ impl Record {
         match *self {
             Record::Event(ev) => Some(ev.ts_ns()),
             Record::Stats { ts_ns, .. } | Record::Global { ts_ns, .. } => Some(ts_ns),
-            Record::Meta { .. } | Record::Summary { .. } | Record::Drops { .. } => None,
+            Record::Meta { .. }
+            | Record::Summary { .. }
+            | Record::RegionSummary { .. }
+            | Record::Drops { .. } => None,
+        }
+    }
+
+    /// A `region_summary` record.
+    pub fn region_summary(pid: u32, region: u64, r: &RegionFaults) -> Self {
+        let [read_zero, write_zero, cow_zero, cow, other] = r.faults;
+        Record::RegionSummary {
+            pid,
+            region,
+            made_by: r.made_by,
+            len: r.len,
+            read_zero,
+            write_zero,
+            cow_zero,
+            cow,
+            other,
         }
     }
 

@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use super::{
-    Probe, ProbeOptions, TraceError,
+    Probe, ProbeOptions, Regions, TraceError,
     aggregate::Aggregator,
     command::spawn_followed,
     decode::{TraceEvent, decode},
@@ -109,13 +109,18 @@ pub async fn run(
         stats_source: stats_source.to_owned(),
         events: opts.probe.stream_faults,
         mode: s.probe.mode().name().to_owned(),
+        follows: opts.probe.regions.name().to_owned(),
     });
 
     // As bpftrace does: one line on stderr once every probe is in place.
     eprintln!(
-        "Attached {} probes ({} mode) in {} ms. Tracing{}... Hit Ctrl-C to end.",
+        "Attached {} probes ({} mode{}) in {} ms. Tracing{}... Hit Ctrl-C to end.",
         s.probe.attachments(),
         s.probe.mode(),
+        match opts.probe.regions {
+            Regions::Tamalloc => "",
+            Regions::Anon => ", every anonymous mapping",
+        },
         s.started.elapsed().as_millis(),
         match opts.command.first() {
             Some(c) => format!(" `{c}`"),
@@ -179,6 +184,19 @@ pub async fn run(
         .map(|(pid, p)| Record::summary(*pid, p.comm.clone(), &p.counters))
         .collect();
     for rec in &summaries {
+        s.emit(rec);
+    }
+    let regions: Vec<Record> = s
+        .agg
+        .procs()
+        .flat_map(|(pid, p)| {
+            p.by_region
+                .iter()
+                .filter(|(_, r)| r.faults.iter().any(|&n| n != 0))
+                .map(|(id, r)| Record::region_summary(*pid, *id, r))
+        })
+        .collect();
+    for rec in &regions {
         s.emit(rec);
     }
     s.emit(&Record::Drops {

@@ -14,6 +14,7 @@ mod compat;
 mod maps;
 mod mode;
 mod privileges;
+mod regions;
 mod tracefs;
 
 use aya::{
@@ -26,13 +27,14 @@ use aya::{
     },
 };
 use tamalloc_common::maps::{
-    self as name, CONFIG_FILTER_COMM, CONFIG_FILTER_PID, Config, KERNEL_HOOKS, MAX_CPUS, MAX_PROCS,
-    TAIL_PROGRAMS, prog,
+    self as name, CONFIG_FILTER_COMM, CONFIG_FILTER_PID, CONFIG_REGIONS_ANON, Config, KERNEL_HOOKS,
+    MAX_CPUS, MAX_PROCS, TAIL_PROGRAMS, prog,
 };
 
 pub use self::{
     maps::Drops,
     mode::{Mode, ModeChoice},
+    regions::Regions,
     tracefs::field_offset,
 };
 use super::TraceError;
@@ -115,6 +117,8 @@ pub struct ProbeOptions {
     /// Which fault programs: `Auto` picks kernel mode where the kernel offers it (and
     /// `$TAMALLOC_TRACE_MODE`, when set, decides for `Auto`).
     pub mode: ModeChoice,
+    /// Which mappings are regions (`--regions`).
+    pub regions: Regions,
 }
 
 impl Default for ProbeOptions {
@@ -127,6 +131,7 @@ impl Default for ProbeOptions {
             filter_pids: false,
             max_procs: MAX_PROCS,
             mode: ModeChoice::Auto,
+            regions: Regions::Tamalloc,
         }
     }
 }
@@ -253,6 +258,9 @@ impl Probe {
         };
         if opts.filter_pids || !opts.pids.is_empty() {
             cfg.flags |= CONFIG_FILTER_PID;
+        }
+        if opts.regions == Regions::Anon {
+            cfg.flags |= CONFIG_REGIONS_ANON;
         }
         if let Some(comm) = &opts.comm {
             cfg.flags |= CONFIG_FILTER_COMM;
