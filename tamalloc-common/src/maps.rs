@@ -56,11 +56,28 @@ pub const DROPS: &str = "DROPS";
 pub const SWEEP: &str = "SWEEP";
 /// `--regions anon`: each followed process's heap (`brk`) as far as the programs know it.
 pub const HEAPS: &str = "HEAPS";
+/// `--regions name:NAME`: NAME, NUL-padded (`Array<[u8; ANON_NAME_MAX]>`, index 0).
+pub const REGION_NAME: &str = "REGION_NAME";
 
 /// Every map of the object.
-pub const ALL_MAPS: [&str; 16] = [
-    CONFIG, TRACED, PENDING, CHUNKS, MARKERS, CHUNK_BUF, COUNTERS, SLOTS, RETIRED, FREE_SLOTS,
-    PID_GATE, TAIL_PROGS, EVENTS, DROPS, SWEEP, HEAPS,
+pub const ALL_MAPS: [&str; 17] = [
+    CONFIG,
+    TRACED,
+    PENDING,
+    CHUNKS,
+    MARKERS,
+    CHUNK_BUF,
+    COUNTERS,
+    SLOTS,
+    RETIRED,
+    FREE_SLOTS,
+    PID_GATE,
+    TAIL_PROGS,
+    EVENTS,
+    DROPS,
+    SWEEP,
+    HEAPS,
+    REGION_NAME,
 ];
 
 /// Program names: the functions' names in tamalloc-ebpf.
@@ -92,6 +109,7 @@ pub mod prog {
     pub const EXIT_MREMAP_CLEAR_TARGET: &str = "exit_mremap_clear_target";
     pub const EXIT_MMAP: &str = "exit_mmap";
     pub const EXIT_BRK: &str = "exit_brk";
+    pub const EXIT_PRCTL: &str = "exit_prctl";
     pub const EXIT_MPROTECT: &str = "exit_mprotect";
     // Kernel mode (fexit/fentry, see `crate::trace::Install`); each counts and, when
     // `KernelLayout::stream` is set, streams.
@@ -140,7 +158,7 @@ pub struct KernelLayout {
 pub const VMF_WINDOW: u32 = 96;
 
 /// Every program of the object.
-pub const ALL_PROGRAMS: [&str; 25] = [
+pub const ALL_PROGRAMS: [&str; 26] = [
     prog::SYS_ENTER,
     prog::SYS_EXIT,
     prog::SCHED_PROCESS_FORK,
@@ -160,6 +178,7 @@ pub const ALL_PROGRAMS: [&str; 25] = [
     prog::EXIT_MREMAP_CLEAR_TARGET,
     prog::EXIT_MMAP,
     prog::EXIT_BRK,
+    prog::EXIT_PRCTL,
     prog::EXIT_MPROTECT,
     prog::ANON_FAULT,
     prog::HUGE_ANON_FAULT,
@@ -336,6 +355,10 @@ pub const CONFIG_FILTER_PID: u64 = 1 << 1;
 pub const CONFIG_FILTER_COMM: u64 = 1 << 2;
 /// `--regions anon`: every private anonymous mapping is a region too (mmap and the heap).
 pub const CONFIG_REGIONS_ANON: u64 = 1 << 3;
+/// `--regions name:NAME`: anonymous ranges named NAME (`REGION_NAME`) are regions too.
+pub const CONFIG_REGIONS_NAMED: u64 = 1 << 4;
+/// Room for an anonymous mapping's name (the kernel's `ANON_VMA_NAME_MAX_LEN`, with the NUL).
+pub const ANON_NAME_MAX: usize = 80;
 
 /// `HEAPS` value: a process's heap, `[start, end)` page-aligned, as its `brk` calls made it.
 #[repr(C)]
@@ -373,7 +396,10 @@ pub const EXIT_MPROTECT: u32 = 10;
 pub const EXIT_MUNMAP: u32 = 11;
 /// brk under [`CONFIG_REGIONS_ANON`]: the heap grew or shrank.
 pub const EXIT_BRK: u32 = 12;
-pub const TAIL_SLOTS: u32 = 13;
+/// prctl(PR_SET_VMA_ANON_NAME) under [`CONFIG_REGIONS_NAMED`]: a range named NAME is a
+/// region; one named otherwise is not.
+pub const EXIT_PRCTL: u32 = 13;
+pub const TAIL_SLOTS: u32 = 14;
 pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
     (EXIT_LEARN, prog::EXIT_LEARN),
     (ENTER_MUNMAP, prog::ENTER_MUNMAP),
@@ -388,6 +414,7 @@ pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
     (EXIT_MPROTECT, prog::EXIT_MPROTECT),
     (EXIT_MUNMAP, prog::EXIT_MUNMAP),
     (EXIT_BRK, prog::EXIT_BRK),
+    (EXIT_PRCTL, prog::EXIT_PRCTL),
 ];
 
 /// Indices of the per-CPU `DROPS` array.

@@ -257,6 +257,8 @@ pub const REGION_FALLBACK: u8 = 1;
 pub const REGION_MMAP: u8 = 2;
 /// `--regions anon`: the heap, grown with `brk`.
 pub const REGION_BRK: u8 = 3;
+/// `--regions name:NAME`: a range named NAME with `prctl(PR_SET_VMA_ANON_NAME)`.
+pub const REGION_NAMED: u8 = 4;
 
 /// One ring-buffer record.
 #[repr(C)]

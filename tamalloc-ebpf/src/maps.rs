@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use tamalloc_common::{
     maps::{
-        Chunk, ChunkKey, Config, DROP_MAP_FULL, DROP_SLOTS, Heap, MAX_PROCS, MarkerKey,
-        PID_GATE_WORDS, Pending, PidCounters, RegionRef,
+        ANON_NAME_MAX, Chunk, ChunkKey, Config, DROP_MAP_FULL, DROP_SLOTS, Heap, MAX_PROCS,
+        MarkerKey, PID_GATE_WORDS, Pending, PidCounters, RegionRef,
     },
     trace::Event,
 };
@@ -46,6 +46,11 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 #[map]
 pub static HEAPS: HashMap<u32, Heap> = HashMap::with_max_entries(MAX_PROCS, 0);
 named_map!(HEAPS);
+
+/// `--regions name:NAME`: NAME, NUL-padded.
+#[map]
+pub static REGION_NAME: Array<[u8; ANON_NAME_MAX]> = Array::with_max_entries(1, 0);
+named_map!(REGION_NAME);
 
 /// Chunk-sized buffers off the 512-byte stack: slot [`ZERO_CHUNK`] is never written (a
 /// zeroed chunk to insert), slot [`SCRATCH_CHUNK`] is a work copy.
@@ -92,7 +97,7 @@ named_map!(TAIL_PROGS);
 pub use tamalloc_common::maps::{
     ENTER_MUNMAP, EXIT_BRK, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP, EXIT_MPROTECT, EXIT_MREMAP,
     EXIT_MREMAP_CLEAR_TARGET, EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW, EXIT_MREMAP_MOVE,
-    EXIT_MREMAP_SHRINK, EXIT_MUNMAP, TAIL_SLOTS,
+    EXIT_MREMAP_SHRINK, EXIT_MUNMAP, EXIT_PRCTL, TAIL_SLOTS,
 };
 
 #[map]

@@ -107,7 +107,7 @@ pub fn anon(report: Option<&std::path::Path>) -> anyhow::Result<Outcome> {
     // SAFETY: a plain allocation, freed below.
     let c = unsafe { libc::calloc(CALLOC_PAGES, PAGE) }.cast::<u8>();
     if c.is_null() {
-        bail!("calloc of {} MiB failed", CALLOC_PAGES * PAGE >> 20);
+        bail!("calloc of {} MiB failed", (CALLOC_PAGES * PAGE) >> 20);
     }
     // The mapping starts at the chunk header, a page-aligned 16 bytes before `c`.
     let mapping = ((c as usize) & !(PAGE - 1)) as *mut u8;
@@ -127,4 +127,55 @@ pub fn anon(report: Option<&std::path::Path>) -> anyhow::Result<Outcome> {
     unsafe { libc::free(c.cast()) };
     emit(report, &lines)?;
     Ok(Outcome::Ran)
+}
+
+/// `--regions name:arena`: two ranges named with prctl(PR_SET_VMA_ANON_NAME), `arena` and
+/// `other`; the upper half of `arena` is renamed before it is touched. Only the lower half
+/// of `arena` may count (kernels with CONFIG_ANON_VMA_NAME; others skip).
+pub fn named(report: Option<&std::path::Path>) -> anyhow::Result<Outcome> {
+    no_thp();
+    const PAGES: usize = 256;
+    let a = super::plain(PAGES, ptr::null_mut(), 0)?;
+    let b = super::plain(64, ptr::null_mut(), 0)?;
+    if let Err(e) = name(a, PAGES, c"arena") {
+        return super::skip(
+            "named",
+            format!("this kernel cannot name anonymous memory: {e}"),
+        );
+    }
+    name(b, 64, c"other")?;
+    let upper = super::page(a, PAGES / 2);
+    name(upper, PAGES / 2, c"arena-old")?;
+    let mut lines = String::new();
+    let mut r = Range::new("arena", "named", a, PAGES / 2);
+    touch(&mut r);
+    lines.push_str(&r.line());
+    // Touched like the others, but named otherwise: nothing may count there.
+    for (what, base, pages) in [("renamed", upper, PAGES / 2), ("other", b, 64)] {
+        let mut r = Range::new(what, "named", base, pages);
+        touch(&mut r);
+        r.kinds = [0; 5];
+        lines.push_str(&r.line());
+    }
+    emit(report, &lines)?;
+    Ok(Outcome::Ran)
+}
+
+/// prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, base, pages, name).
+fn name(base: *mut u8, pages: usize, name: &std::ffi::CStr) -> std::io::Result<()> {
+    const PR_SET_VMA: libc::c_int = 0x5356_4d41;
+    // SAFETY: names a range of our own mapping; `name` outlives the call.
+    let r = unsafe {
+        libc::prctl(
+            PR_SET_VMA,
+            0 as libc::c_ulong,
+            base as libc::c_ulong,
+            (pages * PAGE) as libc::c_ulong,
+            name.as_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -86,6 +86,8 @@ enum Scenario {
     /// `--regions anon`: the heap (sbrk), a large calloc and a plain mmap of a program that
     /// never calls tamalloc, each touched in a known pattern (`range` lines).
     Anon,
+    /// `--regions name:arena`: ranges named `arena` and otherwise with prctl, touched.
+    Named,
     /// A region longer than the tracer's CHUNKS room (520 GiB, MAP_NORESERVE).
     ChunksCut,
     /// More followed processes alive at once than TRACED holds.
@@ -116,6 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Scenario::CloneVm => mapping::clone_vm(report),
         Scenario::Ia32 => ia32::ia32(report),
         Scenario::Anon => anon::anon(report),
+        Scenario::Named => anon::named(report),
         Scenario::ChunksCut => limits::chunks_cut(report),
         Scenario::TracedFull { children } => limits::traced_full(report, children),
     }?;

@@ -17,7 +17,8 @@ use tamalloc::{
     sudo tamalloc trace -p 1234 --interval 2s\n  \
     sudo tamalloc trace --events --output trace.jsonl -- ./my-program\n  \
     sudo tamalloc trace --output trace.json --format perfetto -- ./my-program\n  \
-    sudo tamalloc trace --prometheus 127.0.0.1:9464 -p 1234")]
+    sudo tamalloc trace --prometheus 127.0.0.1:9464 -p 1234\n  \
+    sudo tamalloc trace --regions anon -o run.jsonl -- python3 app.py")]
 pub struct Args {
     /// Follow this process and the processes it forks (repeatable).
     #[arg(short, long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
@@ -61,9 +62,10 @@ pub struct Args {
     /// `auto`: kernel where the kernel allows it ($TAMALLOC_TRACE_MODE decides `auto`).
     #[arg(long, default_value = "auto", value_name = "MODE", value_parser = parse_mode)]
     mode: ModeChoice,
-    /// Which mappings are followed: `tamalloc` (syscall 554's regions) or `anon` (those and
+    /// Which mappings are followed: `tamalloc` (syscall 554's regions), `anon` (those and
     /// every private anonymous mapping made from then on: `mmap(MAP_PRIVATE|MAP_ANONYMOUS)`
-    /// and the heap, so an unmodified program's malloc, calloc and mmap memory counts too).
+    /// and the heap, so an unmodified program's malloc, calloc and mmap memory counts too),
+    /// or `name:NAME` (those and ranges named [anon:NAME] with prctl(PR_SET_VMA_ANON_NAME)).
     #[arg(long, default_value = "tamalloc", value_name = "WHICH", value_parser = parse_regions)]
     regions: Regions,
     /// Command to run and follow, with its descendants; the trace ends when it exits, and

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use tamalloc_common::trace::{
-    Event, EventKind, FaultKind, REGION_BRK, REGION_FALLBACK, REGION_MMAP,
+    Event, EventKind, FaultKind, REGION_BRK, REGION_FALLBACK, REGION_MMAP, REGION_NAMED,
 };
 
 /// How a region was made.
@@ -20,6 +20,8 @@ pub enum MadeBy {
     Mmap,
     /// The heap, grown with `brk` (`--regions anon`).
     Brk,
+    /// A range named NAME with `prctl(PR_SET_VMA_ANON_NAME)` (`--regions name:NAME`).
+    Named,
 }
 
 impl MadeBy {
@@ -30,6 +32,7 @@ impl MadeBy {
             REGION_FALLBACK => Some(Self::Fallback),
             REGION_MMAP => Some(Self::Mmap),
             REGION_BRK => Some(Self::Brk),
+            REGION_NAMED => Some(Self::Named),
             _ => None,
         }
     }
@@ -41,6 +44,7 @@ impl MadeBy {
             Self::Fallback => "fallback",
             Self::Mmap => "mmap",
             Self::Brk => "brk",
+            Self::Named => "named",
         }
     }
 }
@@ -73,7 +77,7 @@ pub enum TraceEvent {
         len: u64,
         /// Made by the documented mmap fallback rather than syscall 554.
         fallback: bool,
-        /// How it was made: `tamalloc`, `fallback`, `mmap` or `brk` (traces written before
+        /// How it was made: `tamalloc`, `fallback`, `mmap`, `brk` or `named` (traces written before
         /// `--regions` have none: `tamalloc`, or `fallback` as `fallback` says).
         #[serde(default)]
         made_by: MadeBy,

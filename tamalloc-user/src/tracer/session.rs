@@ -109,7 +109,7 @@ pub async fn run(
         stats_source: stats_source.to_owned(),
         events: opts.probe.stream_faults,
         mode: s.probe.mode().name().to_owned(),
-        follows: opts.probe.regions.name().to_owned(),
+        follows: opts.probe.regions.to_string(),
     });
 
     // As bpftrace does: one line on stderr once every probe is in place.
@@ -117,9 +117,10 @@ pub async fn run(
         "Attached {} probes ({} mode{}) in {} ms. Tracing{}... Hit Ctrl-C to end.",
         s.probe.attachments(),
         s.probe.mode(),
-        match opts.probe.regions {
-            Regions::Tamalloc => "",
-            Regions::Anon => ", every anonymous mapping",
+        match &opts.probe.regions {
+            Regions::Tamalloc => String::new(),
+            Regions::Anon => ", every anonymous mapping".to_owned(),
+            Regions::Named(n) => format!(", mappings named [anon:{n}]"),
         },
         s.started.elapsed().as_millis(),
         match opts.command.first() {
@@ -130,6 +131,9 @@ pub async fn run(
     // After the "Attached" line, which scripts wait for as the first one.
     if let Some(why) = s.probe.fallback_reason() {
         eprintln!("tamalloc: tracepoint mode: {why}");
+    }
+    if let Some(why) = s.probe.regions_note() {
+        eprintln!("tamalloc: {why}");
     }
     let mut child = match opts.command.split_first() {
         Some((program, args)) => Some(spawn_followed(&mut s.probe, program, args)?),

@@ -20,10 +20,11 @@ use aya_ebpf::{
 use tamalloc_common::{
     abi::{
         ENOSYS, SYS_BRK, SYS_CLONE, SYS_CLONE3, SYS_FORK, SYS_MMAP, SYS_MREMAP, SYS_MUNMAP,
-        SYS_TAMALLOC, SYS_VFORK, TAMALLOC_MAP_FLAGS, TAMALLOC_PROT,
+        SYS_PRCTL, SYS_TAMALLOC, SYS_VFORK, TAMALLOC_MAP_FLAGS, TAMALLOC_PROT,
     },
     maps::{
-        CONFIG_FILTER_COMM, CONFIG_FILTER_PID, CONFIG_REGIONS_ANON, DROP_CONTROL_EVENTS, Pending,
+        CONFIG_FILTER_COMM, CONFIG_FILTER_PID, CONFIG_REGIONS_ANON, CONFIG_REGIONS_NAMED,
+        DROP_CONTROL_EVENTS, Pending,
     },
     trace::{Event, EventKind, PAGE_SIZE, REGION_FALLBACK, REGION_MMAP, page_align},
 };
@@ -31,11 +32,13 @@ use tamalloc_common::{
 mod advice;
 mod heap;
 mod mremap;
+mod named;
 
 use crate::{
     maps::{
         ENTER_MUNMAP, EXIT_BRK, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP, EXIT_MPROTECT, EXIT_MREMAP,
-        EXIT_MUNMAP, PENDING, TAIL_PROGS, TRACED, config, counters, emit, gated_in, slot_of,
+        EXIT_MUNMAP, EXIT_PRCTL, PENDING, TAIL_PROGS, TRACED, config, counters, emit, gated_in,
+        slot_of,
     },
     regions,
 };
@@ -185,8 +188,8 @@ fn native_nr(ctx: &TracePointContext) -> i64 {
     let nr = read_u64(ctx, ID_OFFSET) as i64;
     let native = match nr {
         SYS_TAMALLOC | SYS_MMAP | SYS_BRK | SYS_MUNMAP | SYS_MREMAP | SYS_MADVISE
-        | SYS_MPROTECT | SYS_PKEY_MPROTECT | SYS_CLONE | SYS_CLONE3 | SYS_FORK | SYS_VFORK
-        | SYS_EXIT => nr,
+        | SYS_MPROTECT | SYS_PKEY_MPROTECT | SYS_PRCTL | SYS_CLONE | SYS_CLONE3 | SYS_FORK
+        | SYS_VFORK | SYS_EXIT => nr,
         IA32_MUNMAP | IA32_MPROTECT | IA32_MREMAP | IA32_MMAP2 | IA32_MADVISE
         | IA32_PKEY_MPROTECT | IA32_FORK | IA32_CLONE | IA32_VFORK => -1,
         _ => return -1,
@@ -234,6 +237,16 @@ fn on_enter(ctx: &TracePointContext, nr: i64) {
         SYS_BRK => {
             if anon_regions() && wanted(tgid) {
                 stash(pid_tgid, nr, args(ctx), 0);
+            }
+        }
+        SYS_PRCTL => {
+            let a = args(ctx);
+            if a[0] == named::PR_SET_VMA
+                && a[1] == named::PR_SET_VMA_ANON_NAME
+                && config().flags & CONFIG_REGIONS_NAMED != 0
+                && (tracked(tgid) || wanted(tgid))
+            {
+                stash_keeping_armed(pid_tgid, nr, a);
             }
         }
         SYS_MUNMAP => {
@@ -410,6 +423,7 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
         }
         SYS_MUNMAP => EXIT_MUNMAP,
         SYS_BRK => EXIT_BRK,
+        SYS_PRCTL => EXIT_PRCTL,
         SYS_MREMAP => EXIT_MREMAP,
         SYS_MADVISE => EXIT_MADVISE,
         SYS_MPROTECT | SYS_PKEY_MPROTECT => EXIT_MPROTECT,

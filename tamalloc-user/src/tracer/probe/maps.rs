@@ -8,8 +8,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues, Queue, RingBuf},
 };
 use tamalloc_common::maps::{
-    self as name, Chunk, ChunkKey, Config, DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS, DROP_MAP_FULL,
-    DROP_REGION_CUT, DROP_TRACED_FULL, MarkerKey, PidCounters, RegionRef,
+    self as name, ANON_NAME_MAX, Chunk, ChunkKey, Config, DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS,
+    DROP_MAP_FULL, DROP_REGION_CUT, DROP_TRACED_FULL, MarkerKey, PidCounters, RegionRef,
 };
 
 use super::{Probe, refused};
@@ -48,6 +48,17 @@ pub(super) fn write_config(ebpf: &mut Ebpf, cfg: Config) -> Result<(), TraceErro
     let mut config: Array<_, Config> =
         Array::try_from(map_mut(ebpf, name::CONFIG)?).map_err(refused)?;
     config.set(0, cfg, 0).map_err(refused)
+}
+
+/// Writes NAME for `--regions name:NAME` (`REGION_NAME[0]`, NUL-padded; its length was
+/// checked when the option was parsed).
+pub(super) fn write_region_name(ebpf: &mut Ebpf, n: &str) -> Result<(), TraceError> {
+    let mut name_map: Array<_, [u8; ANON_NAME_MAX]> =
+        Array::try_from(map_mut(ebpf, name::REGION_NAME)?).map_err(refused)?;
+    let mut buf = [0u8; ANON_NAME_MAX];
+    let len = n.len().min(ANON_NAME_MAX - 1);
+    buf[..len].copy_from_slice(&n.as_bytes()[..len]);
+    name_map.set(0, buf, 0).map_err(refused)
 }
 
 /// Queues every counter slot as free, before the programs run.

@@ -13,6 +13,7 @@ mod btf;
 mod compat;
 mod maps;
 mod mode;
+mod names;
 mod privileges;
 mod regions;
 mod tracefs;
@@ -27,8 +28,8 @@ use aya::{
     },
 };
 use tamalloc_common::maps::{
-    self as name, CONFIG_FILTER_COMM, CONFIG_FILTER_PID, CONFIG_REGIONS_ANON, Config, KERNEL_HOOKS,
-    MAX_CPUS, MAX_PROCS, TAIL_PROGRAMS, prog,
+    self as name, CONFIG_FILTER_COMM, CONFIG_FILTER_PID, CONFIG_REGIONS_ANON, CONFIG_REGIONS_NAMED,
+    Config, KERNEL_HOOKS, MAX_CPUS, MAX_PROCS, TAIL_PROGRAMS, prog,
 };
 
 pub use self::{
@@ -149,6 +150,8 @@ pub struct Probe {
     btf: Option<Btf>,
     /// Why kernel mode was not used, when `Auto` fell back.
     fallback: Option<String>,
+    /// Why `--regions` follows less than it says on this kernel.
+    regions_note: Option<String>,
 }
 
 /// The embedded eBPF object, built by build.rs.
@@ -259,8 +262,20 @@ impl Probe {
         if opts.filter_pids || !opts.pids.is_empty() {
             cfg.flags |= CONFIG_FILTER_PID;
         }
-        if opts.regions == Regions::Anon {
-            cfg.flags |= CONFIG_REGIONS_ANON;
+        let mut regions_note = None;
+        match &opts.regions {
+            Regions::Tamalloc => {}
+            Regions::Anon => cfg.flags |= CONFIG_REGIONS_ANON,
+            Regions::Named(n) => {
+                cfg.flags |= CONFIG_REGIONS_NAMED;
+                maps::write_region_name(&mut ebpf, n)?;
+                if !names::kernel_names_anon_memory() {
+                    regions_note = Some(format!(
+                        "--regions name:{n}: this kernel cannot name anonymous memory \
+                         (no CONFIG_ANON_VMA_NAME), so only tamalloc regions are followed"
+                    ));
+                }
+            }
         }
         if let Some(comm) = &opts.comm {
             cfg.flags |= CONFIG_FILTER_COMM;
@@ -283,6 +298,7 @@ impl Probe {
             mode,
             btf,
             fallback,
+            regions_note,
         };
         for &pid in &opts.pids {
             probe.follow(pid)?;
@@ -317,6 +333,11 @@ impl Probe {
     /// Why kernel mode is not used, when it was not asked for and the kernel lacks it.
     pub fn fallback_reason(&self) -> Option<&str> {
         self.fallback.as_deref()
+    }
+
+    /// Why `--regions` follows less here than it says (one line), if it does.
+    pub fn regions_note(&self) -> Option<&str> {
+        self.regions_note.as_deref()
     }
 
     /// Attaches every program (again, after [`Probe::detach`]: benchmarks measure the same

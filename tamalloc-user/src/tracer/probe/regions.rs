@@ -3,30 +3,30 @@
 
 use std::{fmt, str::FromStr};
 
-/// What a followed process's regions are.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+use tamalloc_common::maps::ANON_NAME_MAX;
+
+/// What a followed process's regions are. Every choice follows syscall 554's regions (and
+/// its documented fallback's); the others add to them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Regions {
-    /// Mappings made by syscall 554 (or its documented mmap fallback).
+    /// Only syscall 554's regions.
     #[default]
     Tamalloc,
-    /// Those, and every private anonymous mapping: `mmap(MAP_PRIVATE | MAP_ANONYMOUS)` and
-    /// the heap (`brk`).
+    /// Every private anonymous mapping too: `mmap(MAP_PRIVATE | MAP_ANONYMOUS)` and the
+    /// heap (`brk`).
     Anon,
-}
-
-impl Regions {
-    /// `tamalloc` or `anon`, as the header and the `meta` record say it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Tamalloc => "tamalloc",
-            Self::Anon => "anon",
-        }
-    }
+    /// Anonymous ranges named `[anon:NAME]` with `prctl(PR_SET_VMA_ANON_NAME)` too (kernels
+    /// with CONFIG_ANON_VMA_NAME).
+    Named(String),
 }
 
 impl fmt::Display for Regions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            Self::Tamalloc => f.write_str("tamalloc"),
+            Self::Anon => f.write_str("anon"),
+            Self::Named(n) => write!(f, "name:{n}"),
+        }
     }
 }
 
@@ -37,14 +37,30 @@ impl FromStr for Regions {
         match s {
             "tamalloc" => Ok(Self::Tamalloc),
             "anon" => Ok(Self::Anon),
-            _ if s.starts_with("name:") => Err(
-                "name:NAME is not supported yet: follow `tamalloc` regions or every `anon` \
-                 mapping"
-                    .into(),
-            ),
-            _ => Err(format!("'{s}' is not one of tamalloc, anon")),
+            _ => match s.strip_prefix("name:") {
+                Some(name) => check_name(name).map(|()| Self::Named(name.to_owned())),
+                None => Err(format!("'{s}' is not one of tamalloc, anon, name:NAME")),
+            },
         }
     }
+}
+
+/// The kernel's rules for an anonymous mapping's name (`prctl(PR_SET_VMA_ANON_NAME)`):
+/// 1 to 79 printable bytes, none of `\`, `` ` ``, `$`, `[`, `]`.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() >= ANON_NAME_MAX {
+        return Err(format!(
+            "a mapping name has 1 to {} bytes",
+            ANON_NAME_MAX - 1
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(' '..='~').contains(&c) || "\\`$[]".contains(c))
+    {
+        return Err(format!("the kernel does not allow {c:?} in a mapping name"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -55,7 +71,23 @@ mod tests {
     fn parses_the_documented_names() {
         assert_eq!("tamalloc".parse(), Ok(Regions::Tamalloc));
         assert_eq!("anon".parse(), Ok(Regions::Anon));
+        assert_eq!("name:arena".parse(), Ok(Regions::Named("arena".into())));
+        assert_eq!(
+            Regions::Named("jit code".into()).to_string(),
+            "name:jit code"
+        );
         assert!("heap".parse::<Regions>().is_err());
-        assert_eq!(Regions::Anon.to_string(), "anon");
+        assert!("name:".parse::<Regions>().is_err());
+        assert!("name:a[1]".parse::<Regions>().is_err());
+        assert!(
+            format!("name:{}", "x".repeat(80))
+                .parse::<Regions>()
+                .is_err()
+        );
+        assert!(
+            format!("name:{}", "x".repeat(79))
+                .parse::<Regions>()
+                .is_ok()
+        );
     }
 }
