@@ -26,8 +26,14 @@ use crate::trace::{FAULT_KINDS, PAGE_SHIFT};
 
 /// Tracer settings userspace writes before attaching (`Array<Config>`, index 0).
 pub const CONFIG: &str = "CONFIG";
-/// Processes userspace asked to follow, and their descendants.
+/// Processes userspace asked to follow, and their descendants: [`TRACED_NOW`] or
+/// [`TRACED_FROM_EXEC`].
 pub const TRACED: &str = "TRACED";
+/// `TRACED` value: the process is followed.
+pub const TRACED_NOW: u8 = 1;
+/// `TRACED` value: the process is followed from its next exec on (`trace -- CMD`: the
+/// tracer's own helper that execs CMD is not CMD, and its memory is not counted).
+pub const TRACED_FROM_EXEC: u8 = 2;
 /// Syscall arguments between `sys_enter` and `sys_exit`, per thread.
 pub const PENDING: &str = "PENDING";
 /// Region pages, per 2 MiB chunk of a process's address space.

@@ -274,8 +274,7 @@ fn region_table(snap: &Snapshot) -> String {
     for r in &snap.rows {
         let mut regions: Vec<_> = r
             .state
-            .by_region
-            .iter()
+            .all_regions()
             .filter(|(_, f)| f.faults.iter().any(|&n| n != 0))
             .collect();
         if regions.is_empty() {
@@ -291,7 +290,7 @@ fn region_table(snap: &Snapshot) -> String {
             }
             s.push('\n');
         }
-        regions.sort_by_key(|(id, f)| (std::cmp::Reverse(f.pages_touched()), **id));
+        regions.sort_by_key(|(id, f)| (std::cmp::Reverse(f.pages_touched()), *id));
         for (id, f) in regions.iter().take(REGIONS_SHOWN) {
             let touched = match f.len / tamalloc_common::trace::PAGE_SIZE {
                 0 => "-".to_owned(),

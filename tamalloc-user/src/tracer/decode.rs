@@ -78,7 +78,7 @@ pub enum TraceEvent {
         /// Made by the documented mmap fallback rather than syscall 554.
         fallback: bool,
         /// How it was made: `tamalloc`, `fallback`, `mmap`, `brk` or `named` (traces written before
-        /// `--regions` have none: `tamalloc`, or `fallback` as `fallback` says).
+        /// `--regions` have none: `tamalloc`; their `fallback` still tells the fallback's apart).
         #[serde(default)]
         made_by: MadeBy,
     },

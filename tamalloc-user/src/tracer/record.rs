@@ -34,8 +34,9 @@ pub enum Record {
         /// guarantees. Empty in traces written before modes existed.
         #[serde(default)]
         mode: String,
-        /// Which mappings were followed: `tamalloc` (554's regions) or `anon` (every
-        /// private anonymous mapping too). Empty in traces written before `--regions`.
+        /// Which mappings were followed: `tamalloc` (554's regions), `anon` (every private
+        /// anonymous mapping too) or `name:NAME` (ranges named NAME too). Empty in traces
+        /// written before `--regions`.
         #[serde(default)]
         follows: String,
     },
@@ -260,6 +261,26 @@ mod tests {
         assert_eq!(
             s,
             r#"{"type":"summary","pid":7,"comm":"demo","read_zero":1,"write_zero":2,"cow_zero":3,"cow":4,"other":5,"regions":6,"huge_faults":0}"#
+        );
+        let back: Option<Record> = serde_json::from_str(&s).ok();
+        assert_eq!(back, Some(r));
+    }
+
+    #[test]
+    fn region_summary_serialises_with_the_documented_fields() {
+        let r = Record::region_summary(
+            7,
+            4096,
+            &RegionFaults {
+                len: 8192,
+                made_by: MadeBy::Brk,
+                faults: [1, 2, 3, 4, 5],
+            },
+        );
+        let s = serde_json::to_string(&r).unwrap_or_default();
+        assert_eq!(
+            s,
+            r#"{"type":"region_summary","pid":7,"region":4096,"made_by":"brk","len":8192,"read_zero":1,"write_zero":2,"cow_zero":3,"cow":4,"other":5}"#
         );
         let back: Option<Record> = serde_json::from_str(&s).ok();
         assert_eq!(back, Some(r));

@@ -194,10 +194,9 @@ pub async fn run(
         .agg
         .procs()
         .flat_map(|(pid, p)| {
-            p.by_region
-                .iter()
+            p.all_regions()
                 .filter(|(_, r)| r.faults.iter().any(|&n| n != 0))
-                .map(|(id, r)| Record::region_summary(*pid, *id, r))
+                .map(|(id, r)| Record::region_summary(*pid, id, r))
         })
         .collect();
     for rec in &regions {

@@ -9,33 +9,37 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tamalloc_common::{
     abi::SYS_BRK,
-    maps::Heap,
+    maps::{DROP_MAP_FULL, Heap},
     trace::{EventKind, PAGE_SIZE, REGION_BRK, page_align},
 };
 
-use super::{RET_OFFSET, add_reserved, control, learn, read_u64, take_pending, unmap};
+use super::{RET_OFFSET, add_reserved, control, done, learn, read_u64, take_pending, unmap};
 use crate::{
-    maps::{HEAPS, PENDING},
+    maps::{HEAPS, count_drop},
     regions,
 };
 
 #[tracepoint]
 pub fn exit_brk(ctx: TracePointContext) -> u32 {
-    let Some((pid_tgid, _)) = take_pending(SYS_BRK) else {
+    let Some((pid_tgid, p)) = take_pending(SYS_BRK) else {
         return 0;
     };
-    let _ = PENDING.remove(pid_tgid);
+    done(pid_tgid, &p);
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     // brk returns the new program break, or the old one when it cannot move it.
     let Some(end) = page_align(read_u64(&ctx, RET_OFFSET)) else {
         return 0;
     };
     let Some(heap) = HEAPS.get_ptr_mut(tgid) else {
-        let _ = HEAPS.insert(tgid, Heap { start: end, end }, 0);
+        if HEAPS.insert(tgid, Heap { start: end, end }, 0).is_err() {
+            count_drop(DROP_MAP_FULL);
+        }
         return 0;
     };
-    // SAFETY: a live map value; brk calls of one process are serialized by its mmap_lock,
-    // and this program is the value's only writer (fork copies it before the child runs).
+    // SAFETY: a live map value, of which this program is the only writer (fork copies it
+    // before the child runs). The kernel serializes brk calls under mmap_lock but their
+    // sys_exit comes after it: two threads calling brk at once without a lock of their own
+    // could be seen out of order (README, "Known limits"; malloc holds its arena's lock).
     let (start, cur) = unsafe { ((*heap).start, (*heap).end) };
     if end > cur {
         // The new pages continue the heap's region, or begin it.

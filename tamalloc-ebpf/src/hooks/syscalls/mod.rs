@@ -24,7 +24,7 @@ use tamalloc_common::{
     },
     maps::{
         CONFIG_FILTER_COMM, CONFIG_FILTER_PID, CONFIG_REGIONS_ANON, CONFIG_REGIONS_NAMED,
-        DROP_CONTROL_EVENTS, Pending,
+        DROP_CONTROL_EVENTS, DROP_REGION_CUT, Pending, TRACED_NOW,
     },
     trace::{Event, EventKind, PAGE_SIZE, REGION_FALLBACK, REGION_MMAP, page_align},
 };
@@ -37,8 +37,8 @@ mod named;
 use crate::{
     maps::{
         ENTER_MUNMAP, EXIT_BRK, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP, EXIT_MPROTECT, EXIT_MREMAP,
-        EXIT_MUNMAP, EXIT_PRCTL, PENDING, TAIL_PROGS, TRACED, config, counters, emit, gated_in,
-        slot_of,
+        EXIT_MUNMAP, EXIT_PRCTL, PENDING, TAIL_PROGS, TRACED, config, count_drop, counters, emit,
+        gated_in, slot_of,
     },
     regions,
 };
@@ -57,6 +57,7 @@ const MAP_FIXED: u64 = 0x10;
 const MAP_TYPE: u64 = 0x0f;
 const MAP_PRIVATE: u64 = 0x02;
 const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_HUGETLB: u64 = 0x40000;
 const PROT_READ: u64 = 1;
 const PROT_WRITE: u64 = 2;
 const PROT_EXEC: u64 = 4;
@@ -118,7 +119,8 @@ fn wanted(tgid: u32) -> bool {
         return true;
     }
     // SAFETY: only the presence of the key is used.
-    if cfg.flags & CONFIG_FILTER_PID != 0 && unsafe { TRACED.get(tgid).is_some() } {
+    // SAFETY: plain-data map value, copied out.
+    if cfg.flags & CONFIG_FILTER_PID != 0 && unsafe { TRACED.get(tgid) } == Some(&TRACED_NOW) {
         return true;
     }
     cfg.flags & CONFIG_FILTER_COMM != 0 && bpf_get_current_comm().is_ok_and(|c| c == cfg.comm)
@@ -236,7 +238,7 @@ fn on_enter(ctx: &TracePointContext, nr: i64) {
         SYS_MMAP => on_enter_mmap(ctx, pid_tgid, tgid),
         SYS_BRK => {
             if anon_regions() && wanted(tgid) {
-                stash(pid_tgid, nr, args(ctx), 0);
+                stash_keeping_armed(pid_tgid, nr, args(ctx));
             }
         }
         SYS_PRCTL => {
@@ -320,15 +322,16 @@ fn on_enter_mmap(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) {
 
 /// `--regions anon`: private anonymous mappings are regions too.
 #[inline(always)]
-pub(super) fn anon_regions() -> bool {
+pub(crate) fn anon_regions() -> bool {
     config().flags & CONFIG_REGIONS_ANON != 0
 }
 
 /// mmap flags of a private anonymous mapping (MAP_PRIVATE, not MAP_SHARED or
-/// MAP_SHARED_VALIDATE, with MAP_ANONYMOUS).
+/// MAP_SHARED_VALIDATE, with MAP_ANONYMOUS), not hugetlbfs memory (its pages are not 4 KiB
+/// and never the zero page).
 #[inline(always)]
 fn is_private_anon(flags: u64) -> bool {
-    flags & MAP_TYPE == MAP_PRIVATE && flags & MAP_ANONYMOUS != 0
+    flags & MAP_TYPE == MAP_PRIVATE && flags & MAP_ANONYMOUS != 0 && flags & MAP_HUGETLB == 0
 }
 
 /// Marks the pages of a new region whose protection refuses reads or writes (an mmap with
@@ -502,11 +505,23 @@ pub fn exit_mmap(ctx: TracePointContext) -> u32 {
     }
     if is_private_anon(flags) && anon_regions() {
         let tgid = (pid_tgid >> 32) as u32;
+        if len > ANON_REGION_MAX {
+            // A guard reservation of terabytes (a sanitizer's shadow, wasm memories) would
+            // take CHUNKS from every other region: not followed, and said so.
+            if wanted(tgid) {
+                count_drop(DROP_REGION_CUT);
+            }
+            return 0;
+        }
         learn(tgid, pid_tgid as u32, ret, len, REGION_MMAP);
         restrict(tgid, ret, len, pending.args[2]);
     }
     0
 }
+
+/// The largest anonymous mapping `--regions anon` follows: 64 GiB (32,768 of `CHUNKS`'
+/// 262,144 entries). Larger ones count as `region_cut`.
+const ANON_REGION_MAX: u64 = 64 << 30;
 named_program!(exit_mmap = EXIT_MMAP);
 
 #[inline(always)]

@@ -9,7 +9,7 @@ use aya::{
 };
 use tamalloc_common::maps::{
     self as name, ANON_NAME_MAX, Chunk, ChunkKey, Config, DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS,
-    DROP_MAP_FULL, DROP_REGION_CUT, DROP_TRACED_FULL, MarkerKey, PidCounters, RegionRef,
+    DROP_MAP_FULL, DROP_REGION_CUT, DROP_TRACED_FULL, Heap, MarkerKey, PidCounters, RegionRef,
 };
 
 use super::{Probe, refused};
@@ -87,14 +87,30 @@ fn sum<'a>(values: impl Iterator<Item = &'a PidCounters>) -> PidCounters {
 impl Probe {
     /// Learn the regions of `pid` and of the processes it forks from now on.
     pub fn follow(&mut self, pid: u32) -> Result<(), TraceError> {
+        self.set_traced(pid, name::TRACED_NOW)
+    }
+
+    /// Follows `pid` (and what it forks) from its next exec on: the helper that execs the
+    /// command of `trace -- CMD`, whose own pages are not the command's.
+    pub fn follow_from_exec(&mut self, pid: u32) -> Result<(), TraceError> {
+        self.set_traced(pid, name::TRACED_FROM_EXEC)
+    }
+
+    fn set_traced(&mut self, pid: u32, how: u8) -> Result<(), TraceError> {
         let mut traced: BpfHashMap<_, u32, u8> =
             BpfHashMap::try_from(map_mut(&mut self.ebpf, name::TRACED)?).map_err(refused)?;
-        traced.insert(pid, 1, 0).map_err(refused)
+        traced.insert(pid, how, 0).map_err(refused)
     }
 
     /// Drops what the programs keep about `pid`, once it is gone for good (its leader left
     /// with exit(2), so the programs could not tell when the last thread ended).
     pub fn forget(&mut self, pid: u32) -> Result<(), TraceError> {
+        {
+            let mut heaps: BpfHashMap<_, u32, Heap> =
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, name::HEAPS)?).map_err(refused)?;
+            // Absent unless `--regions anon` saw its heap.
+            let _ = heaps.remove(&pid);
+        }
         {
             let mut chunks: BpfHashMap<_, ChunkKey, Chunk> =
                 BpfHashMap::try_from(map_mut(&mut self.ebpf, name::CHUNKS)?).map_err(refused)?;
