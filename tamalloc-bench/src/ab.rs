@@ -10,10 +10,10 @@
 //! apart do not. The attached passes must count exactly the pages they touched
 //! (`write_zero`), or the run fails. One JSON line:
 //! `{"type":"bench_ab","threads","batches","pages","detached_ns","attached_ns",
-//! "median_ratio","sum_ratio"}` (`pages` per side; `*_ns` summed over the batches).
+//! "median_ratio","sum_ratio","regions"}` (`pages` per side; `*_ns` summed over the batches).
 
 use anyhow::{Context as _, bail};
-use tamalloc::tracer::{Probe, ProbeOptions};
+use tamalloc::tracer::{Probe, ProbeOptions, Regions};
 use tamalloc_common::trace::FaultKind;
 
 use crate::faults::run_workload;
@@ -32,6 +32,10 @@ pub struct Args {
     /// Follow no process: the overhead the tracer puts on the processes it does not trace.
     #[arg(long)]
     unfollowed: bool,
+    /// Which mappings the tracer follows (`tamalloc trace --regions`): `anon` adds its
+    /// learning of every anonymous mmap and brk to the same workload.
+    #[arg(long, default_value = "tamalloc")]
+    regions: Regions,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -47,6 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             vec![pid]
         },
         filter_pids: true,
+        regions: args.regions.clone(),
         ..ProbeOptions::default()
     })
     .context("loading the tracer's programs")?;
@@ -94,11 +99,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ratios.sort_by(f64::total_cmp);
     let median = ratios[ratios.len() / 2];
     println!(
-        "{{\"type\":\"bench_ab\",\"followed\":{},\"threads\":{},\"batches\":{},\"pages\":{attached_pages},\"detached_ns\":{detached_ns},\"attached_ns\":{attached_ns},\"median_ratio\":{median:.5},\"sum_ratio\":{:.5}}}",
+        "{{\"type\":\"bench_ab\",\"followed\":{},\"threads\":{},\"batches\":{},\"pages\":{attached_pages},\"detached_ns\":{detached_ns},\"attached_ns\":{attached_ns},\"median_ratio\":{median:.5},\"sum_ratio\":{:.5},\"regions\":\"{}\"}}",
         !args.unfollowed,
         args.threads,
         args.batches,
-        attached_ns as f64 / detached_ns.max(1) as f64
+        attached_ns as f64 / detached_ns.max(1) as f64,
+        args.regions
     );
     Ok(())
 }

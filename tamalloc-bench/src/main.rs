@@ -6,6 +6,7 @@
 mod ab;
 mod bpf;
 mod burst;
+mod check_ranges;
 mod check_trace;
 mod faults;
 mod output;
@@ -36,6 +37,8 @@ enum Command {
     Scenario(scenario::Args),
     /// Compare a workload's expectations with a trace's summaries, exactly.
     CheckTrace(check_trace::Args),
+    /// Compare a workload's touched ranges with a streamed trace's faults, exactly.
+    CheckRanges(check_ranges::Args),
 }
 
 fn run() -> anyhow::Result<()> {
@@ -48,6 +51,7 @@ fn run() -> anyhow::Result<()> {
         Command::Workload(args) => workload::run(args),
         Command::Scenario(args) => scenario::run(args),
         Command::CheckTrace(args) => check_trace::run(args),
+        Command::CheckRanges(args) => check_ranges::run(args),
     }
 }
 

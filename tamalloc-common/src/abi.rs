@@ -14,6 +14,8 @@ pub const SYS_GET_GLOBAL_MEMORY_USAGE_STATS: i64 = 556;
 
 /// The x86-64 `mmap`/`munmap`/`mremap` numbers the tracer follows for regions.
 pub const SYS_MMAP: i64 = 9;
+pub const SYS_BRK: i64 = 12;
+pub const SYS_PRCTL: i64 = 157;
 pub const SYS_MUNMAP: i64 = 11;
 pub const SYS_MREMAP: i64 = 25;
 pub const SYS_CLONE: i64 = 56;

@@ -29,4 +29,6 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::Pending {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::maps::KernelLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::maps::Heap {}
 }

@@ -26,8 +26,14 @@ use crate::trace::{FAULT_KINDS, PAGE_SHIFT};
 
 /// Tracer settings userspace writes before attaching (`Array<Config>`, index 0).
 pub const CONFIG: &str = "CONFIG";
-/// Processes userspace asked to follow, and their descendants.
+/// Processes userspace asked to follow, and their descendants: [`TRACED_NOW`] or
+/// [`TRACED_FROM_EXEC`].
 pub const TRACED: &str = "TRACED";
+/// `TRACED` value: the process is followed.
+pub const TRACED_NOW: u8 = 1;
+/// `TRACED` value: the process is followed from its next exec on (`trace -- CMD`: the
+/// tracer's own helper that execs CMD is not CMD, and its memory is not counted).
+pub const TRACED_FROM_EXEC: u8 = 2;
 /// Syscall arguments between `sys_enter` and `sys_exit`, per thread.
 pub const PENDING: &str = "PENDING";
 /// Region pages, per 2 MiB chunk of a process's address space.
@@ -54,11 +60,30 @@ pub const EVENTS: &str = "EVENTS";
 pub const DROPS: &str = "DROPS";
 /// Per-CPU scratch of the marker sweep (private to the programs).
 pub const SWEEP: &str = "SWEEP";
+/// `--regions anon`: each followed process's heap (`brk`) as far as the programs know it.
+pub const HEAPS: &str = "HEAPS";
+/// `--regions name:NAME`: NAME, NUL-padded (`Array<[u8; ANON_NAME_MAX]>`, index 0).
+pub const REGION_NAME: &str = "REGION_NAME";
 
 /// Every map of the object.
-pub const ALL_MAPS: [&str; 15] = [
-    CONFIG, TRACED, PENDING, CHUNKS, MARKERS, CHUNK_BUF, COUNTERS, SLOTS, RETIRED, FREE_SLOTS,
-    PID_GATE, TAIL_PROGS, EVENTS, DROPS, SWEEP,
+pub const ALL_MAPS: [&str; 17] = [
+    CONFIG,
+    TRACED,
+    PENDING,
+    CHUNKS,
+    MARKERS,
+    CHUNK_BUF,
+    COUNTERS,
+    SLOTS,
+    RETIRED,
+    FREE_SLOTS,
+    PID_GATE,
+    TAIL_PROGS,
+    EVENTS,
+    DROPS,
+    SWEEP,
+    HEAPS,
+    REGION_NAME,
 ];
 
 /// Program names: the functions' names in tamalloc-ebpf.
@@ -88,7 +113,9 @@ pub mod prog {
     pub const EXIT_MREMAP_DROP_OLD: &str = "exit_mremap_drop_old";
     pub const EXIT_MADVISE: &str = "exit_madvise";
     pub const EXIT_MREMAP_CLEAR_TARGET: &str = "exit_mremap_clear_target";
-    pub const EXIT_MMAP_FIXED: &str = "exit_mmap_fixed";
+    pub const EXIT_MMAP: &str = "exit_mmap";
+    pub const EXIT_BRK: &str = "exit_brk";
+    pub const EXIT_PRCTL: &str = "exit_prctl";
     pub const EXIT_MPROTECT: &str = "exit_mprotect";
     // Kernel mode (fexit/fentry, see `crate::trace::Install`); each counts and, when
     // `KernelLayout::stream` is set, streams.
@@ -137,7 +164,7 @@ pub struct KernelLayout {
 pub const VMF_WINDOW: u32 = 96;
 
 /// Every program of the object.
-pub const ALL_PROGRAMS: [&str; 24] = [
+pub const ALL_PROGRAMS: [&str; 26] = [
     prog::SYS_ENTER,
     prog::SYS_EXIT,
     prog::SCHED_PROCESS_FORK,
@@ -155,7 +182,9 @@ pub const ALL_PROGRAMS: [&str; 24] = [
     prog::EXIT_MREMAP_DROP_OLD,
     prog::EXIT_MADVISE,
     prog::EXIT_MREMAP_CLEAR_TARGET,
-    prog::EXIT_MMAP_FIXED,
+    prog::EXIT_MMAP,
+    prog::EXIT_BRK,
+    prog::EXIT_PRCTL,
     prog::EXIT_MPROTECT,
     prog::ANON_FAULT,
     prog::HUGE_ANON_FAULT,
@@ -334,6 +363,22 @@ pub const MAX_CPUS: u32 = 256;
 pub const CONFIG_FILTER_PID: u64 = 1 << 1;
 /// Learn regions for processes whose comm equals `Config::comm`.
 pub const CONFIG_FILTER_COMM: u64 = 1 << 2;
+/// `--regions anon`: every private anonymous mapping is a region too (mmap and the heap).
+pub const CONFIG_REGIONS_ANON: u64 = 1 << 3;
+/// `--regions name:NAME`: anonymous ranges named NAME (`REGION_NAME`) are regions too.
+pub const CONFIG_REGIONS_NAMED: u64 = 1 << 4;
+/// Room for an anonymous mapping's name (the kernel's `ANON_VMA_NAME_MAX_LEN`, with the NUL).
+pub const ANON_NAME_MAX: usize = 80;
+
+/// `HEAPS` value: a process's heap, `[start, end)` page-aligned, as its `brk` calls made it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heap {
+    /// The program break when the programs first saw it (a `brk(0)`).
+    pub start: u64,
+    /// The page-aligned program break now.
+    pub end: u64,
+}
 
 /// Slots of `TAIL_PROGS`, the programs `sys_enter`/`sys_exit` tail-call, and their names.
 pub const EXIT_LEARN: u32 = 0;
@@ -353,12 +398,18 @@ pub const EXIT_MREMAP_DROP_OLD: u32 = 6;
 pub const EXIT_MADVISE: u32 = 7;
 /// mremap with MREMAP_FIXED onto region pages: forget them, then [`EXIT_MREMAP_MOVE`].
 pub const EXIT_MREMAP_CLEAR_TARGET: u32 = 8;
-/// mmap with MAP_FIXED over region pages: forget them.
-pub const EXIT_MMAP_FIXED: u32 = 9;
+/// mmap with MAP_FIXED over region pages: forget them; under [`CONFIG_REGIONS_ANON`], a
+/// private anonymous mmap: learn it.
+pub const EXIT_MMAP: u32 = 9;
 /// mprotect / pkey_mprotect of region pages: which accesses their faults may make.
 pub const EXIT_MPROTECT: u32 = 10;
 pub const EXIT_MUNMAP: u32 = 11;
-pub const TAIL_SLOTS: u32 = 12;
+/// brk under [`CONFIG_REGIONS_ANON`]: the heap grew or shrank.
+pub const EXIT_BRK: u32 = 12;
+/// prctl(PR_SET_VMA_ANON_NAME) under [`CONFIG_REGIONS_NAMED`]: a range named NAME is a
+/// region; one named otherwise is not.
+pub const EXIT_PRCTL: u32 = 13;
+pub const TAIL_SLOTS: u32 = 14;
 pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
     (EXIT_LEARN, prog::EXIT_LEARN),
     (ENTER_MUNMAP, prog::ENTER_MUNMAP),
@@ -369,9 +420,11 @@ pub const TAIL_PROGRAMS: [(u32, &str); TAIL_SLOTS as usize] = [
     (EXIT_MREMAP_DROP_OLD, prog::EXIT_MREMAP_DROP_OLD),
     (EXIT_MADVISE, prog::EXIT_MADVISE),
     (EXIT_MREMAP_CLEAR_TARGET, prog::EXIT_MREMAP_CLEAR_TARGET),
-    (EXIT_MMAP_FIXED, prog::EXIT_MMAP_FIXED),
+    (EXIT_MMAP, prog::EXIT_MMAP),
     (EXIT_MPROTECT, prog::EXIT_MPROTECT),
     (EXIT_MUNMAP, prog::EXIT_MUNMAP),
+    (EXIT_BRK, prog::EXIT_BRK),
+    (EXIT_PRCTL, prog::EXIT_PRCTL),
 ];
 
 /// Indices of the per-CPU `DROPS` array.

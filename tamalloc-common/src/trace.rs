@@ -219,7 +219,8 @@ pub const fn classify_install(
 pub enum EventKind {
     /// A fault in a region: `addr`, `arg1` = region id, `arg2` = page index, `detail` = kind.
     Fault = 0,
-    /// A region was created: `addr`, `arg1` = length, `detail` = [`REGION_FALLBACK`] bit.
+    /// A region was created: `addr`, `arg1` = length, `detail` = how ([`REGION_FALLBACK`],
+    /// [`REGION_MMAP`], [`REGION_BRK`], or 0 for syscall 554).
     Region = 1,
     /// Pages were unmapped: `addr`, `arg1` = length, `arg2` = region bytes that went away.
     Unmap = 2,
@@ -249,8 +250,15 @@ impl EventKind {
     }
 }
 
-/// `Event::detail` bit of a [`EventKind::Region`]: made by the documented mmap fallback.
+/// `Event::detail` of a [`EventKind::Region`]: how the region was made. Syscall 554 is 0.
+/// The documented mmap fallback of a 554 that returned -ENOSYS.
 pub const REGION_FALLBACK: u8 = 1;
+/// `--regions anon`: a private anonymous `mmap`.
+pub const REGION_MMAP: u8 = 2;
+/// `--regions anon`: the heap, grown with `brk`.
+pub const REGION_BRK: u8 = 3;
+/// `--regions name:NAME`: a range named NAME with `prctl(PR_SET_VMA_ANON_NAME)`.
+pub const REGION_NAMED: u8 = 4;
 
 /// One ring-buffer record.
 #[repr(C)]

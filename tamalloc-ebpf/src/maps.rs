@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use tamalloc_common::{
     maps::{
-        Chunk, ChunkKey, Config, DROP_FAULT_EVENTS, DROP_MAP_FULL, DROP_SLOTS, MAX_PROCS,
-        MarkerKey, PID_GATE_WORDS, Pending, PidCounters, RegionRef,
+        ANON_NAME_MAX, Chunk, ChunkKey, Config, DROP_FAULT_EVENTS, DROP_MAP_FULL, DROP_SLOTS, Heap,
+        MAX_PROCS, MarkerKey, PID_GATE_WORDS, Pending, PidCounters, RegionRef,
     },
     trace::Event,
 };
@@ -42,6 +42,16 @@ pub static MARKERS: HashMap<MarkerKey, RegionRef> =
 named_map!(MARKERS);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// `--regions anon`: each followed process's heap as its `brk` calls made it.
+#[map]
+pub static HEAPS: HashMap<u32, Heap> = HashMap::with_max_entries(MAX_PROCS, 0);
+named_map!(HEAPS);
+
+/// `--regions name:NAME`: NAME, NUL-padded.
+#[map]
+pub static REGION_NAME: Array<[u8; ANON_NAME_MAX]> = Array::with_max_entries(1, 0);
+named_map!(REGION_NAME);
 
 /// Chunk-sized buffers off the 512-byte stack: slot [`ZERO_CHUNK`] is never written (a
 /// zeroed chunk to insert), slot [`SCRATCH_CHUNK`] is a work copy.
@@ -86,9 +96,9 @@ named_map!(PID_GATE);
 pub static TAIL_PROGS: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
 named_map!(TAIL_PROGS);
 pub use tamalloc_common::maps::{
-    ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP_FIXED, EXIT_MPROTECT, EXIT_MREMAP,
+    ENTER_MUNMAP, EXIT_BRK, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP, EXIT_MPROTECT, EXIT_MREMAP,
     EXIT_MREMAP_CLEAR_TARGET, EXIT_MREMAP_DROP_OLD, EXIT_MREMAP_GROW, EXIT_MREMAP_MOVE,
-    EXIT_MREMAP_SHRINK, EXIT_MUNMAP, TAIL_SLOTS,
+    EXIT_MREMAP_SHRINK, EXIT_MUNMAP, EXIT_PRCTL, TAIL_SLOTS,
 };
 
 #[map]

@@ -15,6 +15,7 @@
 //! emulation...) prints a `skip` line with the reason instead, and still exits 0: the
 //! caller decides what a skip means, and says so.
 
+mod anon;
 mod fork;
 mod huge;
 mod ia32;
@@ -82,6 +83,11 @@ enum Scenario {
     CloneVm,
     /// ia32 syscalls (int 0x80) whose numbers mean something else on x86-64.
     Ia32,
+    /// `--regions anon`: the heap (sbrk), a large calloc and a plain mmap of a program that
+    /// never calls tamalloc, each touched in a known pattern (`range` lines).
+    Anon,
+    /// `--regions name:arena`: ranges named `arena` and otherwise with prctl, touched.
+    Named,
     /// A region longer than the tracer's CHUNKS room (520 GiB, MAP_NORESERVE).
     ChunksCut,
     /// More followed processes alive at once than TRACED holds.
@@ -111,6 +117,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Scenario::MremapOnto => mapping::mremap_onto(report),
         Scenario::CloneVm => mapping::clone_vm(report),
         Scenario::Ia32 => ia32::ia32(report),
+        Scenario::Anon => anon::anon(report),
+        Scenario::Named => anon::named(report),
         Scenario::ChunksCut => limits::chunks_cut(report),
         Scenario::TracedFull { children } => limits::traced_full(report, children),
     }?;

@@ -11,15 +11,18 @@ use aya_ebpf::{
 };
 use tamalloc_common::{
     abi::{SYS_CLONE, SYS_CLONE3, SYS_FORK, SYS_VFORK},
-    maps::{DROP_CONTROL_EVENTS, DROP_TRACED_FULL, MAX_CPUS, PidCounters},
+    maps::{
+        DROP_CONTROL_EVENTS, DROP_MAP_FULL, DROP_TRACED_FULL, MAX_CPUS, PidCounters,
+        TRACED_FROM_EXEC, TRACED_NOW,
+    },
     trace::{Event, EventKind},
 };
 
 use crate::{
-    hooks::syscalls::{SYS_EXIT, add_reserved, tracked},
+    hooks::syscalls::{SYS_EXIT, add_reserved, anon_regions, tracked},
     maps::{
-        COUNTERS, PENDING, TRACED, config, count_drop, emit, gate_out, retire_slot, slot_counters,
-        slot_of,
+        COUNTERS, HEAPS, PENDING, TRACED, config, count_drop, emit, gate_out, retire_slot,
+        slot_counters, slot_of,
     },
     regions,
 };
@@ -69,12 +72,18 @@ fn clone_flags(pid_tgid: u64) -> Option<u64> {
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let parent = (pid_tgid >> 32) as u32;
-    if !tracked(parent) {
+    let tracked = tracked(parent);
+    // `--regions anon`: a heap the programs know of goes to the child even from a process
+    // not (yet) tracked, and no child keeps a stale one of a reused pid.
+    let anon = anon_regions();
+    if !tracked && !anon {
         return 0;
     }
     // Never guess: a thread taken for a process would be followed for ever.
     let Some(flags) = clone_flags(pid_tgid) else {
-        count_drop(DROP_CONTROL_EVENTS);
+        if tracked {
+            count_drop(DROP_CONTROL_EVENTS);
+        }
         return 0;
     };
     if flags & CLONE_THREAD != 0 {
@@ -90,8 +99,17 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if child == 0 {
         return 0;
     }
-    // SAFETY: only the presence of the key is used.
-    if unsafe { TRACED.get(parent).is_some() } && TRACED.insert(child, 1, 0).is_err() {
+    if anon && flags & CLONE_VM == 0 {
+        copy_heap(parent, child);
+    }
+    if !tracked {
+        return 0;
+    }
+    // The child is followed as its parent is (now, or from its exec on).
+    // SAFETY: plain-data map value, copied out.
+    if let Some(&how) = unsafe { TRACED.get(parent) }
+        && TRACED.insert(child, how, 0).is_err()
+    {
         // The child and its descendants are not followed: said in the drops record.
         count_drop(DROP_TRACED_FULL);
     }
@@ -135,10 +153,39 @@ fn clear_reserved(slot: u32) {
     }
 }
 
+/// The child's heap is a copy of the parent's (`--regions anon`), or unknown.
+#[inline(always)]
+fn copy_heap(parent: u32, child: u32) {
+    // SAFETY: plain-data map value, copied out.
+    match unsafe { HEAPS.get(parent) }.copied() {
+        Some(heap) => {
+            if HEAPS.insert(child, heap, 0).is_err() {
+                count_drop(DROP_MAP_FULL);
+            }
+        }
+        None => forget_heap(child),
+    }
+}
+
+/// A new image (exec) or none (exit): the heap the programs knew is gone.
+#[inline(always)]
+fn forget_heap(tgid: u32) {
+    // SAFETY: only the presence of the key is used.
+    if unsafe { HEAPS.get(tgid).is_some() } {
+        let _ = HEAPS.remove(tgid);
+    }
+}
+
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    forget_heap(tgid);
+    // The command `trace -- CMD` runs: followed from here on.
+    // SAFETY: plain-data map value, copied out.
+    if unsafe { TRACED.get(tgid) } == Some(&TRACED_FROM_EXEC) {
+        let _ = TRACED.insert(tgid, TRACED_NOW, 0);
+    }
     if let Some(slot) = slot_of(tgid) {
         regions::forget(tgid);
         clear_reserved(slot);
@@ -182,6 +229,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if unsafe { TRACED.get(tgid).is_some() } {
         let _ = TRACED.remove(tgid);
     }
+    forget_heap(tgid);
     let Some(slot) = slot_of(tgid) else {
         return 0;
     };

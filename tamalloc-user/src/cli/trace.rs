@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use tamalloc::{
     output::{self, Format, Tee, TeeSink, prometheus, terminal},
     tracer::{
-        ModeChoice, ProbeOptions, Sink, View, command,
+        ModeChoice, ProbeOptions, Regions, Sink, View, command,
         session::{self, TraceOptions},
     },
 };
@@ -18,7 +18,8 @@ use tamalloc::{
     sudo tamalloc trace --events --output trace.jsonl -- ./my-program\n  \
     sudo tamalloc trace --output trace.json --format perfetto -- ./my-program\n  \
     sudo tamalloc trace --output trace.jsonl --record trace.tamrec -- ./my-program\n  \
-    sudo tamalloc trace --prometheus 127.0.0.1:9464 -p 1234")]
+    sudo tamalloc trace --prometheus 127.0.0.1:9464 -p 1234\n  \
+    sudo tamalloc trace --regions anon -o run.jsonl -- python3 app.py")]
 pub struct Args {
     #[command(flatten)]
     follow: Follow,
@@ -83,6 +84,12 @@ pub struct Follow {
     /// `auto`: kernel where the kernel allows it ($TAMALLOC_TRACE_MODE decides `auto`).
     #[arg(long, default_value = "auto", value_name = "MODE", value_parser = parse_mode)]
     mode: ModeChoice,
+    /// Which mappings are followed: `tamalloc` (syscall 554's regions), `anon` (those and
+    /// every private anonymous mapping made from then on: `mmap(MAP_PRIVATE|MAP_ANONYMOUS)`
+    /// and the heap, so an unmodified program's malloc, calloc and mmap memory counts too),
+    /// or `name:NAME` (those and ranges named [anon:NAME] with prctl(PR_SET_VMA_ANON_NAME)).
+    #[arg(long, default_value = "tamalloc", value_name = "WHICH", value_parser = parse_regions)]
+    regions: Regions,
     /// Command to run and follow, with its descendants; the trace ends when it exits, and
     /// exits with its status (128+N if signal N killed it; 127 or 126 if it cannot be run).
     /// A trace that ends first (--duration, Ctrl-C) kills it and exits 0.
@@ -117,6 +124,7 @@ impl Follow {
                 filter_pids: !self.command.is_empty(),
                 max_procs: self.max_procs,
                 mode: self.mode,
+                regions: self.regions.clone(),
             },
             command: self.command.clone(),
             duration: self.duration,
@@ -221,5 +229,9 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
 }
 
 fn parse_mode(s: &str) -> Result<ModeChoice, String> {
+    s.parse()
+}
+
+fn parse_regions(s: &str) -> Result<Regions, String> {
     s.parse()
 }

@@ -42,7 +42,7 @@ const BEFORE_KINDS: [&str; 28] = [
 ];
 
 /// The columns after them.
-const AFTER_KINDS: [&str; 21] = [
+const AFTER_KINDS: [&str; 23] = [
     "reserved_bytes",
     "regions",
     "nr_processes",
@@ -65,6 +65,9 @@ const AFTER_KINDS: [&str; 21] = [
     "huge_faults",
     "traced_full",
     "region_cut",
+    // Added with `--regions`.
+    "made_by",
+    "follows",
 ];
 
 const N_COLUMNS: usize = BEFORE_KINDS.len() + FAULT_KINDS + AFTER_KINDS.len();
@@ -145,7 +148,7 @@ impl<W: Write> Sink for Csv<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracer::decode::TraceEvent;
+    use crate::tracer::decode::{MadeBy, TraceEvent};
 
     /// One record of every type, with every field set.
     pub(crate) fn every_record() -> Vec<Record> {
@@ -157,6 +160,7 @@ mod tests {
                 stats_source: "procfs".into(),
                 events: true,
                 mode: "kernel".into(),
+                follows: "anon".into(),
             },
             Record::Event(TraceEvent::Region {
                 ts_ns: 1,
@@ -165,6 +169,7 @@ mod tests {
                 addr: 4,
                 len: 5,
                 fallback: true,
+                made_by: MadeBy::Fallback,
             }),
             Record::Event(TraceEvent::Unmap {
                 ts_ns: 1,
@@ -245,6 +250,17 @@ mod tests {
                 other: 5,
                 regions: 6,
                 huge_faults: 7,
+            },
+            Record::RegionSummary {
+                pid: 2,
+                region: 4096,
+                made_by: MadeBy::Brk,
+                len: 8192,
+                read_zero: 1,
+                write_zero: 2,
+                cow_zero: 3,
+                cow: 4,
+                other: 5,
             },
             Record::Drops {
                 count: 1,

@@ -306,6 +306,20 @@ impl<W: Write> Sink for Perfetto<W> {
                 self.counter("pages touched", ts, pid, Value::Object(touched))
             }
             Record::Summary { pid, comm, .. } => self.process(*pid, comm),
+            // Per-region totals go with the trace's metadata (`otherData.regions`).
+            Record::RegionSummary { .. } => {
+                if let Value::Object(mut m) = serde_json::to_value(r)? {
+                    m.remove("type");
+                    let list = self
+                        .other
+                        .entry("regions".to_owned())
+                        .or_insert_with(|| Value::Array(Vec::new()));
+                    if let Value::Array(list) = list {
+                        list.push(Value::Object(m));
+                    }
+                }
+                Ok(())
+            }
             Record::Global { .. } => self.start(),
         }
     }

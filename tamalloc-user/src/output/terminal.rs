@@ -255,12 +255,69 @@ fn print_summary(out: &mut impl Write, snap: &Snapshot) {
         "{}",
         table(snap).split_once('\n').map_or("", |(_, t)| t)
     );
+    let _ = write!(out, "{}", region_table(snap));
     if let Some(status) = snap.command_status
         && !status.success()
     {
         let _ = writeln!(out, "command: {status}");
     }
     let _ = out.flush();
+}
+
+/// Regions listed per process in the summary, those with the most pages touched first.
+const REGIONS_SHOWN: usize = 5;
+
+/// Per region, when faults were streamed: how it was made, its size, the share of its pages
+/// first touched, and its faults by kind. Empty when faults were only counted.
+fn region_table(snap: &Snapshot) -> String {
+    let mut s = String::new();
+    for r in &snap.rows {
+        let mut regions: Vec<_> = r
+            .state
+            .all_regions()
+            .filter(|(_, f)| f.faults.iter().any(|&n| n != 0))
+            .collect();
+        if regions.is_empty() {
+            continue;
+        }
+        if s.is_empty() {
+            s.push_str(&format!(
+                "\nRegions (from streamed faults; up to {REGIONS_SHOWN} per process, most touched first):\n{:>7} {:<14} {:<8} {:>8} {:>8}",
+                "PID", "REGION", "MADE_BY", "LEN", "TOUCHED"
+            ));
+            for (k, w) in FaultKind::ALL.iter().zip(KIND_WIDTHS) {
+                s.push_str(&format!(" {:>w$}", k.name().to_uppercase()));
+            }
+            s.push('\n');
+        }
+        regions.sort_by_key(|(id, f)| (std::cmp::Reverse(f.pages_touched()), *id));
+        for (id, f) in regions.iter().take(REGIONS_SHOWN) {
+            let touched = match f.len / tamalloc_common::trace::PAGE_SIZE {
+                0 => "-".to_owned(),
+                pages => format!("{:.1}%", 100.0 * f.pages_touched() as f64 / pages as f64),
+            };
+            s.push_str(&format!(
+                "{:>7} {:<14} {:<8} {:>8} {:>8}",
+                r.pid,
+                format!("{id:#x}"),
+                f.made_by.name(),
+                kib(f.len / 1024),
+                touched
+            ));
+            for (n, w) in f.faults.iter().zip(KIND_WIDTHS) {
+                s.push_str(&format!(" {n:>w$}"));
+            }
+            s.push('\n');
+        }
+        if regions.len() > REGIONS_SHOWN {
+            s.push_str(&format!(
+                "{:>7} ... {} more regions with first touches\n",
+                "",
+                regions.len() - REGIONS_SHOWN
+            ));
+        }
+    }
+    s
 }
 
 #[cfg(test)]

@@ -12,7 +12,25 @@ use tamalloc_common::{
     trace::{FAULT_KINDS, FaultKind},
 };
 
-use super::decode::TraceEvent;
+use super::decode::{MadeBy, TraceEvent};
+
+/// One region's first touches, from the streamed fault events (faults name their region by
+/// its identity, its first address when it was made).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegionFaults {
+    /// Its length, as last made, grown or moved.
+    pub len: u64,
+    pub made_by: MadeBy,
+    pub faults: [u64; FAULT_KINDS],
+}
+
+impl RegionFaults {
+    /// Pages first touched: every kind but `cow` (a copy of a page touched before) and
+    /// `other`; a page read and then written counts once.
+    pub fn pages_touched(&self) -> u64 {
+        self.faults[FaultKind::ReadZero as usize] + self.faults[FaultKind::WriteZero as usize]
+    }
+}
 
 /// What the tracer knows about one process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,6 +43,15 @@ pub struct ProcState {
     pub base: PidCounters,
     /// Live regions seen through events: address -> length (after unmaps and remaps).
     pub regions: BTreeMap<u64, u64>,
+    /// The identity of each live range in `regions` (its region's first address when it
+    /// was made), by the range's start.
+    pub region_ids: BTreeMap<u64, u64>,
+    /// The process's regions, by identity, with their streamed faults (empty when faults
+    /// were only counted). Kept after unmap and exit, for the summary.
+    pub by_region: BTreeMap<u64, RegionFaults>,
+    /// Regions of earlier lives: an identity made again (an address reused by a new
+    /// mapping), or an image before exec.
+    pub past_regions: Vec<(u64, RegionFaults)>,
     /// The process has exited; `counters` are final.
     pub exited: bool,
     pub parent: Option<u32>,
@@ -43,6 +70,14 @@ impl ProcState {
     /// Pages made resident by faults we saw: every kind but `read_zero` and `other`.
     pub fn pages_made_resident(&self) -> u64 {
         self.faults(FaultKind::WriteZero) + self.faults(FaultKind::CowZero)
+    }
+
+    /// Every region the process had, earlier lives first, with its streamed faults.
+    pub fn all_regions(&self) -> impl Iterator<Item = (u64, &RegionFaults)> {
+        self.past_regions
+            .iter()
+            .map(|(id, r)| (*id, r))
+            .chain(self.by_region.iter().map(|(id, r)| (*id, r)))
     }
 
     /// Bytes of live region pages (as the eBPF counters say).
@@ -88,13 +123,40 @@ impl Aggregator {
     /// they come from [`Aggregator::set_counters`].
     pub fn apply(&mut self, ev: &TraceEvent) {
         match *ev {
-            TraceEvent::Fault { kind, .. } => self.streamed[kind as usize] += 1,
-            TraceEvent::Region { pid, addr, len, .. } => {
-                self.get_mut(pid).regions.insert(addr, len);
+            TraceEvent::Fault {
+                pid, kind, region, ..
+            } => {
+                self.streamed[kind as usize] += 1;
+                self.get_mut(pid)
+                    .by_region
+                    .entry(region)
+                    .or_default()
+                    .faults[kind as usize] += 1;
+            }
+            TraceEvent::Region {
+                pid,
+                addr,
+                len,
+                made_by,
+                ..
+            } => {
+                let p = self.get_mut(pid);
+                p.regions.insert(addr, len);
+                p.region_ids.insert(addr, addr);
+                let new = RegionFaults {
+                    len,
+                    made_by,
+                    faults: [0; FAULT_KINDS],
+                };
+                if let Some(old) = p.by_region.insert(addr, new) {
+                    p.past_regions.push((addr, old));
+                }
             }
             TraceEvent::Unmap { pid, addr, len, .. } => {
+                let p = self.get_mut(pid);
                 trim(
-                    &mut self.get_mut(pid).regions,
+                    &mut p.regions,
+                    &mut p.region_ids,
                     addr,
                     addr.saturating_add(len),
                 );
@@ -107,16 +169,54 @@ impl Aggregator {
                 new_len,
                 ..
             } => {
-                let regions = &mut self.get_mut(pid).regions;
-                trim(regions, old_addr, old_addr.saturating_add(old_len));
-                regions.insert(new_addr, new_len);
+                let p = self.get_mut(pid);
+                // A region keeps its identity when it grows, shrinks or moves.
+                let id = p
+                    .region_ids
+                    .range(..=old_addr)
+                    .next_back()
+                    .filter(|&(start, _)| {
+                        p.regions
+                            .get(start)
+                            .is_some_and(|&l| start.saturating_add(l) > old_addr)
+                    })
+                    .map_or(old_addr, |(_, &id)| id);
+                trim(
+                    &mut p.regions,
+                    &mut p.region_ids,
+                    old_addr,
+                    old_addr.saturating_add(old_len),
+                );
+                p.regions.insert(new_addr, new_len);
+                p.region_ids.insert(new_addr, id);
+                if let Some(r) = p.by_region.get_mut(&id) {
+                    r.len = new_len;
+                }
             }
             TraceEvent::Fork { pid, child, .. } => {
                 let parent = self.get_mut(pid);
-                let (comm, regions) = (parent.comm.clone(), parent.regions.clone());
+                let (comm, regions, ids) = (
+                    parent.comm.clone(),
+                    parent.regions.clone(),
+                    parent.region_ids.clone(),
+                );
+                // The child's copies, with faults of their own from here on.
+                let by_region: BTreeMap<u64, RegionFaults> = parent
+                    .by_region
+                    .iter()
+                    .map(|(&id, r)| {
+                        let copy = RegionFaults {
+                            faults: [0; FAULT_KINDS],
+                            ..r.clone()
+                        };
+                        (id, copy)
+                    })
+                    .collect();
                 let c = self.get_mut(child);
                 c.parent = Some(pid);
                 c.regions = regions;
+                c.region_ids = ids;
+                c.by_region = by_region;
                 if c.comm.is_empty() {
                     c.comm = comm;
                 }
@@ -124,6 +224,9 @@ impl Aggregator {
             TraceEvent::Exec { pid, .. } => {
                 let p = self.get_mut(pid);
                 p.regions.clear();
+                p.region_ids.clear();
+                let old = std::mem::take(&mut p.by_region);
+                p.past_regions.extend(old);
                 // A non-leader thread's exec ends the old leader (an exit event) first.
                 p.exited = false;
                 // The command name changes with exec; the next refresh reads it again.
@@ -133,6 +236,7 @@ impl Aggregator {
                 let p = self.get_mut(pid);
                 p.exited = true;
                 p.regions.clear();
+                p.region_ids.clear();
             }
         }
     }
@@ -167,8 +271,9 @@ fn add(a: &PidCounters, b: &PidCounters) -> PidCounters {
     out
 }
 
-/// Removes `[start, end)` from a set of disjoint ranges, splitting where needed.
-fn trim(regions: &mut BTreeMap<u64, u64>, start: u64, end: u64) {
+/// Removes `[start, end)` from a set of disjoint ranges, splitting where needed; a piece
+/// left keeps its range's identity in `ids`.
+fn trim(regions: &mut BTreeMap<u64, u64>, ids: &mut BTreeMap<u64, u64>, start: u64, end: u64) {
     let hit: Vec<(u64, u64)> = regions
         .range(..end)
         .filter(|&(&a, &l)| a.saturating_add(l) > start)
@@ -176,12 +281,15 @@ fn trim(regions: &mut BTreeMap<u64, u64>, start: u64, end: u64) {
         .collect();
     for (a, l) in hit {
         regions.remove(&a);
+        let id = ids.remove(&a).unwrap_or(a);
         let e = a.saturating_add(l);
         if a < start {
             regions.insert(a, start - a);
+            ids.insert(a, id);
         }
         if e > end {
             regions.insert(end, e - end);
+            ids.insert(end, id);
         }
     }
 }
@@ -200,6 +308,7 @@ mod tests {
             addr: 0x10000,
             len: 0x10000,
             fallback: true,
+            made_by: MadeBy::Fallback,
         });
         agg.apply(&TraceEvent::Unmap {
             ts_ns: 1,
@@ -228,6 +337,7 @@ mod tests {
             addr: 0x1000,
             len: 0x1000,
             fallback: false,
+            made_by: MadeBy::Tamalloc,
         });
         agg.apply(&TraceEvent::Fork {
             ts_ns: 1,
@@ -245,6 +355,59 @@ mod tests {
         assert_eq!(agg.live_pids(), Vec::<u32>::new());
         agg.set_counters(1, PidCounters::default());
         assert_eq!(agg.live_pids(), vec![1]);
+    }
+
+    #[test]
+    fn regions_keep_their_identity_across_moves_and_a_reused_address_starts_anew() {
+        let fault = |region, kind| TraceEvent::Fault {
+            ts_ns: 0,
+            pid: 1,
+            tid: 1,
+            kind,
+            addr: region,
+            region,
+            page: 0,
+            error_code: 0,
+        };
+        let region = |addr| TraceEvent::Region {
+            ts_ns: 0,
+            pid: 1,
+            tid: 1,
+            addr,
+            len: 0x2000,
+            fallback: false,
+            made_by: MadeBy::Mmap,
+        };
+        let mut agg = Aggregator::new();
+        agg.apply(&region(0x10000));
+        agg.apply(&fault(0x10000, FaultKind::WriteZero));
+        // Moved twice (mremap): the second move names its current address, not the id.
+        for (old, new) in [(0x10000, 0x40000), (0x40000, 0x80000)] {
+            agg.apply(&TraceEvent::Remap {
+                ts_ns: 0,
+                pid: 1,
+                old_addr: old,
+                old_len: 0x2000,
+                new_addr: new,
+                new_len: 0x4000,
+            });
+        }
+        let p = agg.get(1).cloned().unwrap_or_default();
+        assert_eq!(p.by_region[&0x10000].len, 0x4000);
+        assert_eq!(p.region_ids.get(&0x80000), Some(&0x10000));
+        // Unmapped, and the address made into a region again: a new life.
+        agg.apply(&TraceEvent::Unmap {
+            ts_ns: 0,
+            pid: 1,
+            addr: 0x80000,
+            len: 0x4000,
+            region_bytes: 0x4000,
+        });
+        agg.apply(&region(0x10000));
+        agg.apply(&fault(0x10000, FaultKind::ReadZero));
+        let p = agg.get(1).cloned().unwrap_or_default();
+        let lives: Vec<[u64; FAULT_KINDS]> = p.all_regions().map(|(_, r)| r.faults).collect();
+        assert_eq!(lives, vec![[0, 1, 0, 0, 0], [1, 0, 0, 0, 0]]);
     }
 
     #[test]

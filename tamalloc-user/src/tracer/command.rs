@@ -148,7 +148,7 @@ pub(super) fn spawn_followed(
     let pid = child
         .id()
         .ok_or_else(|| TraceError::Internal("spawned command has no pid".into()))?;
-    probe.follow(pid)?;
+    probe.follow_from_exec(pid)?;
     // SAFETY: writing one byte from a valid buffer to our own pipe.
     if unsafe { libc::write(gate_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
         return Err(io("releasing the followed command")(
@@ -160,8 +160,25 @@ pub(super) fn spawn_followed(
 
 /// The child side of [`spawn_followed`]: wait for the gate on `fd`, then exec `command`.
 /// Returns only on failure.
+///
+/// Everything exec needs is built before the gate opens: once it does, this process is
+/// followed, and under `--regions anon` a page it touched (an allocation for exec's
+/// arguments) would count against the command. execvp(3) searches PATH on the stack.
 pub fn exec_gated(fd: i32, command: &[String]) -> CommandError {
-    use std::os::unix::process::CommandExt as _;
+    use std::ffi::CString;
+    let Some(program) = command.first() else {
+        return CommandError::new("", libc::ENOENT);
+    };
+    let Ok(args) = command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<Vec<CString>, _>>()
+    else {
+        // An argument with a NUL byte cannot be passed to exec.
+        return CommandError::new(program, libc::EINVAL);
+    };
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
     let mut b = 0u8;
     loop {
         // SAFETY: reading one byte into a valid buffer from the inherited gate.
@@ -172,11 +189,15 @@ pub fn exec_gated(fd: i32, command: &[String]) -> CommandError {
     }
     // SAFETY: the gate is ours and no longer needed.
     unsafe { libc::close(fd) };
-    let Some((program, args)) = command.split_first() else {
-        return CommandError::new("", libc::ENOENT);
-    };
-    let err = std::process::Command::new(program).args(args).exec();
-    CommandError::new(program, err.raw_os_error().unwrap_or(libc::ENOENT))
+    // SAFETY: `argv` is a NULL-terminated array of pointers to the NUL-terminated `args`,
+    // which outlive the call; execvp returns only on failure.
+    unsafe { libc::execvp(argv[0], argv.as_ptr()) };
+    CommandError::new(
+        program,
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ENOENT),
+    )
 }
 
 #[cfg(test)]

@@ -3,7 +3,51 @@
 //! `{"type": "<variant in snake_case>", ...fields}`.
 
 use serde::{Deserialize, Serialize};
-use tamalloc_common::trace::{Event, EventKind, FaultKind};
+use tamalloc_common::trace::{
+    Event, EventKind, FaultKind, REGION_BRK, REGION_FALLBACK, REGION_MMAP, REGION_NAMED,
+};
+
+/// How a region was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MadeBy {
+    /// Syscall 554.
+    #[default]
+    Tamalloc,
+    /// The documented mmap fallback of a 554 that returned -ENOSYS.
+    Fallback,
+    /// A private anonymous `mmap` (`--regions anon`).
+    Mmap,
+    /// The heap, grown with `brk` (`--regions anon`).
+    Brk,
+    /// A range named NAME with `prctl(PR_SET_VMA_ANON_NAME)` (`--regions name:NAME`).
+    Named,
+}
+
+impl MadeBy {
+    /// From a region event's `detail`; `None` for a value this build does not know.
+    pub const fn from_detail(d: u8) -> Option<Self> {
+        match d {
+            0 => Some(Self::Tamalloc),
+            REGION_FALLBACK => Some(Self::Fallback),
+            REGION_MMAP => Some(Self::Mmap),
+            REGION_BRK => Some(Self::Brk),
+            REGION_NAMED => Some(Self::Named),
+            _ => None,
+        }
+    }
+
+    /// The name the records use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tamalloc => "tamalloc",
+            Self::Fallback => "fallback",
+            Self::Mmap => "mmap",
+            Self::Brk => "brk",
+            Self::Named => "named",
+        }
+    }
+}
 
 /// One decoded ring-buffer record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +77,10 @@ pub enum TraceEvent {
         len: u64,
         /// Made by the documented mmap fallback rather than syscall 554.
         fallback: bool,
+        /// How it was made: `tamalloc`, `fallback`, `mmap`, `brk` or `named` (traces written before
+        /// `--regions` have none: `tamalloc`; their `fallback` still tells the fallback's apart).
+        #[serde(default)]
+        made_by: MadeBy,
     },
     Unmap {
         ts_ns: u64,
@@ -132,7 +180,8 @@ pub fn decode(bytes: &[u8]) -> Option<TraceEvent> {
             tid: e.tid,
             addr: e.addr,
             len: e.arg1,
-            fallback: e.detail & tamalloc_common::trace::REGION_FALLBACK != 0,
+            fallback: e.detail == REGION_FALLBACK,
+            made_by: MadeBy::from_detail(e.detail)?,
         },
         EventKind::Unmap => TraceEvent::Unmap {
             ts_ns,

@@ -23,7 +23,7 @@ pub mod recording;
 pub mod session;
 pub mod sink;
 
-pub use probe::{Drops, Mode, ModeChoice, Probe, ProbeOptions};
+pub use probe::{Drops, Mode, ModeChoice, Probe, ProbeOptions, Regions};
 pub use sink::{Row, Sink, Snapshot, View};
 
 /// Why tracing could not start or go on. Each message is one line a user can act on.

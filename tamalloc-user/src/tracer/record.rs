@@ -9,7 +9,10 @@ use tamalloc_common::{
     trace::{FAULT_KINDS, FaultKind},
 };
 
-use super::decode::TraceEvent;
+use super::{
+    aggregate::RegionFaults,
+    decode::{MadeBy, TraceEvent},
+};
 
 /// Version of the schema, written in the first (`meta`) record.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -31,6 +34,11 @@ pub enum Record {
         /// guarantees. Empty in traces written before modes existed.
         #[serde(default)]
         mode: String,
+        /// Which mappings were followed: `tamalloc` (554's regions), `anon` (every private
+        /// anonymous mapping too) or `name:NAME` (ranges named NAME too). Empty in traces
+        /// written before `--regions`.
+        #[serde(default)]
+        follows: String,
     },
     Stats {
         ts_ns: u64,
@@ -86,6 +94,21 @@ pub enum Record {
         #[serde(default)]
         huge_faults: u64,
     },
+    /// After the summaries, when faults were streamed: one per region with first touches,
+    /// its faults by kind (so "this 1 GiB calloc touched 3 %" is one record).
+    RegionSummary {
+        pid: u32,
+        /// The region's identity: its first address when it was made.
+        region: u64,
+        made_by: MadeBy,
+        /// Its length as last made, grown or moved.
+        len: u64,
+        read_zero: u64,
+        write_zero: u64,
+        cow_zero: u64,
+        cow: u64,
+        other: u64,
+    },
     /// Last record: what could not be delivered or stored.
     Drops {
         count: u64,
@@ -120,7 +143,26 @@ impl Record {
         match *self {
             Record::Event(ev) => Some(ev.ts_ns()),
             Record::Stats { ts_ns, .. } | Record::Global { ts_ns, .. } => Some(ts_ns),
-            Record::Meta { .. } | Record::Summary { .. } | Record::Drops { .. } => None,
+            Record::Meta { .. }
+            | Record::Summary { .. }
+            | Record::RegionSummary { .. }
+            | Record::Drops { .. } => None,
+        }
+    }
+
+    /// A `region_summary` record.
+    pub fn region_summary(pid: u32, region: u64, r: &RegionFaults) -> Self {
+        let [read_zero, write_zero, cow_zero, cow, other] = r.faults;
+        Record::RegionSummary {
+            pid,
+            region,
+            made_by: r.made_by,
+            len: r.len,
+            read_zero,
+            write_zero,
+            cow_zero,
+            cow,
+            other,
         }
     }
 
@@ -219,6 +261,26 @@ mod tests {
         assert_eq!(
             s,
             r#"{"type":"summary","pid":7,"comm":"demo","read_zero":1,"write_zero":2,"cow_zero":3,"cow":4,"other":5,"regions":6,"huge_faults":0}"#
+        );
+        let back: Option<Record> = serde_json::from_str(&s).ok();
+        assert_eq!(back, Some(r));
+    }
+
+    #[test]
+    fn region_summary_serialises_with_the_documented_fields() {
+        let r = Record::region_summary(
+            7,
+            4096,
+            &RegionFaults {
+                len: 8192,
+                made_by: MadeBy::Brk,
+                faults: [1, 2, 3, 4, 5],
+            },
+        );
+        let s = serde_json::to_string(&r).unwrap_or_default();
+        assert_eq!(
+            s,
+            r#"{"type":"region_summary","pid":7,"region":4096,"made_by":"brk","len":8192,"read_zero":1,"write_zero":2,"cow_zero":3,"cow":4,"other":5}"#
         );
         let back: Option<Record> = serde_json::from_str(&s).ok();
         assert_eq!(back, Some(r));

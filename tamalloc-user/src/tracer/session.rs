@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use super::{
-    Probe, ProbeOptions, TraceError,
+    Probe, ProbeOptions, Regions, TraceError,
     aggregate::Aggregator,
     command::spawn_followed,
     decode::{TraceEvent, decode},
@@ -113,13 +113,19 @@ pub async fn run(
         stats_source: stats_source.to_owned(),
         events: opts.probe.stream_faults,
         mode: s.probe.mode().name().to_owned(),
+        follows: opts.probe.regions.to_string(),
     });
 
     // As bpftrace does: one line on stderr once every probe is in place.
     eprintln!(
-        "Attached {} probes ({} mode) in {} ms. Tracing{}... Hit Ctrl-C to end.",
+        "Attached {} probes ({} mode{}) in {} ms. Tracing{}... Hit Ctrl-C to end.",
         s.probe.attachments(),
         s.probe.mode(),
+        match &opts.probe.regions {
+            Regions::Tamalloc => String::new(),
+            Regions::Anon => ", every anonymous mapping".to_owned(),
+            Regions::Named(n) => format!(", mappings named [anon:{n}]"),
+        },
         s.started.elapsed().as_millis(),
         match opts.command.first() {
             Some(c) => format!(" `{c}`"),
@@ -129,6 +135,9 @@ pub async fn run(
     // After the "Attached" line, which scripts wait for as the first one.
     if let Some(why) = s.probe.fallback_reason() {
         eprintln!("tamalloc: tracepoint mode: {why}");
+    }
+    if let Some(why) = s.probe.regions_note() {
+        eprintln!("tamalloc: {why}");
     }
     let mut child = match opts.command.split_first() {
         Some((program, args)) => Some(spawn_followed(&mut s.probe, program, args)?),
@@ -188,6 +197,18 @@ pub async fn run(
         .map(|(pid, p)| Record::summary(*pid, p.comm.clone(), &p.counters))
         .collect();
     for rec in &summaries {
+        s.emit(rec);
+    }
+    let regions: Vec<Record> = s
+        .agg
+        .procs()
+        .flat_map(|(pid, p)| {
+            p.all_regions()
+                .filter(|(_, r)| r.faults.iter().any(|&n| n != 0))
+                .map(|(id, r)| Record::region_summary(*pid, id, r))
+        })
+        .collect();
+    for rec in &regions {
         s.emit(rec);
     }
     s.emit(&Record::Drops {

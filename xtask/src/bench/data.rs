@@ -33,6 +33,10 @@ pub struct Report {
     pub vm_kernel: String,
 }
 
+fn regions_tamalloc() -> String {
+    "tamalloc".to_owned()
+}
+
 fn kernel_6_1() -> String {
     "6.1".to_owned()
 }
@@ -148,6 +152,10 @@ pub struct Footprint {
 pub struct AbRun {
     pub followed: bool,
     pub threads: u32,
+    /// What the tracer followed (`tamalloc trace --regions`); reports from before it
+    /// existed followed tamalloc regions.
+    #[serde(default = "regions_tamalloc")]
+    pub regions: String,
     /// First-touch faults per side.
     pub pages: u64,
     /// Attached time over detached time, summed over the batches.

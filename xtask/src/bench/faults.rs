@@ -167,7 +167,8 @@ fn run_once(
     })
 }
 
-/// `tamalloc-bench ab` following the workload and following nothing, with 1 and 2 threads.
+/// `tamalloc-bench ab` following the workload (its regions, then every anonymous mapping:
+/// `--regions anon`) and following nothing, with 1 and 2 threads.
 pub fn ab_runs(bench: &Path, quick: bool) -> anyhow::Result<Vec<AbRun>> {
     let (pages, batches) = if quick {
         (AB_PAGES / 2, AB_BATCHES / 2)
@@ -175,7 +176,7 @@ pub fn ab_runs(bench: &Path, quick: bool) -> anyhow::Result<Vec<AbRun>> {
         (AB_PAGES, AB_BATCHES)
     };
     let mut out = Vec::new();
-    for followed in [true, false] {
+    for (followed, regions) in [(true, "tamalloc"), (true, "anon"), (false, "tamalloc")] {
         for threads in [1u32, 2] {
             let mut cmd = Command::new(bench);
             cmd.args(["ab", "--threads", &threads.to_string()]).args([
@@ -183,6 +184,8 @@ pub fn ab_runs(bench: &Path, quick: bool) -> anyhow::Result<Vec<AbRun>> {
                 &pages.to_string(),
                 "--batches",
                 &batches.to_string(),
+                "--regions",
+                regions,
             ]);
             if !followed {
                 cmd.arg("--unfollowed");
@@ -204,12 +207,13 @@ pub fn ab_runs(bench: &Path, quick: bool) -> anyhow::Result<Vec<AbRun>> {
             let run = AbRun {
                 followed,
                 threads,
+                regions: regions.to_owned(),
                 pages: ab.pages,
                 sum_ratio: ab.sum_ratio,
                 median_ratio: ab.median_ratio,
             };
             eprintln!(
-                "  A/B {} threads {threads}: {:+.1} % (median of pairs {:+.1} %)",
+                "  A/B {} {regions:<8} threads {threads}: {:+.1} % (median of pairs {:+.1} %)",
                 if followed { "followed  " } else { "unfollowed" },
                 (run.sum_ratio - 1.0) * 100.0,
                 (run.median_ratio - 1.0) * 100.0

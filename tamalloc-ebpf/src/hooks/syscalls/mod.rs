@@ -19,20 +19,26 @@ use aya_ebpf::{
 };
 use tamalloc_common::{
     abi::{
-        ENOSYS, SYS_CLONE, SYS_CLONE3, SYS_FORK, SYS_MMAP, SYS_MREMAP, SYS_MUNMAP, SYS_TAMALLOC,
-        SYS_VFORK, TAMALLOC_MAP_FLAGS, TAMALLOC_PROT,
+        ENOSYS, SYS_BRK, SYS_CLONE, SYS_CLONE3, SYS_FORK, SYS_MMAP, SYS_MREMAP, SYS_MUNMAP,
+        SYS_PRCTL, SYS_TAMALLOC, SYS_VFORK, TAMALLOC_MAP_FLAGS, TAMALLOC_PROT,
     },
-    maps::{CONFIG_FILTER_COMM, CONFIG_FILTER_PID, DROP_CONTROL_EVENTS, Pending},
-    trace::{Event, EventKind, PAGE_SIZE, REGION_FALLBACK, page_align},
+    maps::{
+        CONFIG_FILTER_COMM, CONFIG_FILTER_PID, CONFIG_REGIONS_ANON, CONFIG_REGIONS_NAMED,
+        DROP_CONTROL_EVENTS, DROP_REGION_CUT, Pending, TRACED_NOW,
+    },
+    trace::{Event, EventKind, PAGE_SIZE, REGION_FALLBACK, REGION_MMAP, page_align},
 };
 
 mod advice;
+mod heap;
 mod mremap;
+mod named;
 
 use crate::{
     maps::{
-        ENTER_MUNMAP, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP_FIXED, EXIT_MPROTECT, EXIT_MREMAP,
-        EXIT_MUNMAP, PENDING, TAIL_PROGS, TRACED, config, counters, emit, gated_in, slot_of,
+        ENTER_MUNMAP, EXIT_BRK, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP, EXIT_MPROTECT, EXIT_MREMAP,
+        EXIT_MUNMAP, EXIT_PRCTL, PENDING, TAIL_PROGS, TRACED, config, count_drop, counters, emit,
+        gated_in, slot_of,
     },
     regions,
 };
@@ -48,6 +54,13 @@ const ENOMEM: i64 = 12;
 /// A thread's own exit (not exit_group): the group may live on without its leader.
 pub const SYS_EXIT: i64 = 60;
 const MAP_FIXED: u64 = 0x10;
+const MAP_TYPE: u64 = 0x0f;
+const MAP_PRIVATE: u64 = 0x02;
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_HUGETLB: u64 = 0x40000;
+const PROT_READ: u64 = 1;
+const PROT_WRITE: u64 = 2;
+const PROT_EXEC: u64 = 4;
 const MREMAP_FIXED: u64 = 2;
 /// The advice values that drop pages: the next touch is a first touch again. (MADV_FREE
 /// does not: the page stays mapped until reclaim takes it, unseen.)
@@ -106,7 +119,8 @@ fn wanted(tgid: u32) -> bool {
         return true;
     }
     // SAFETY: only the presence of the key is used.
-    if cfg.flags & CONFIG_FILTER_PID != 0 && unsafe { TRACED.get(tgid).is_some() } {
+    // SAFETY: plain-data map value, copied out.
+    if cfg.flags & CONFIG_FILTER_PID != 0 && unsafe { TRACED.get(tgid) } == Some(&TRACED_NOW) {
         return true;
     }
     cfg.flags & CONFIG_FILTER_COMM != 0 && bpf_get_current_comm().is_ok_and(|c| c == cfg.comm)
@@ -175,8 +189,9 @@ fn in_ia32_syscall() -> bool {
 fn native_nr(ctx: &TracePointContext) -> i64 {
     let nr = read_u64(ctx, ID_OFFSET) as i64;
     let native = match nr {
-        SYS_TAMALLOC | SYS_MMAP | SYS_MUNMAP | SYS_MREMAP | SYS_MADVISE | SYS_MPROTECT
-        | SYS_PKEY_MPROTECT | SYS_CLONE | SYS_CLONE3 | SYS_FORK | SYS_VFORK | SYS_EXIT => nr,
+        SYS_TAMALLOC | SYS_MMAP | SYS_BRK | SYS_MUNMAP | SYS_MREMAP | SYS_MADVISE
+        | SYS_MPROTECT | SYS_PKEY_MPROTECT | SYS_PRCTL | SYS_CLONE | SYS_CLONE3 | SYS_FORK
+        | SYS_VFORK | SYS_EXIT => nr,
         IA32_MUNMAP | IA32_MPROTECT | IA32_MREMAP | IA32_MMAP2 | IA32_MADVISE
         | IA32_PKEY_MPROTECT | IA32_FORK | IA32_CLONE | IA32_VFORK => -1,
         _ => return -1,
@@ -221,6 +236,21 @@ fn on_enter(ctx: &TracePointContext, nr: i64) {
             stash(pid_tgid, nr, args(ctx), 0)
         }
         SYS_MMAP => on_enter_mmap(ctx, pid_tgid, tgid),
+        SYS_BRK => {
+            if anon_regions() && wanted(tgid) {
+                stash_keeping_armed(pid_tgid, nr, args(ctx));
+            }
+        }
+        SYS_PRCTL => {
+            let a = args(ctx);
+            if a[0] == named::PR_SET_VMA
+                && a[1] == named::PR_SET_VMA_ANON_NAME
+                && config().flags & CONFIG_REGIONS_NAMED != 0
+                && (tracked(tgid) || wanted(tgid))
+            {
+                stash_keeping_armed(pid_tgid, nr, a);
+            }
+        }
         SYS_MUNMAP => {
             if tracked(tgid) {
                 // SAFETY: the slot holds a tracepoint program of the same type, or nothing.
@@ -281,9 +311,39 @@ fn on_enter_mmap(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) {
         // Any other mmap disarms.
         let _ = PENDING.remove(pid_tgid);
     }
-    // MAP_FIXED replaces whatever was mapped there, region pages included.
-    if a[3] & MAP_FIXED != 0 && tracked(tgid) {
+    // MAP_FIXED replaces whatever was mapped there, region pages included; and under
+    // `--regions anon` a private anonymous mapping is a region.
+    if (a[3] & MAP_FIXED != 0 && tracked(tgid))
+        || (is_private_anon(a[3]) && anon_regions() && wanted(tgid))
+    {
         stash(pid_tgid, SYS_MMAP, a, 0);
+    }
+}
+
+/// `--regions anon`: private anonymous mappings are regions too.
+#[inline(always)]
+pub(crate) fn anon_regions() -> bool {
+    config().flags & CONFIG_REGIONS_ANON != 0
+}
+
+/// mmap flags of a private anonymous mapping (MAP_PRIVATE, not MAP_SHARED or
+/// MAP_SHARED_VALIDATE, with MAP_ANONYMOUS), not hugetlbfs memory (its pages are not 4 KiB
+/// and never the zero page).
+#[inline(always)]
+fn is_private_anon(flags: u64) -> bool {
+    flags & MAP_TYPE == MAP_PRIVATE && flags & MAP_ANONYMOUS != 0 && flags & MAP_HUGETLB == 0
+}
+
+/// Marks the pages of a new region whose protection refuses reads or writes (an mmap with
+/// `PROT_NONE` or `PROT_READ`, as allocators reserve address space).
+#[inline(always)]
+fn restrict(tgid: u32, addr: u64, len: u64, prot: u64) {
+    // x86: any of read, write or exec lets a read through.
+    if prot & (PROT_READ | PROT_WRITE | PROT_EXEC) == 0 {
+        regions::set_bits(tgid, addr, len, regions::Bits::NoRead, true);
+    }
+    if prot & PROT_WRITE == 0 {
+        regions::set_bits(tgid, addr, len, regions::Bits::NoWrite, true);
     }
 }
 
@@ -354,16 +414,19 @@ fn unmap(pid_tgid: u64, addr: u64, len: u64) {
 pub fn sys_exit(ctx: TracePointContext) -> u32 {
     let slot = match native_nr(&ctx) {
         SYS_TAMALLOC => EXIT_LEARN,
-        // Stashed only when armed (fallback_len != 0) or MAP_FIXED; the stash says which.
+        // Stashed only when armed (fallback_len != 0), MAP_FIXED or a private anonymous
+        // mapping under `--regions anon`; the stash says which.
         SYS_MMAP => {
             // SAFETY: plain-data map value of this thread only.
             match unsafe { PENDING.get(bpf_get_current_pid_tgid()) } {
-                Some(p) if p.nr == SYS_MMAP as u64 && p.fallback_len == 0 => EXIT_MMAP_FIXED,
+                Some(p) if p.nr == SYS_MMAP as u64 && p.fallback_len == 0 => EXIT_MMAP,
                 Some(_) => EXIT_LEARN,
                 None => return 0,
             }
         }
         SYS_MUNMAP => EXIT_MUNMAP,
+        SYS_BRK => EXIT_BRK,
+        SYS_PRCTL => EXIT_PRCTL,
         SYS_MREMAP => EXIT_MREMAP,
         SYS_MADVISE => EXIT_MADVISE,
         SYS_MPROTECT | SYS_PKEY_MPROTECT => EXIT_MPROTECT,
@@ -424,20 +487,42 @@ pub fn exit_learn(ctx: TracePointContext) -> u32 {
 }
 named_program!(exit_learn = EXIT_LEARN);
 
-/// mmap(MAP_FIXED) succeeded: whatever region pages were there are gone.
+/// An mmap succeeded: with MAP_FIXED, whatever region pages were there are gone; under
+/// `--regions anon`, a private anonymous mapping is a new region.
 #[tracepoint]
-pub fn exit_mmap_fixed(ctx: TracePointContext) -> u32 {
+pub fn exit_mmap(ctx: TracePointContext) -> u32 {
     let Some((pid_tgid, pending)) = take_pending(SYS_MMAP) else {
         return 0;
     };
     let _ = PENDING.remove(pid_tgid);
     let ret = read_u64(&ctx, RET_OFFSET);
-    if let (true, Some(len)) = (is_addr(ret), page_align(pending.args[1])) {
+    let (true, Some(len)) = (is_addr(ret), page_align(pending.args[1])) else {
+        return 0;
+    };
+    let flags = pending.args[3];
+    if flags & MAP_FIXED != 0 {
         unmap(pid_tgid, ret, len);
+    }
+    if is_private_anon(flags) && anon_regions() {
+        let tgid = (pid_tgid >> 32) as u32;
+        if len > ANON_REGION_MAX {
+            // A guard reservation of terabytes (a sanitizer's shadow, wasm memories) would
+            // take CHUNKS from every other region: not followed, and said so.
+            if wanted(tgid) {
+                count_drop(DROP_REGION_CUT);
+            }
+            return 0;
+        }
+        learn(tgid, pid_tgid as u32, ret, len, REGION_MMAP);
+        restrict(tgid, ret, len, pending.args[2]);
     }
     0
 }
-named_program!(exit_mmap_fixed = EXIT_MMAP_FIXED);
+
+/// The largest anonymous mapping `--regions anon` follows: 64 GiB (32,768 of `CHUNKS`'
+/// 262,144 entries). Larger ones count as `region_cut`.
+const ANON_REGION_MAX: u64 = 64 << 30;
+named_program!(exit_mmap = EXIT_MMAP);
 
 #[inline(always)]
 /// Emits a control event; `args` fill `arg1..arg3` (their meaning depends on `kind`).

@@ -8,8 +8,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues, Queue, RingBuf},
 };
 use tamalloc_common::maps::{
-    self as name, Chunk, ChunkKey, Config, DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS, DROP_MAP_FULL,
-    DROP_REGION_CUT, DROP_TRACED_FULL, MarkerKey, PidCounters, RegionRef,
+    self as name, ANON_NAME_MAX, Chunk, ChunkKey, Config, DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS,
+    DROP_MAP_FULL, DROP_REGION_CUT, DROP_TRACED_FULL, Heap, MarkerKey, PidCounters, RegionRef,
 };
 
 use super::{Probe, refused};
@@ -50,6 +50,17 @@ pub(super) fn write_config(ebpf: &mut Ebpf, cfg: Config) -> Result<(), TraceErro
     config.set(0, cfg, 0).map_err(refused)
 }
 
+/// Writes NAME for `--regions name:NAME` (`REGION_NAME[0]`, NUL-padded; its length was
+/// checked when the option was parsed).
+pub(super) fn write_region_name(ebpf: &mut Ebpf, n: &str) -> Result<(), TraceError> {
+    let mut name_map: Array<_, [u8; ANON_NAME_MAX]> =
+        Array::try_from(map_mut(ebpf, name::REGION_NAME)?).map_err(refused)?;
+    let mut buf = [0u8; ANON_NAME_MAX];
+    let len = n.len().min(ANON_NAME_MAX - 1);
+    buf[..len].copy_from_slice(&n.as_bytes()[..len]);
+    name_map.set(0, buf, 0).map_err(refused)
+}
+
 /// Queues every counter slot as free, before the programs run.
 pub(super) fn free_all_slots(ebpf: &mut Ebpf, slots: u32) -> Result<(), TraceError> {
     let mut free: Queue<_, u32> =
@@ -76,14 +87,30 @@ fn sum<'a>(values: impl Iterator<Item = &'a PidCounters>) -> PidCounters {
 impl Probe {
     /// Learn the regions of `pid` and of the processes it forks from now on.
     pub fn follow(&mut self, pid: u32) -> Result<(), TraceError> {
+        self.set_traced(pid, name::TRACED_NOW)
+    }
+
+    /// Follows `pid` (and what it forks) from its next exec on: the helper that execs the
+    /// command of `trace -- CMD`, whose own pages are not the command's.
+    pub fn follow_from_exec(&mut self, pid: u32) -> Result<(), TraceError> {
+        self.set_traced(pid, name::TRACED_FROM_EXEC)
+    }
+
+    fn set_traced(&mut self, pid: u32, how: u8) -> Result<(), TraceError> {
         let mut traced: BpfHashMap<_, u32, u8> =
             BpfHashMap::try_from(map_mut(&mut self.ebpf, name::TRACED)?).map_err(refused)?;
-        traced.insert(pid, 1, 0).map_err(refused)
+        traced.insert(pid, how, 0).map_err(refused)
     }
 
     /// Drops what the programs keep about `pid`, once it is gone for good (its leader left
     /// with exit(2), so the programs could not tell when the last thread ended).
     pub fn forget(&mut self, pid: u32) -> Result<(), TraceError> {
+        {
+            let mut heaps: BpfHashMap<_, u32, Heap> =
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, name::HEAPS)?).map_err(refused)?;
+            // Absent unless `--regions anon` saw its heap.
+            let _ = heaps.remove(&pid);
+        }
         {
             let mut chunks: BpfHashMap<_, ChunkKey, Chunk> =
                 BpfHashMap::try_from(map_mut(&mut self.ebpf, name::CHUNKS)?).map_err(refused)?;

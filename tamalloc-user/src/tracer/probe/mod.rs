@@ -13,7 +13,9 @@ mod btf;
 mod compat;
 mod maps;
 mod mode;
+mod names;
 mod privileges;
+mod regions;
 mod tracefs;
 
 use aya::{
@@ -26,13 +28,14 @@ use aya::{
     },
 };
 use tamalloc_common::maps::{
-    self as name, CONFIG_FILTER_COMM, CONFIG_FILTER_PID, Config, KERNEL_HOOKS, MAX_CPUS, MAX_PROCS,
-    TAIL_PROGRAMS, prog,
+    self as name, CONFIG_FILTER_COMM, CONFIG_FILTER_PID, CONFIG_REGIONS_ANON, CONFIG_REGIONS_NAMED,
+    Config, KERNEL_HOOKS, MAX_CPUS, MAX_PROCS, TAIL_PROGRAMS, prog,
 };
 
 pub use self::{
     maps::Drops,
     mode::{Mode, ModeChoice},
+    regions::Regions,
     tracefs::field_offset,
 };
 use super::TraceError;
@@ -115,6 +118,8 @@ pub struct ProbeOptions {
     /// Which fault programs: `Auto` picks kernel mode where the kernel offers it (and
     /// `$TAMALLOC_TRACE_MODE`, when set, decides for `Auto`).
     pub mode: ModeChoice,
+    /// Which mappings are regions (`--regions`).
+    pub regions: Regions,
 }
 
 impl Default for ProbeOptions {
@@ -127,6 +132,7 @@ impl Default for ProbeOptions {
             filter_pids: false,
             max_procs: MAX_PROCS,
             mode: ModeChoice::Auto,
+            regions: Regions::Tamalloc,
         }
     }
 }
@@ -144,6 +150,8 @@ pub struct Probe {
     btf: Option<Btf>,
     /// Why kernel mode was not used, when `Auto` fell back.
     fallback: Option<String>,
+    /// Why `--regions` follows less than it says on this kernel.
+    regions_note: Option<String>,
 }
 
 /// The embedded eBPF object, built by build.rs.
@@ -257,6 +265,21 @@ impl Probe {
         if opts.filter_pids || !opts.pids.is_empty() {
             cfg.flags |= CONFIG_FILTER_PID;
         }
+        let mut regions_note = None;
+        match &opts.regions {
+            Regions::Tamalloc => {}
+            Regions::Anon => cfg.flags |= CONFIG_REGIONS_ANON,
+            Regions::Named(n) => {
+                cfg.flags |= CONFIG_REGIONS_NAMED;
+                maps::write_region_name(&mut ebpf, n)?;
+                if !names::kernel_names_anon_memory() {
+                    regions_note = Some(format!(
+                        "--regions name:{n}: this kernel cannot name anonymous memory \
+                         (no CONFIG_ANON_VMA_NAME), so only tamalloc regions are followed"
+                    ));
+                }
+            }
+        }
         if let Some(comm) = &opts.comm {
             cfg.flags |= CONFIG_FILTER_COMM;
             // The kernel keeps 15 bytes and a NUL.
@@ -278,6 +301,7 @@ impl Probe {
             mode,
             btf,
             fallback,
+            regions_note,
         };
         for &pid in &opts.pids {
             probe.follow(pid)?;
@@ -312,6 +336,11 @@ impl Probe {
     /// Why kernel mode is not used, when it was not asked for and the kernel lacks it.
     pub fn fallback_reason(&self) -> Option<&str> {
         self.fallback.as_deref()
+    }
+
+    /// Why `--regions` follows less here than it says (one line), if it does.
+    pub fn regions_note(&self) -> Option<&str> {
+        self.regions_note.as_deref()
     }
 
     /// Attaches every program (again, after [`Probe::detach`]: benchmarks measure the same

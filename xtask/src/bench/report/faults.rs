@@ -93,10 +93,10 @@ impl Report {
                     s,
                     "| {} | {} | {} | {:+.1} % | {:+.1} % |",
                     a.threads,
-                    if a.followed {
-                        "follows the workload"
-                    } else {
-                        "follows nothing"
+                    match (a.followed, a.regions.as_str()) {
+                        (true, "anon") => "follows the workload, `--regions anon`",
+                        (true, _) => "follows the workload",
+                        (false, _) => "follows nothing",
                     },
                     a.pages,
                     (a.sum_ratio - 1.0) * 100.0,
@@ -135,8 +135,33 @@ impl Report {
             let ab = self
                 .ab
                 .iter()
-                .find(|a| a.followed && a.threads == threads)
+                .find(|a| a.followed && a.regions != "anon" && a.threads == threads)
                 .map(|a| a.sum_ratio - 1.0);
+            if let (Some(ab), Some(anon)) = (
+                ab,
+                self.ab
+                    .iter()
+                    .find(|a| a.followed && a.regions == "anon" && a.threads == threads)
+                    .map(|a| a.sum_ratio - 1.0),
+            ) {
+                let points = (anon - ab) * 100.0;
+                targets.push(Target {
+                    name: format!(
+                        "`--regions anon` counting slowdown within 1 point of `tamalloc` \
+                         ({threads} thread(s))"
+                    ),
+                    measured: format!(
+                        "{:+.1} % vs {:+.1} %: {points:+.1} points (in-process A/B)",
+                        anon * 100.0,
+                        ab * 100.0
+                    ),
+                    met: points <= 1.0,
+                    limit: "the same fault path and the same region; `anon` adds only the \
+                            stash of each anonymous mmap and brk at sys_enter and its \
+                            learning at sys_exit, none per fault"
+                        .to_owned(),
+                });
+            }
             let judged = ab.unwrap_or(count);
             let added_ns = judged * fault_ns;
             targets.push(Target {
