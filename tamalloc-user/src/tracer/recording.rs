@@ -302,6 +302,7 @@ mod tests {
             stats_source: "procfs".into(),
             events: true,
             mode: "tracepoint".into(),
+            follows: "anon".into(),
         }
     }
 
