@@ -4,44 +4,22 @@
 //! region the trace says was made the way the range's mapping was (`made_by`). Also
 //! `drops.count` must be 0: a dropped fault event would make the comparison meaningless.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::collections::HashMap;
 
 use anyhow::{Context as _, bail};
-use serde_json::Value;
 use tamalloc_common::trace::{FAULT_KINDS, FaultKind};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// The workload's `--report` file (`range` lines).
-    #[arg(long)]
-    expect: PathBuf,
-    /// The trace (`tamalloc trace --regions anon --output FILE`, JSON lines, streamed).
-    #[arg(long)]
-    trace: PathBuf,
-}
-
-fn lines(path: &PathBuf) -> anyhow::Result<Vec<Value>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))
-        })
-        .collect()
-}
+pub use crate::check_trace::Args;
+use crate::check_trace::records;
 
 fn kind_index(name: &str) -> Option<usize> {
     FaultKind::ALL.iter().position(|k| k.name() == name)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let expect = lines(&args.expect)?;
-    let trace = lines(&args.trace)?;
-    let ranges: Vec<&Value> = expect.iter().filter(|e| e["type"] == "range").collect();
+    let ranges = records(&args.expect, "range")?;
     if ranges.is_empty()
-        && let Some(s) = expect.iter().find(|e| e["type"] == "skip")
+        && let Some(s) = records(&args.expect, "skip")?.first()
     {
         println!("check-ranges: skipped: {} ({})", s["scenario"], s["reason"]);
         return Ok(());
@@ -50,9 +28,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("{} holds no range line", args.expect.display());
     }
     // Region id (its first address) -> how it was made, per pid.
-    let made_by: HashMap<(u64, u64), &str> = trace
+    let (regions, faults) = (
+        records(&args.trace, "region")?,
+        records(&args.trace, "fault")?,
+    );
+    let made_by: HashMap<(u64, u64), &str> = regions
         .iter()
-        .filter(|r| r["type"] == "region")
         .filter_map(|r| {
             Some((
                 (r["pid"].as_u64()?, r["addr"].as_u64()?),
@@ -69,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         let what = e["what"].as_str().unwrap_or("?");
         let mut seen = [0u64; FAULT_KINDS];
-        for f in trace.iter().filter(|r| r["type"] == "fault") {
+        for f in &faults {
             let Some(addr) = f["addr"].as_u64() else {
                 continue;
             };
@@ -104,9 +85,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let dropped = trace
-        .iter()
-        .find(|r| r["type"] == "drops")
+    let dropped = records(&args.trace, "drops")?
+        .first()
         .and_then(|d| d["count"].as_u64());
     if dropped != Some(0) {
         wrong.push(format!("drops.count is {dropped:?}, expected 0"));

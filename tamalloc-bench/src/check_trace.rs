@@ -13,17 +13,20 @@ use std::{collections::HashMap, path::PathBuf};
 use anyhow::{Context as _, bail};
 use tamalloc_common::trace::FaultKind;
 
+/// What both checkers compare (`check-trace`, `check-ranges`).
 #[derive(clap::Args)]
 pub struct Args {
     /// The workload's `--report` file.
     #[arg(long)]
-    expect: PathBuf,
-    /// The trace (`tamalloc trace --output FILE`, JSON lines).
+    pub expect: PathBuf,
+    /// The trace (`tamalloc trace --output FILE`, JSON lines; faults streamed for
+    /// `check-ranges`).
     #[arg(long)]
-    trace: PathBuf,
+    pub trace: PathBuf,
 }
 
-fn records(path: &PathBuf, ty: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+/// The records of type `ty` in the JSON lines file `path`.
+pub(crate) fn records(path: &PathBuf, ty: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();

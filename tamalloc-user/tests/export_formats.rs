@@ -24,7 +24,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{KINDS, TempDir, bin, require_root, trace};
+use common::{KINDS, TempDir, bin, require_root, trace, wait_for_line};
 
 /// The demo's last stdout line: `{"type":"demo","pid":...,"read_zero":...}`.
 fn demo_line(stdout: &[u8]) -> Value {
@@ -189,22 +189,7 @@ fn export_perfetto_is_complete_after_ctrl_c() {
         .spawn()
         .expect("start tamalloc trace");
     // Interrupt once the demo is touching pages: its first progress line.
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let started = loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) if l.contains("touched") => break true,
-            Ok(_) => continue,
-            Err(_) => break false,
-        }
-    };
+    let started = wait_for_line(&mut child, "touched", Duration::from_secs(60));
     // SAFETY: kill has no memory preconditions; the pid is our live child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().expect("wait for tamalloc trace");

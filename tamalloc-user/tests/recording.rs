@@ -8,10 +8,8 @@
 //! they fail with that message rather than pass silently.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::Path,
     process::{Command, Output, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
@@ -19,7 +17,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{KINDS, TempDir, bin, by_type, json_lines, require_root, succeeds};
+use common::{KINDS, TempDir, bin, by_type, json_lines, require_root, succeeds, wait_for_line};
 
 fn record(args: &[&str], command: &[&str]) -> Output {
     let mut cmd = Command::new(bin());
@@ -53,22 +51,7 @@ fn record_is_complete_after_ctrl_c() {
         .spawn()
         .expect("start tamalloc record");
     // Interrupt once the demo is touching pages: its first progress line.
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let started = loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) if l.contains("touched") => break true,
-            Ok(_) => continue,
-            Err(_) => break false,
-        }
-    };
+    let started = wait_for_line(&mut child, "touched", Duration::from_secs(60));
     // Let some faults happen first.
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill has no memory preconditions; the pid is our live child.

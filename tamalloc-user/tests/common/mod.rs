@@ -132,3 +132,37 @@ pub fn succeeds(mut cmd: Command, what: &str) -> Output {
     );
     out
 }
+
+/// Reads `child`'s stdout on a thread until a line containing `needle` arrives (true), or
+/// `timeout` passes or the output ends first (false).
+#[allow(dead_code, reason = "each test crate uses a subset of these helpers")]
+pub fn wait_for_line(
+    child: &mut std::process::Child,
+    needle: &str,
+    timeout: std::time::Duration,
+) -> bool {
+    use std::io::BufRead as _;
+    let Some(stdout) = child.stdout.take() else {
+        return false;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(needle) => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+}
