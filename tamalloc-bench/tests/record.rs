@@ -61,7 +61,15 @@ fn record_converts_to_exactly_what_each_live_exporter_wrote() {
         if format == "jsonl" {
             let records = json_lines(Path::new(&conv));
             for ty in [
-                "meta", "region", "fault", "fork", "unmap", "remap", "exit", "summary",
+                "meta",
+                "region",
+                "fault",
+                "fork",
+                "unmap",
+                "remap",
+                "exit",
+                "summary",
+                "region_summary",
             ] {
                 assert!(!by_type(&records, ty).is_empty(), "no {ty} record");
             }
