@@ -45,22 +45,4 @@ run munmap-fail
 run mremap-onto
 run clone-vm
 run ia32
-# --regions (issue 14): an unmodified program's heap, calloc and mmap (anon), and ranges
-# named with prctl (name:arena: this kernel has CONFIG_ANON_VMA_NAME), checked per range.
-ranges() {
-	name=$1
-	regions=$2
-	rm -f scn-trace.jsonl scn-expect.jsonl
-	if tamalloc trace --quiet --regions "$regions" --output scn-trace.jsonl -- \
-		tamalloc-bench scenario "$name" --report scn-expect.jsonl &&
-		tamalloc-bench check-ranges --expect scn-expect.jsonl --trace scn-trace.jsonl; then
-		echo "scenarios: ok: $name (--regions $regions)"
-	else
-		echo "scenarios: FAILED: $name (--regions $regions)"
-		cat scn-expect.jsonl
-		fail=1
-	fi
-}
-ranges anon anon
-ranges named name:arena
 exit "$fail"
