@@ -8,8 +8,10 @@
 //! they fail with that message rather than pass silently.
 
 use std::{
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::Path,
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -18,12 +20,6 @@ use serde_json::Value;
 mod common;
 
 use common::{KINDS, TempDir, bin, by_type, json_lines, require_root, succeeds, wait_for_line};
-
-fn record(args: &[&str], command: &[&str]) -> Output {
-    let mut cmd = Command::new(bin());
-    cmd.arg("record").args(args).arg("--").args(command);
-    succeeds(cmd, "tamalloc record")
-}
 
 /// `tamalloc report REC --format jsonl -o OUT`, which must succeed; the records and stderr.
 fn to_jsonl(dir: &TempDir, rec: &str) -> (Vec<Value>, String) {
@@ -88,26 +84,78 @@ fn record_is_complete_after_ctrl_c() {
     assert!(dir.path("r.svg").is_file());
 }
 
-/// At the smallest ring, a demo faulting as fast as it can overflows it: the drops record
-/// says exactly how many fault events the ring refused, i.e. the faults the counters saw
-/// (the summaries) minus the fault records that reached the file.
+/// At the smallest ring, a demo faults while the tracer cannot drain (it is stopped), so
+/// the ring overflows for certain: the drops record says exactly how many fault events the
+/// ring refused, i.e. the faults the counters saw (the summaries) minus the fault records
+/// that reached the file. (Left running, the tracer may well keep up with a 4 KiB ring on
+/// a quiet machine.)
 #[test]
 fn record_counts_drops_exactly_at_a_small_ring() {
     require_root();
     let dir = TempDir::new("record-drops");
     let rec = dir.arg("r.tamrec");
-    record(
-        &["-o", &rec, "--ring-size", "4KiB"],
-        &[
-            bin(),
-            "demo",
-            "--size",
-            "64MiB",
-            "--rate",
-            "0",
-            "--read-first",
-        ],
+    let (go, done) = (dir.arg("go"), dir.arg("done"));
+    let fifo = std::ffi::CString::new(go.as_str()).expect("a path without NUL");
+    // SAFETY: a NUL-terminated path in our own temp dir.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+    // The demo starts when told, and says when it is done.
+    let script = format!(
+        "read _ < {go}; {} demo --size 64MiB --rate 0 --read-first > {done}.tmp && mv {done}.tmp {done}",
+        bin()
     );
+    let mut tracer = Command::new(bin())
+        .args([
+            "record",
+            "-o",
+            &rec,
+            "--ring-size",
+            "4KiB",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tamalloc record");
+    // The command runs once every probe is attached: its end of the FIFO opening says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&go)
+        {
+            Ok(f) => break f,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("the traced command never started: {e}"),
+        }
+    };
+    let pid = tracer.id() as libc::pid_t;
+    // SAFETY: kill has no memory preconditions; the pid is our live child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    writer.write_all(b"go\n").expect("release the demo");
+    drop(writer);
+    let finished = loop {
+        if Path::new(&done).exists() {
+            break true;
+        }
+        if std::time::Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let status = tracer.wait().expect("wait for tamalloc record");
+    assert!(
+        finished,
+        "the demo did not finish while the tracer was stopped"
+    );
+    assert!(status.success(), "tamalloc record: {status}");
     let (records, _) = to_jsonl(&dir, &rec);
     let counted: u64 = by_type(&records, "summary")
         .iter()
