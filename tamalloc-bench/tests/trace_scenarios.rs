@@ -116,6 +116,20 @@ fn exact(mode: Option<&str>, args: &[&str]) {
     // The documented limits this run asserted instead of the truth.
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(r.drops()["map_full"], r.map_full(), "drops.map_full");
+    // A child's fault events name their regions through its origin's markers.
+    assert_eq!(
+        r.drops()["region_unresolved"].as_u64().unwrap_or(0),
+        0,
+        "drops.region_unresolved"
+    );
+    if args[0] == "prefork" {
+        // Every child's faults are in regions the parent made before forking.
+        let unnamed = by_type(&r.records, "fault")
+            .into_iter()
+            .filter(|f| f["region"].as_u64().unwrap_or(0) == 0)
+            .count();
+        assert_eq!(unnamed, 0, "fault events that name no region");
+    }
 }
 
 /// Whether this kernel runs kernel mode. When it does not, the fallback is asserted instead:
@@ -194,7 +208,7 @@ scenario_tests! {
     wipeonfork => ["wipeonfork"];
     // 32 `write_zero` (mincore after the failed MADV_DONTNEED: 0 resident).
     dontneed_over_a_hole => ["dontneed-hole"];
-    // pre-fork server: every child exact; map_full as README documents (MARKERS' room).
+    // pre-fork server: every child exact, no map_full (children share the parent's markers).
     prefork_1000_regions_300_children => ["prefork", "--regions", "1000", "--children", "300"];
     prefork_10000_regions_300_children => ["prefork", "--regions", "10000", "--children", "300"];
     // MADV_FREE keeps pages: re-writing is no fault (page content), child 16 `cow`.

@@ -31,4 +31,8 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::KernelLayout {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::maps::Heap {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::maps::Marker {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::maps::Proc {}
 }

@@ -13,14 +13,23 @@
 //! space, so the fault path costs one hash lookup whatever the number of regions:
 //!
 //! ```text
-//! CHUNKS[(tgid, addr >> 21)] -> Chunk { in_region, zero, start bitmaps (512 pages),
+//! INSTANCE[tgid]             -> inst: the process's current address space (0: none followed)
+//! CHUNKS[(inst, addr >> 21)] -> Chunk { in_region, zero, start bitmaps (512 pages),
 //!                                       carry: the region entering at page 0 }
-//! MARKERS[(tgid, page addr)] -> RegionRef   for every page with a `start` bit
+//! MARKERS[(inst, page addr)] -> Marker      for every page with a `start` bit
 //! ```
 //!
 //! A region keeps the identity it was born with (its first address) even after partial
 //! `munmap`s or an `mremap`, so a page's region is "the nearest start marker at or below it
 //! in its chunk, else the chunk's carry", and its page index follows from the marker.
+//!
+//! Keys name an *instance* (a counter slot and its generation), not a pid: a process gets
+//! a new one at exec, and a reused pid a new one too, so nothing of a dead address space is ever found again; exit and exec drop
+//! an instance in O(1) (`DEAD`, then userspace deletes its entries). A forked child copies
+//! its parent's chunks (page states diverge at once) but not its markers: it links to the
+//! parent's instance as its *origin* (`PROC`), and finds there every marker the parent set
+//! before the fork (a marker's `set_epoch` against the fork's epoch). A pre-fork server's
+//! 300 children share its 10,000 markers instead of holding 3,000,000.
 
 use crate::trace::{FAULT_KINDS, PAGE_SHIFT};
 
@@ -50,8 +59,14 @@ pub const SLOTS: &str = "SLOTS";
 pub const RETIRED: &str = "RETIRED";
 /// Free counter slots.
 pub const FREE_SLOTS: &str = "FREE_SLOTS";
-/// Bit `tgid`: the process may have chunks.
-pub const PID_GATE: &str = "PID_GATE";
+/// `tgid` -> its instance (0: none, so a fault costs one array read).
+pub const INSTANCE: &str = "INSTANCE";
+/// Per counter slot: the process's instance, fork epoch and origin.
+pub const PROC: &str = "PROC";
+/// Instances that ended (exit, exec), for userspace to delete their entries.
+pub const DEAD: &str = "DEAD";
+/// Instance -> live processes whose origin it is: its markers stay while any is left.
+pub const ORIGIN_REFS: &str = "ORIGIN_REFS";
 /// The programs `sys_enter`/`sys_exit` tail-call (slots in [`TAIL_PROGRAMS`]).
 pub const TAIL_PROGS: &str = "TAIL_PROGS";
 /// The event ring.
@@ -66,7 +81,7 @@ pub const HEAPS: &str = "HEAPS";
 pub const REGION_NAME: &str = "REGION_NAME";
 
 /// Every map of the object.
-pub const ALL_MAPS: [&str; 17] = [
+pub const ALL_MAPS: [&str; 20] = [
     CONFIG,
     TRACED,
     PENDING,
@@ -77,7 +92,10 @@ pub const ALL_MAPS: [&str; 17] = [
     SLOTS,
     RETIRED,
     FREE_SLOTS,
-    PID_GATE,
+    INSTANCE,
+    PROC,
+    DEAD,
+    ORIGIN_REFS,
     TAIL_PROGS,
     EVENTS,
     DROPS,
@@ -236,29 +254,66 @@ pub struct PidCounters {
 /// Processes with counters at once (slots of `COUNTERS`).
 pub const MAX_PROCS: u32 = 8192;
 
-/// The largest tgid plus one (`PID_MAX_LIMIT` on 64-bit).
+/// The largest tgid plus one (`PID_MAX_LIMIT` on 64-bit): `INSTANCE`'s length.
 pub const PID_LIMIT: u32 = 1 << 22;
-/// Words of the `PID_GATE` bitmap: bit `tgid` is set once the process has a counter slot,
-/// so a fault of any other process costs one array read, not a hash lookup.
-pub const PID_GATE_WORDS: u32 = PID_LIMIT / 64;
 
-/// `CHUNKS` key: the tgid in the top 24 bits, `addr >> CHUNK_SHIFT` (under 2^35 for
-/// 5-level paging's 56-bit user addresses) in the low 40. One word hashes and compares
-/// faster than a (tgid, chunk) pair, and the fault path pays that on every fault.
+/// Instance numbers are below this (they fill the top bits of a [`ChunkKey`]); 0 is none.
+pub const INSTANCE_LIMIT: u64 = 1 << 29;
+/// An instance is its counter slot (the low bits: `--max-procs` is at most 2^20) and that
+/// slot's generation (the high 9), moved on at every claim of the slot and every exec, by
+/// the slot's one owner, so no atomic counter is needed. A generation comes back after 511
+/// more: long after userspace deleted its entries (every refresh).
+pub const INSTANCE_SLOT_BITS: u32 = 20;
+
+/// The instance after `prev` for the process in `slot`: the next generation (1..=511).
+#[inline(always)]
+pub const fn next_instance(prev: u32, slot: u32) -> u32 {
+    let gens = (INSTANCE_LIMIT >> INSTANCE_SLOT_BITS) as u32;
+    let gen_now = prev >> INSTANCE_SLOT_BITS;
+    let next = if gen_now + 1 >= gens { 1 } else { gen_now + 1 };
+    (next << INSTANCE_SLOT_BITS) | (slot & ((1 << INSTANCE_SLOT_BITS) - 1))
+}
+
+/// `PROC[slot]`: what the programs know of the process in counter slot `slot`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Proc {
+    /// Its instance: set when the slot is claimed and at every exec.
+    pub inst: u32,
+    /// The instance whose markers it inherited at its fork (0: none).
+    pub origin: u32,
+    /// Forks of this instance so far: a marker it sets carries this as `set_epoch`.
+    pub epoch: u64,
+    /// The origin's `epoch` at the fork: its markers with `set_epoch` up to this are ours.
+    pub origin_epoch: u64,
+}
+
+/// `MARKERS` value: a region's identity at a page that starts it, and when it was set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Marker {
+    pub region: RegionRef,
+    /// The setter's `Proc::epoch` then: children forked later see it, earlier ones do not.
+    pub set_epoch: u64,
+}
+
+/// `CHUNKS` key: the instance in the top 29 bits, `addr >> CHUNK_SHIFT` (under 2^35 for
+/// 5-level paging's 56-bit user addresses) in the low 35. One word hashes and compares
+/// faster than a pair, and the fault path pays that on every fault.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ChunkKey(u64);
 
 impl ChunkKey {
-    const CHUNK_BITS: u32 = 40;
+    const CHUNK_BITS: u32 = 35;
 
     #[inline(always)]
-    pub const fn new(tgid: u32, chunk: u64) -> Self {
-        Self(((tgid as u64) << Self::CHUNK_BITS) | (chunk & ((1 << Self::CHUNK_BITS) - 1)))
+    pub const fn new(inst: u32, chunk: u64) -> Self {
+        Self(((inst as u64) << Self::CHUNK_BITS) | (chunk & ((1 << Self::CHUNK_BITS) - 1)))
     }
 
     #[inline(always)]
-    pub const fn tgid(self) -> u32 {
+    pub const fn inst(self) -> u32 {
         (self.0 >> Self::CHUNK_BITS) as u32
     }
 
@@ -315,7 +370,7 @@ pub const CHUNK_RESTRICTED: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MarkerKey {
-    pub tgid: u32,
+    pub inst: u32,
     pub _pad: u32,
     pub page_addr: u64,
 }
@@ -436,7 +491,10 @@ pub const DROP_MAP_FULL: u32 = 2;
 pub const DROP_TRACED_FULL: u32 = 3;
 /// A region was cut short: `CHUNKS` had no room for its tail, which is not counted.
 pub const DROP_REGION_CUT: u32 = 4;
-pub const DROP_SLOTS: u32 = 5;
+/// A fault event of a forked child names no region: the parent replaced the region's
+/// marker after the fork (counts are unaffected).
+pub const DROP_REGION_UNRESOLVED: u32 = 5;
+pub const DROP_SLOTS: u32 = 6;
 
 #[cfg(test)]
 mod tests {
@@ -455,19 +513,35 @@ mod tests {
     #[test]
     fn chunk_key_keeps_tgid_and_chunk_apart() {
         let top_chunk = ((1u64 << 56) - 1) >> CHUNK_SHIFT;
-        for (tgid, chunk) in [
+        let top_inst = (INSTANCE_LIMIT - 1) as u32;
+        for (inst, chunk) in [
             (1, 0),
-            (PID_LIMIT - 1, top_chunk),
+            (top_inst, top_chunk),
             (4242, 0x7fff_ffff_f000 >> 21),
         ] {
-            let k = ChunkKey::new(tgid, chunk);
-            assert_eq!((k.tgid(), k.chunk()), (tgid, chunk));
+            let k = ChunkKey::new(inst, chunk);
+            assert_eq!((k.inst(), k.chunk()), (inst, chunk));
         }
         assert_ne!(ChunkKey::new(1, 2), ChunkKey::new(2, 1));
     }
 
     #[test]
-    fn chunk_size_is_pinned() {
-        assert_eq!(core::mem::size_of::<Chunk>(), 280 + 4 * 64);
+    fn instances_are_never_zero_keep_their_slot_and_fit_a_chunk_key() {
+        let top_slot = (1 << INSTANCE_SLOT_BITS) - 1;
+        for slot in [0, 1, 8191, top_slot] {
+            let mut inst = 0;
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..511 {
+                inst = next_instance(inst, slot);
+                assert!(
+                    inst != 0 && u64::from(inst) < INSTANCE_LIMIT,
+                    "{slot} -> {inst}"
+                );
+                assert_eq!(inst & top_slot, slot);
+                assert!(seen.insert(inst), "generation repeated early: {inst:#x}");
+            }
+            // The 512th wraps to the first generation.
+            assert_eq!(next_instance(inst, slot), next_instance(0, slot));
+        }
     }
 }

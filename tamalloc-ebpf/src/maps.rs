@@ -8,12 +8,12 @@ use aya_ebpf::{
 use tamalloc_common::{
     maps::{
         ANON_NAME_MAX, Chunk, ChunkKey, Config, DROP_FAULT_EVENTS, DROP_MAP_FULL, DROP_SLOTS, Heap,
-        MAX_PROCS, MarkerKey, PID_GATE_WORDS, Pending, PidCounters, RegionRef,
+        MAX_PROCS, Marker, MarkerKey, PID_LIMIT, Pending, PidCounters, Proc, next_instance,
     },
     trace::Event,
 };
 
-use crate::atomics::{fetch_and, fetch_or};
+use crate::atomics::{atomic_add, atomic_sub};
 
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -37,7 +37,7 @@ pub static CHUNKS: HashMap<ChunkKey, Chunk> = HashMap::with_max_entries(262_144,
 named_map!(CHUNKS);
 
 #[map]
-pub static MARKERS: HashMap<MarkerKey, RegionRef> =
+pub static MARKERS: HashMap<MarkerKey, Marker> =
     HashMap::with_max_entries(262_144, BPF_F_NO_PREALLOC);
 named_map!(MARKERS);
 
@@ -84,12 +84,29 @@ named_map!(RETIRED);
 pub static FREE_SLOTS: Queue<u32> = Queue::with_max_entries(MAX_PROCS, 0);
 named_map!(FREE_SLOTS);
 
-/// Bit `tgid`: the process has a slot (so it may have chunks). Bits are set before a
-/// process's first chunk exists and cleared after its last one is gone, so a clear bit
-/// lets the fault path return after one array read.
+/// `tgid` -> its instance, the key of its chunks and markers; 0 when it has none. Set
+/// before a process's first chunk exists and cleared when its address space ends (exit,
+/// exec), so a zero lets the fault path return after one array read.
 #[map]
-pub static PID_GATE: Array<u64> = Array::with_max_entries(PID_GATE_WORDS, 0);
-named_map!(PID_GATE);
+pub static INSTANCE: Array<u32> = Array::with_max_entries(PID_LIMIT, 0);
+named_map!(INSTANCE);
+
+/// Per counter slot: the process's instance, fork epoch and origin (sized like `COUNTERS`).
+#[map]
+pub static PROC: Array<Proc> = Array::with_max_entries(MAX_PROCS, 0);
+named_map!(PROC);
+
+/// Ended instances, for userspace to delete their chunks and (once no child needs them)
+/// their markers.
+#[map]
+pub static DEAD: Queue<u32> = Queue::with_max_entries(2 * MAX_PROCS, 0);
+named_map!(DEAD);
+
+/// Instance -> processes linked to it as their origin (twice `COUNTERS`' room: ended
+/// origins wait here for their last child).
+#[map]
+pub static ORIGIN_REFS: HashMap<u32, u64> = HashMap::with_max_entries(2 * MAX_PROCS, 0);
+named_map!(ORIGIN_REFS);
 
 /// The programs `sys_enter`/`sys_exit` tail-call for the syscall at hand.
 #[map]
@@ -157,20 +174,12 @@ fn wakeup(drop_slot: u32) -> u64 {
     }
 }
 
-/// Whether `tgid` may have chunks (its `PID_GATE` bit).
+/// `tgid`'s instance, 0 when it has no chunks.
 #[inline(always)]
-pub fn gated_in(tgid: u32) -> bool {
-    match PID_GATE.get(tgid >> 6) {
-        Some(w) => *w & (1 << (tgid & 63)) != 0,
-        None => false,
-    }
-}
-
-/// Clears `tgid`'s `PID_GATE` bit, once it has no chunks left.
-#[inline(always)]
-pub fn gate_out(tgid: u32) {
-    if let Some(w) = PID_GATE.get_ptr_mut(tgid >> 6) {
-        fetch_and(w, !(1 << (tgid & 63)));
+pub fn instance_of(tgid: u32) -> u32 {
+    match INSTANCE.get(tgid) {
+        Some(i) => *i,
+        None => 0,
     }
 }
 
@@ -181,9 +190,29 @@ pub fn slot_of(tgid: u32) -> Option<u32> {
     unsafe { SLOTS.get(tgid) }.copied()
 }
 
-/// `tgid`'s counter slot, taken from the free ones on first use; opens its gate.
+/// Gives the process in `slot` its next instance, with no origin (a new process, or an
+/// exec).
 #[inline(always)]
-pub fn claim_slot(tgid: u32) -> Option<u32> {
+pub fn start_instance(slot: u32) -> Option<u32> {
+    let p = PROC.get_ptr_mut(slot)?;
+    // SAFETY: a live map value; the slot's one owner writes it: the claimer that popped it
+    // (before publishing it), or the process at exec (its only thread then).
+    unsafe {
+        let inst = next_instance((*p).inst, slot);
+        *p = Proc {
+            inst,
+            origin: 0,
+            epoch: 0,
+            origin_epoch: 0,
+        };
+        Some(inst)
+    }
+}
+
+/// `tgid`'s counter slot and instance, taken on first use (a slot from the free ones, a
+/// fresh instance); opens its `INSTANCE` gate.
+#[inline(always)]
+pub fn claim(tgid: u32) -> Option<(u32, u32)> {
     let slot = match slot_of(tgid) {
         Some(s) => s,
         None => {
@@ -191,6 +220,8 @@ pub fn claim_slot(tgid: u32) -> Option<u32> {
                 count_drop(DROP_MAP_FULL);
                 return None;
             };
+            // The instance before the slot is published: whoever finds the slot finds it.
+            start_instance(fresh)?;
             // BPF_NOEXIST: a concurrent claimer may have won; then give ours back.
             if SLOTS.insert(tgid, fresh, 1).is_err() {
                 let _ = FREE_SLOTS.push(fresh, 0);
@@ -198,10 +229,76 @@ pub fn claim_slot(tgid: u32) -> Option<u32> {
             slot_of(tgid)?
         }
     };
-    if let Some(w) = PID_GATE.get_ptr_mut(tgid >> 6) {
-        fetch_or(w, 1 << (tgid & 63));
+    let inst = PROC.get(slot)?.inst;
+    if let Some(g) = INSTANCE.get_ptr_mut(tgid) {
+        // SAFETY: a live map value; every writer stores this same value (or 0 at the end
+        // of the address space, which no thread of it outlives).
+        unsafe { *g = inst };
     }
-    Some(slot)
+    Some((slot, inst))
+}
+
+/// `tgid`'s counter slot, taken on first use (see [`claim`]).
+#[inline(always)]
+pub fn claim_slot(tgid: u32) -> Option<u32> {
+    claim(tgid).map(|(slot, _)| slot)
+}
+
+/// The process in `slot` (`tgid`) lost its address space (exit or exec): its instance is
+/// closed (`INSTANCE` 0) and queued for userspace to delete, and its link to its origin
+/// dropped. O(1): no map is walked.
+#[inline(always)]
+pub fn end_instance(tgid: u32, slot: u32) {
+    if let Some(g) = INSTANCE.get_ptr_mut(tgid) {
+        // SAFETY: a live map value (see `claim`).
+        unsafe { *g = 0 };
+    }
+    let Some(p) = PROC.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: a live map value; exit and exec run when no other thread of the process does.
+    let (inst, origin) = unsafe { ((*p).inst, (*p).origin) };
+    if origin != 0 {
+        unlink_origin(origin);
+        // SAFETY: as above.
+        unsafe { (*p).origin = 0 };
+    }
+    if inst != 0 && DEAD.push(inst, 0).is_err() {
+        // Its entries stay until the tracer ends (counted, never found again).
+        count_drop(DROP_MAP_FULL);
+    }
+}
+
+/// One process fewer whose origin is `origin`.
+#[inline(always)]
+pub fn unlink_origin(origin: u32) {
+    if let Some(r) = ORIGIN_REFS.get_ptr_mut(origin) {
+        atomic_sub(r, 1);
+    }
+}
+
+/// One process more whose origin is `origin`; false when `ORIGIN_REFS` is full.
+#[inline(always)]
+pub fn link_origin(origin: u32) -> bool {
+    // BPF_NOEXIST: an existing count is kept.
+    let _ = ORIGIN_REFS.insert(origin, 0u64, 1);
+    match ORIGIN_REFS.get_ptr_mut(origin) {
+        Some(r) => {
+            atomic_add(r, 1);
+            true
+        }
+        None => {
+            count_drop(DROP_MAP_FULL);
+            false
+        }
+    }
+}
+
+/// Whether some live process has `inst` as its origin (its markers must stay).
+#[inline(always)]
+pub fn has_children(inst: u32) -> bool {
+    // SAFETY: plain-data map value read for this program run.
+    unsafe { ORIGIN_REFS.get(inst) }.is_some_and(|n| *n != 0)
 }
 
 /// This CPU's counters in `slot`.

@@ -136,15 +136,6 @@ pub struct PreforkArgs {
     children: u64,
 }
 
-/// MARKERS' room (tamalloc-ebpf/src/maps.rs: `MARKERS`, 262,144 entries for all processes).
-const MARKERS_CAPACITY: u64 = 262_144;
-/// README "Known limits, both modes", on a fork that finds MARKERS full.
-const PREFORK_LIMIT: &str = "`MARKERS` holds one entry per region of every followed process \
-     (262,144 in all); a region a fork cannot copy there is one `map_full` drop (a pre-fork \
-     server with 1,000 regions and 300 children: 38,856; 10,000 regions: 2,747,856). The \
-     counts stay exact; only the `fault` events of such a region's pages name no region \
-     (`region` and `page` 0).";
-
 /// Pages per pre-fork region.
 const PREFORK_PAGES: usize = 2;
 /// Regions whose page 0 the parent writes before forking.
@@ -153,7 +144,9 @@ const PREFORK_WRITTEN: usize = 10;
 /// A pre-fork server: the parent holds `regions` two-page regions, writes page 0 of the
 /// first ten, and forks `children` children that stay alive until all are forked. Child `i`
 /// writes page 0 of ten regions (a copy-on-write of the parent's page for the first ten
-/// regions, a first touch for the others) and reads page 1 of three. Truth: bookkeeping.
+/// regions, a first touch for the others) and reads page 1 of three; child 0 also forks a
+/// grandchild (see [`grandchild`]). Truth: bookkeeping;
+/// every fault event names its region (`check-trace`), and nothing is dropped.
 pub fn prefork(report: Option<&Path>, args: &PreforkArgs) -> anyhow::Result<Outcome> {
     no_thp();
     let n = args.regions as usize;
@@ -176,6 +169,8 @@ pub fn prefork(report: Option<&Path>, args: &PreforkArgs) -> anyhow::Result<Outc
         bail!("pipe: {}", std::io::Error::last_os_error());
     }
     let mut children = Vec::new();
+    // What a fork costs the parent (traced or not: compare by hand, never asserted).
+    let started = std::time::Instant::now();
     for i in 0..args.children as usize {
         let bases = &bases;
         let pid = fork_child(|| {
@@ -201,10 +196,14 @@ pub fn prefork(report: Option<&Path>, args: &PreforkArgs) -> anyhow::Result<Outc
                 read(bases[(i + k * 7) % n], 1);
                 c.add(FaultKind::ReadZero, 1);
             }
+            if i == 0 {
+                grandchild(report, bases, &mut c)?;
+            }
             c.emit(report)
         })?;
         children.push(pid);
     }
+    let fork_ns = started.elapsed().as_nanos() as u64 / args.children;
     // SAFETY: closing our ends of the pipe releases the children.
     unsafe {
         libc::close(fds[1]);
@@ -214,27 +213,45 @@ pub fn prefork(report: Option<&Path>, args: &PreforkArgs) -> anyhow::Result<Outc
         wait_ok(pid)?;
     }
     t.info("children", args.children);
-    // Every process holds a start marker per region; those beyond MARKERS' room are lost.
-    let markers = (args.children + 1) * args.regions;
-    let lost = markers.saturating_sub(MARKERS_CAPACITY);
-    if lost > 0 {
-        t.limit_in_both_modes(
-            PREFORK_LIMIT,
-            &[(FaultKind::WriteZero, PREFORK_WRITTEN as u64)],
-        );
-        t.in_both_modes("regions", args.regions);
-        t.in_both_modes("map_full", lost);
-    }
+    t.info("fork_mean_us", fork_ns / 1000);
+    // The children share the parent's markers (their origin): no `map_full`, however many
+    // regions times children (README "How the tracer keeps up": 10,000 x 300 was 2,747,856
+    // lost markers when each child held a copy).
     t.emit(report)?;
     Ok(Outcome::Ran)
 }
 
+/// Child 0 of the pre-fork server makes a region of its own, then forks: the grandchild
+/// inherits the server's markers through the same origin as its parent (links stay one
+/// deep) and its parent's own marker as a copy. It writes page 0 of region 10 (child 0
+/// wrote it: a `cow`), page 1 of the last region (nobody touched it) and page 0 of child
+/// 0's region, each fault naming its region.
+fn grandchild(report: Option<&Path>, bases: &[*mut u8], c: &mut Truth) -> anyhow::Result<()> {
+    let own = region(PREFORK_PAGES)?;
+    c.regions = 1;
+    let last = bases[bases.len() - 1];
+    let g = fork_child(|| {
+        let mut t = Truth::new(
+            "prefork",
+            "bookkeeping: grandchild of child 0, which wrote page 0 of region 10",
+        );
+        write(bases[PREFORK_WRITTEN], 0);
+        t.add(FaultKind::Cow, 1);
+        write(last, 1);
+        t.add(FaultKind::WriteZero, 1);
+        write(own, 0);
+        t.add(FaultKind::WriteZero, 1);
+        t.emit(report)
+    })?;
+    wait_ok(g)
+}
+
 const RACE_PAGES: usize = 4096;
 /// README "Known limits, both modes": the pages a child's first write may count `other`.
-const FORK_RACE_LIMIT: &str = "A fork copies the parent's regions by walking `CHUNKS` and \
-     `MARKERS` whole, after the kernel copied the address space, so in tracepoint mode a \
-     sibling thread's fault on a page in between can be inherited wrongly (the child's first \
-     fault on that page then counts `other` or the other first-touch kind)";
+const FORK_RACE_LIMIT: &str = "A fork copies the parent's chunks (one walk of `CHUNKS`) \
+     after the kernel copied the address space, so in tracepoint mode a sibling thread's \
+     fault on a page in between can be inherited wrongly (the child's first fault on that \
+     page then counts `other` or the other first-touch kind)";
 const RACE_FORKS: usize = 16;
 
 /// The writer's state, in a MAP_SHARED mapping: a fork write-protects none of it.

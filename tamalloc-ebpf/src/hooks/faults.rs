@@ -3,7 +3,7 @@
 //!
 //! This runs on every page fault of the machine. Raw tracepoints: the arguments come
 //! straight from the call site, without the perf record a classic tracepoint fills first.
-//! A process without regions costs one array read (its `PID_GATE` bit); a region page one
+//! A process without regions costs one array read (its `INSTANCE`); a region page one
 //! hash lookup (its chunk), one atomic bit operation and a per-CPU array increment.
 
 use aya_ebpf::{
@@ -18,7 +18,7 @@ use tamalloc_common::{
 
 use crate::{
     atomics::{fetch_and, fetch_or},
-    maps::{emit, gated_in, slot_counters},
+    maps::{emit, instance_of, slot_counters},
     regions,
 };
 
@@ -48,7 +48,8 @@ named_program!(page_fault_events = PAGE_FAULT_EVENTS);
 fn on_fault<const STREAM: bool>(ctx: &RawTracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !gated_in(tgid) {
+    let inst = instance_of(tgid);
+    if inst == 0 {
         return;
     }
     let addr: u64 = ctx.arg(0);
@@ -57,7 +58,7 @@ fn on_fault<const STREAM: bool>(ctx: &RawTracePointContext) {
     if addr >= USER_END {
         return;
     }
-    let Some(f) = regions::followed(tgid, addr) else {
+    let Some(f) = regions::followed(inst, addr) else {
         return;
     };
     let (ch, page) = (f.chunk, f.page);
@@ -114,7 +115,7 @@ fn on_fault<const STREAM: bool>(ctx: &RawTracePointContext) {
         return;
     }
     // SAFETY: as above; only read.
-    let r = regions::resolve(unsafe { &*ch }, tgid, addr >> CHUNK_SHIFT, page);
+    let r = regions::resolve(unsafe { &*ch }, inst, addr >> CHUNK_SHIFT, page);
     emit(
         &Event {
             // SAFETY: helper without preconditions.

@@ -5,7 +5,7 @@
 //! These run only where the kernel fills a pte-none (or pmd-none) entry, or handles a write
 //! to a write-protected one: a fault that finds its page mapped (swap-in, NUMA hinting, a
 //! spurious fault) and every fault outside anonymous first touches costs nothing here. The
-//! fast path: the process's `PID_GATE` bit (one array read), one copy of the start of
+//! fast path: the process's `INSTANCE` (one array read), one copy of the start of
 //! `struct vm_fault`, one chunk lookup, one per-CPU increment. No per-page state: what the
 //! kernel installed is the kernel's page table, read by the kernel itself.
 //!
@@ -24,7 +24,7 @@ use tamalloc_common::{
 
 use super::faults::USER_END;
 use crate::{
-    maps::{emit, gated_in, slot_counters},
+    maps::{emit, instance_of, slot_counters},
     regions::{self, Followed},
 };
 
@@ -107,7 +107,8 @@ named_program!(huge_wp_fault = HUGE_WP_FAULT);
 pub fn access_error(ctx: FEntryContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !gated_in(tgid) {
+    let inst = instance_of(tgid);
+    if inst == 0 {
         return 0;
     }
     let addr: u64 = ctx.arg(2);
@@ -115,12 +116,13 @@ pub fn access_error(ctx: FEntryContext) -> u32 {
     if addr >= USER_END {
         return 0;
     }
-    if let Some(f) = regions::followed(tgid, addr) {
+    if let Some(f) = regions::followed(inst, addr) {
         count(&f, FaultKind::Other, 1, false);
         if layout().stream != 0 {
             stream(
                 &f,
                 tgid,
+                inst,
                 pid_tgid as u32,
                 addr,
                 FaultKind::Other,
@@ -136,7 +138,8 @@ named_program!(access_error = ACCESS_ERROR);
 fn on_install(ctx: &FExitContext, at: Install) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !gated_in(tgid) {
+    let inst = instance_of(tgid);
+    if inst == 0 {
         return;
     }
     let vmf: *const Window = ctx.arg(0);
@@ -153,7 +156,7 @@ fn on_install(ctx: &FExitContext, at: Install) {
     let Some((kind, pages)) = classify_install(at, flags, ret as u32, orig_pte) else {
         return;
     };
-    let Some(f) = regions::followed(tgid, addr) else {
+    let Some(f) = regions::followed(inst, addr) else {
         return;
     };
     let huge = pages > 1;
@@ -161,7 +164,15 @@ fn on_install(ctx: &FExitContext, at: Install) {
     let pages = if huge { followed_pages(&f) } else { pages };
     count(&f, kind, pages, huge);
     if l.stream != 0 {
-        stream(&f, tgid, pid_tgid as u32, addr, kind, u64::from(flags));
+        stream(
+            &f,
+            tgid,
+            inst,
+            pid_tgid as u32,
+            addr,
+            kind,
+            u64::from(flags),
+        );
     }
 }
 
@@ -191,9 +202,9 @@ fn count(f: &Followed, kind: FaultKind, pages: u64, huge: bool) {
 }
 
 #[inline(always)]
-fn stream(f: &Followed, tgid: u32, tid: u32, addr: u64, kind: FaultKind, detail: u64) {
+fn stream(f: &Followed, tgid: u32, inst: u32, tid: u32, addr: u64, kind: FaultKind, detail: u64) {
     // SAFETY: a live map value, only read.
-    let r = regions::resolve(unsafe { &*f.chunk }, tgid, addr >> CHUNK_SHIFT, f.page);
+    let r = regions::resolve(unsafe { &*f.chunk }, inst, addr >> CHUNK_SHIFT, f.page);
     emit(
         &Event {
             // SAFETY: helper without preconditions.

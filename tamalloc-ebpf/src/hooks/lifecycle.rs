@@ -1,5 +1,6 @@
 //! `sched` tracepoints: a forked child gets a copy of its parent's regions before it first
-//! runs; exec and exit drop a process's regions at once, so a reused address never counts.
+//! runs; exec and exit end a process's instance at once (O(1): userspace deletes its
+//! entries later), so a reused address or pid never counts.
 
 use aya_ebpf::{
     helpers::{
@@ -21,8 +22,8 @@ use tamalloc_common::{
 use crate::{
     hooks::syscalls::{SYS_EXIT, add_reserved, anon_regions, tracked},
     maps::{
-        COUNTERS, HEAPS, PENDING, TRACED, config, count_drop, emit, gate_out, retire_slot,
-        slot_counters, slot_of,
+        COUNTERS, HEAPS, PENDING, TRACED, config, count_drop, emit, end_instance, retire_slot,
+        slot_counters, slot_of, start_instance,
     },
     regions,
 };
@@ -187,7 +188,9 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         let _ = TRACED.insert(tgid, TRACED_NOW, 0);
     }
     if let Some(slot) = slot_of(tgid) {
-        regions::forget(tgid);
+        // A new address space: a new instance, which its first region opens.
+        end_instance(tgid, slot);
+        start_instance(slot);
         clear_reserved(slot);
     } else if !tracked(tgid) {
         return 0;
@@ -233,9 +236,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let Some(slot) = slot_of(tgid) else {
         return 0;
     };
-    regions::forget(tgid);
-    // No chunk is left: faults of this pid can skip the chunk lookup again.
-    gate_out(tgid);
+    // Faults of this pid skip the chunk lookup again.
+    end_instance(tgid, slot);
     clear_reserved(slot);
     retire_slot(tgid, slot);
     lifecycle_event(EventKind::Exit, tgid, pid_tgid as u32, 0);

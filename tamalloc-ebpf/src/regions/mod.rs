@@ -1,6 +1,8 @@
 //! Region bookkeeping in `CHUNKS` and `MARKERS` (see `tamalloc_common::maps`): which
 //! pages are region pages and of which region, and what each maps. This module answers for
-//! one page; [`range`] changes a range of pages, [`process`] all of a process's.
+//! one page; [`range`] changes a range of pages, [`process`] copies a process's to a forked
+//! child. Entries are keyed by the process's instance (`INSTANCE[tgid]`), so exit and exec
+//! drop them in O(1) (`maps::end_instance`) and a reused pid starts empty.
 //!
 //! Bitmap words are changed with atomic or/and: faults on other CPUs set zero bits in the
 //! same words concurrently.
@@ -10,18 +12,19 @@ mod range;
 
 use tamalloc_common::{
     maps::{
-        CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, Chunk, ChunkKey, DROP_MAP_FULL, MarkerKey, RegionRef,
+        CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, Chunk, ChunkKey, DROP_MAP_FULL,
+        DROP_REGION_UNRESOLVED, Marker, MarkerKey, RegionRef,
     },
     trace::PAGE_SHIFT,
 };
 
 pub use self::{
-    process::{forget, fork},
+    process::fork,
     range::{Bits, add, copy_page_states, remove, remove_dying, reset, set_bits},
 };
 use crate::{
     atomics::fetch_or,
-    maps::{CHUNK_BUF, CHUNKS, MARKERS, ZERO_CHUNK, claim_slot, count_drop},
+    maps::{CHUNK_BUF, CHUNKS, MARKERS, PROC, ZERO_CHUNK, claim, count_drop, instance_of},
 };
 
 /// `bpf_loop` refuses more than 1 << 23 iterations: 16 TiB of address space in chunks.
@@ -45,31 +48,34 @@ fn word_mask(w: u64, lo: u64, hi: u64) -> u64 {
 }
 
 #[inline(always)]
-fn chunk_key(tgid: u32, chunk: u64) -> ChunkKey {
-    ChunkKey::new(tgid, chunk)
+fn chunk_key(inst: u32, chunk: u64) -> ChunkKey {
+    ChunkKey::new(inst, chunk)
 }
 
 #[inline(always)]
-fn marker_key(tgid: u32, page_addr: u64) -> MarkerKey {
+fn marker_key(inst: u32, page_addr: u64) -> MarkerKey {
     MarkerKey {
-        tgid,
+        inst,
         _pad: 0,
         page_addr,
     }
 }
 
-/// The chunk of `tgid` holding `addr`, created empty when `create` is set.
+/// Chunk `chunk` of `tgid`'s address space, created empty when `create` is set.
 #[inline(always)]
 fn chunk_ptr(tgid: u32, chunk: u64, create: bool) -> Option<*mut Chunk> {
-    let key = chunk_key(tgid, chunk);
-    if let Some(p) = CHUNKS.get_ptr_mut(key) {
+    let inst = instance_of(tgid);
+    if inst != 0
+        && let Some(p) = CHUNKS.get_ptr_mut(chunk_key(inst, chunk))
+    {
         return Some(p);
     }
     if !create {
         return None;
     }
-    // The slot (and the gate bit) before the chunk: a fault that finds the chunk counts.
-    let slot = claim_slot(tgid)?;
+    // The slot and instance (the gate) before the chunk: a fault that finds it counts.
+    let (slot, inst) = claim(tgid)?;
+    let key = chunk_key(inst, chunk);
     // BPF_NOEXIST: a concurrent creator wins and we use its entry.
     let zero = CHUNK_BUF.get_ptr(ZERO_CHUNK)?;
     #[expect(
@@ -87,10 +93,33 @@ fn chunk_ptr(tgid: u32, chunk: u64, create: bool) -> Option<*mut Chunk> {
     Some(p)
 }
 
-/// The region and page index of `page` (0..512) in chunk `chunk` of `tgid`, whose entry is
-/// `ch`. Callers have checked that the page is in a region.
+/// The marker at `page_addr` of instance `inst` (its process's counter slot `slot`): its
+/// own, else its origin's if the origin set it before the fork (see `maps::Proc`).
 #[inline(always)]
-pub fn resolve(ch: &Chunk, tgid: u32, chunk: u64, page: u64) -> RegionRef {
+fn marker_at(inst: u32, slot: u32, page_addr: u64) -> Option<RegionRef> {
+    // SAFETY: plain-data map value read for this program run.
+    if let Some(m) = unsafe { MARKERS.get(marker_key(inst, page_addr)) } {
+        return Some(m.region);
+    }
+    let p = PROC.get(slot)?;
+    if p.inst != inst || p.origin == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    match unsafe { MARKERS.get(marker_key(p.origin, page_addr)) } {
+        Some(m) if m.set_epoch <= p.origin_epoch => Some(m.region),
+        // The origin replaced it after the fork (or had no room for it).
+        _ => {
+            count_drop(DROP_REGION_UNRESOLVED);
+            None
+        }
+    }
+}
+
+/// The region and page index of `page` (0..512) in chunk `chunk` of instance `inst`, whose
+/// entry is `ch`. Callers have checked that the page is in a region.
+#[inline(always)]
+pub fn resolve(ch: &Chunk, inst: u32, chunk: u64, page: u64) -> RegionRef {
     let top = page >> 6;
     let top_mask = if page & 63 == 63 {
         u64::MAX
@@ -108,8 +137,7 @@ pub fn resolve(ch: &Chunk, tgid: u32, chunk: u64, page: u64) -> RegionRef {
         if bits != 0 {
             let start_page = w64 * 64 + 63 - u64::from(bits.leading_zeros());
             let addr = (chunk << CHUNK_SHIFT) + (start_page << PAGE_SHIFT);
-            // SAFETY: plain-data map value read for this program run.
-            return match unsafe { MARKERS.get(marker_key(tgid, addr)) } {
+            return match marker_at(inst, ch.slot, addr) {
                 Some(r) => RegionRef {
                     id: r.id,
                     index: r.index + (page - start_page),
@@ -138,12 +166,13 @@ impl Followed {
     }
 }
 
-/// The membership predicate: whether the page at `addr` of process `tgid` is one the tracer
-/// follows (today: a page of a live tamalloc region), and where its state is. Every fault
-/// path of both modes asks this one function, so widening what is followed is one change.
+/// The membership predicate: whether the page at `addr` of instance `inst` (a process's
+/// address space, `INSTANCE[tgid]`) is one the tracer follows, and where its state is.
+/// Every fault path of both modes asks this one function, so widening what is followed is
+/// one change.
 #[inline(always)]
-pub fn followed(tgid: u32, addr: u64) -> Option<Followed> {
-    let chunk = CHUNKS.get_ptr_mut(chunk_key(tgid, addr >> CHUNK_SHIFT))?;
+pub fn followed(inst: u32, addr: u64) -> Option<Followed> {
+    let chunk = CHUNKS.get_ptr_mut(chunk_key(inst, addr >> CHUNK_SHIFT))?;
     let page = (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1);
     // SAFETY: `chunk` is a live map value for this program run.
     let in_region = unsafe { (*chunk).in_region[((page >> 6) & 7) as usize] };
@@ -156,21 +185,29 @@ pub fn followed(tgid: u32, addr: u64) -> Option<Followed> {
 /// Looks up the region of `addr` in `tgid`, if it is a region page.
 #[inline(always)]
 pub fn region_at(tgid: u32, addr: u64) -> Option<RegionRef> {
+    let inst = instance_of(tgid);
+    if inst == 0 {
+        return None;
+    }
     let chunk = addr >> CHUNK_SHIFT;
     // SAFETY: plain-data map value read for this program run.
-    let ch = unsafe { CHUNKS.get(chunk_key(tgid, chunk)) }?;
+    let ch = unsafe { CHUNKS.get(chunk_key(inst, chunk)) }?;
     let page = (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1);
     if ch.in_region[((page >> 6) & 7) as usize] & (1 << (page & 63)) == 0 {
         return None;
     }
-    Some(resolve(ch, tgid, chunk, page))
+    Some(resolve(ch, inst, chunk, page))
 }
 
 /// Whether `addr` is a region page of `tgid`.
 #[inline(always)]
 pub fn is_region_page(tgid: u32, addr: u64) -> bool {
+    let inst = instance_of(tgid);
+    if inst == 0 {
+        return false;
+    }
     // SAFETY: plain-data map value read for this program run.
-    match unsafe { CHUNKS.get(chunk_key(tgid, addr >> CHUNK_SHIFT)) } {
+    match unsafe { CHUNKS.get(chunk_key(inst, addr >> CHUNK_SHIFT)) } {
         Some(ch) => {
             let page = (addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1);
             ch.in_region[((page >> 6) & 7) as usize] & (1 << (page & 63)) != 0
@@ -179,13 +216,22 @@ pub fn is_region_page(tgid: u32, addr: u64) -> bool {
     }
 }
 
-/// Gives `page_addr` of `tgid` a start marker naming `r`.
+/// Gives `page_addr` of `tgid` a start marker naming `r`, stamped with the process's fork
+/// epoch (children forked before now keep seeing what they inherited, see [`marker_at`]).
 #[inline(always)]
 fn set_marker(tgid: u32, page_addr: u64, r: &RegionRef) -> bool {
     let Some(ch) = chunk_ptr(tgid, page_addr >> CHUNK_SHIFT, false) else {
         return false;
     };
-    if MARKERS.insert(marker_key(tgid, page_addr), r, 0).is_err() {
+    // SAFETY: a live map value; `slot` is written once, when the chunk is made.
+    let Some(p) = PROC.get(unsafe { (*ch).slot }) else {
+        return false;
+    };
+    let m = Marker {
+        region: *r,
+        set_epoch: p.epoch,
+    };
+    if MARKERS.insert(marker_key(p.inst, page_addr), m, 0).is_err() {
         count_drop(DROP_MAP_FULL);
         return false;
     }

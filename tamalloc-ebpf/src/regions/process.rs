@@ -1,71 +1,63 @@
-//! Every region of one process at once: copied to a forked child, dropped at exec and
-//! exit. Walks `CHUNKS` and `MARKERS` whole (bpf_for_each_map_elem), keeping the process's
-//! entries.
+//! A forked child's copy of its parent's regions. Page states diverge from the fork on, so
+//! the child gets its own copy of every chunk (one walk of `CHUNKS`, keeping the parent's
+//! entries); region identities do not, so it links to the parent's markers instead of
+//! copying them (`maps::Proc::origin`): a fork costs O(chunks), not O(regions), and a
+//! pre-fork server's children share its markers. Exit and exec need no walk at all
+//! (`maps::end_instance`).
 
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_for_each_map_elem;
 use tamalloc_common::{
-    maps::{CHUNK_WORDS, Chunk, ChunkKey, DROP_MAP_FULL, MarkerKey, RegionRef},
+    maps::{CHUNK_WORDS, Chunk, ChunkKey, DROP_MAP_FULL, Marker, MarkerKey},
     trace::PAGE_SIZE,
 };
 
 use super::{chunk_key, marker_key};
-use crate::maps::{CHUNK_BUF, CHUNKS, MARKERS, SCRATCH_CHUNK, claim_slot, count_drop};
+use crate::{
+    atomics::atomic_add,
+    maps::{
+        CHUNK_BUF, CHUNKS, MARKERS, PROC, SCRATCH_CHUNK, claim, count_drop, instance_of,
+        link_origin, slot_of, unlink_origin,
+    },
+};
 
 /// What `bpf_for_each_map_elem` hands its callbacks.
 type Ptr = *mut c_void;
-
-/// A `bpf_for_each_map_elem` callback: (map, key, value, context) -> 0 to go on.
-type EachEntry = extern "C" fn(Ptr, Ptr, Ptr, Ptr) -> i64;
 
 /// A callback's entry of a `K -> V` map, and our context.
 ///
 /// # Safety
 /// `key`, `value` and `ctx` are what `bpf_for_each_map_elem` passed a callback walking a
-/// `K -> V` map with a [`ProcCtx`] (see [`ProcCtx::each_entry`]).
+/// `K -> V` map with a [`ForkCtx`].
 #[inline(always)]
-unsafe fn entry<'a, K, V>(key: Ptr, value: Ptr, ctx: Ptr) -> (&'a K, &'a V, &'a mut ProcCtx) {
+unsafe fn entry<'a, K, V>(key: Ptr, value: Ptr, ctx: Ptr) -> (&'a K, &'a V, &'a mut ForkCtx) {
     // SAFETY: as the caller promises; the entry and the context outlive the callback.
     unsafe {
         (
             &*(key as *const K),
             &*(value as *const V),
-            &mut *(ctx as *mut ProcCtx),
+            &mut *(ctx as *mut ForkCtx),
         )
     }
 }
 
 #[repr(C)]
-struct ProcCtx {
+struct ForkCtx {
+    /// The parent's and the child's instances.
     from: u32,
     to: u32,
-    /// The child's counter slot (fork).
+    /// The child's counter slot.
     to_slot: u32,
     _pad: u32,
     /// Out: region bytes copied.
     bytes: u64,
 }
 
-impl ProcCtx {
-    /// Runs `chunk` on every `CHUNKS` entry, then `marker` on every `MARKERS` entry, with
-    /// this context (the one walk `fork` and `forget` share).
-    #[inline(always)]
-    fn each_entry(&mut self, chunk: EachEntry, marker: EachEntry) {
-        let ctx = self as *mut ProcCtx as Ptr;
-        // SAFETY: the callbacks match bpf_for_each_map_elem's ABI, take their context as
-        // this `ProcCtx`, and it outlives the calls.
-        unsafe {
-            bpf_for_each_map_elem(&CHUNKS as *const _ as Ptr, chunk as Ptr, ctx, 0);
-            bpf_for_each_map_elem(&MARKERS as *const _ as Ptr, marker as Ptr, ctx, 0);
-        }
-    }
-}
-
 extern "C" fn fork_chunk(_map: Ptr, key: Ptr, value: Ptr, ctx: Ptr) -> i64 {
-    // SAFETY: `fork` walks CHUNKS with its `ProcCtx`.
+    // SAFETY: `fork` walks CHUNKS with its `ForkCtx`.
     let (key, value, ctx) = unsafe { entry::<ChunkKey, Chunk>(key, value, ctx) };
-    if key.tgid() == ctx.from {
+    if key.inst() == ctx.from {
         // Whether the child's entries for zero-page pages were copied depends on the VMA
         // having an anon_vma; without the bit, either kind of fault there classifies right.
         let Some(copy) = CHUNK_BUF.get_ptr_mut(SCRATCH_CHUNK) else {
@@ -107,9 +99,9 @@ extern "C" fn fork_chunk(_map: Ptr, key: Ptr, value: Ptr, ctx: Ptr) -> i64 {
 }
 
 extern "C" fn fork_marker(_map: Ptr, key: Ptr, value: Ptr, ctx: Ptr) -> i64 {
-    // SAFETY: `fork` walks MARKERS with its `ProcCtx`.
-    let (key, value, ctx) = unsafe { entry::<MarkerKey, RegionRef>(key, value, ctx) };
-    if key.tgid == ctx.from
+    // SAFETY: `fork` walks MARKERS with its `ForkCtx`.
+    let (key, value, ctx) = unsafe { entry::<MarkerKey, Marker>(key, value, ctx) };
+    if key.inst == ctx.from
         && MARKERS
             .insert(marker_key(ctx.to, key.page_addr), value, 0)
             .is_err()
@@ -120,47 +112,63 @@ extern "C" fn fork_marker(_map: Ptr, key: Ptr, value: Ptr, ctx: Ptr) -> i64 {
 }
 
 /// Gives child `to` a copy of `from`'s regions and page states. Returns the bytes copied.
+///
+/// The child's markers: those of the parent's origin when the parent has one (the child
+/// links there too, and gets a copy of the few markers the parent set itself: chains of
+/// origins stay one link long), else the parent's own, as of now (its fork epoch moves on,
+/// so a marker it sets from now on is not the child's).
 pub fn fork(from: u32, to: u32) -> u64 {
-    let Some(to_slot) = claim_slot(to) else {
+    let from_inst = instance_of(from);
+    if from_inst == 0 {
+        return 0;
+    }
+    let Some(from_slot) = slot_of(from) else {
         return 0;
     };
-    let mut ctx = ProcCtx {
-        from,
-        to,
+    let Some((to_slot, to_inst)) = claim(to) else {
+        return 0;
+    };
+    let (Some(parent), Some(child)) = (PROC.get_ptr_mut(from_slot), PROC.get_ptr_mut(to_slot))
+    else {
+        return 0;
+    };
+    // SAFETY: live map values. The parent's epoch moves with an atomic add (its threads may
+    // fork at once: then both children take the epoch before both adds, which only widens
+    // the window the chunk copy has anyway); its origin is written only at its own exec and
+    // exit, neither of which runs now. The child has not run yet: its value is ours.
+    let copy_markers = unsafe {
+        let (origin, epoch, copy) = if (*parent).origin == 0 {
+            let epoch = core::ptr::read_volatile(&raw const (*parent).epoch);
+            atomic_add(&raw mut (*parent).epoch, 1);
+            (from_inst, epoch, false)
+        } else {
+            ((*parent).origin, (*parent).origin_epoch, true)
+        };
+        if (*child).origin != 0 {
+            unlink_origin((*child).origin);
+            (*child).origin = 0;
+        }
+        if link_origin(origin) {
+            (*child).origin = origin;
+            (*child).origin_epoch = epoch;
+        }
+        copy
+    };
+    let mut ctx = ForkCtx {
+        from: from_inst,
+        to: to_inst,
         to_slot,
         _pad: 0,
         bytes: 0,
     };
-    ctx.each_entry(fork_chunk, fork_marker);
+    let ptr = &mut ctx as *mut ForkCtx as Ptr;
+    // SAFETY: the callbacks match bpf_for_each_map_elem's ABI, take their context as this
+    // `ForkCtx`, and it outlives the calls.
+    unsafe {
+        bpf_for_each_map_elem(&CHUNKS as *const _ as Ptr, fork_chunk as Ptr, ptr, 0);
+        if copy_markers {
+            bpf_for_each_map_elem(&MARKERS as *const _ as Ptr, fork_marker as Ptr, ptr, 0);
+        }
+    }
     ctx.bytes
-}
-
-extern "C" fn forget_chunk(_map: Ptr, key: Ptr, value: Ptr, ctx: Ptr) -> i64 {
-    // SAFETY: `forget` walks CHUNKS with its `ProcCtx`.
-    let (key, _, ctx) = unsafe { entry::<ChunkKey, Chunk>(key, value, ctx) };
-    if key.tgid() == ctx.from {
-        let _ = CHUNKS.remove(key);
-    }
-    0
-}
-
-extern "C" fn forget_marker(_map: Ptr, key: Ptr, value: Ptr, ctx: Ptr) -> i64 {
-    // SAFETY: `forget` walks MARKERS with its `ProcCtx`.
-    let (key, _, ctx) = unsafe { entry::<MarkerKey, RegionRef>(key, value, ctx) };
-    if key.tgid == ctx.from {
-        let _ = MARKERS.remove(key);
-    }
-    0
-}
-
-/// Drops every region of `tgid` (exec gave it a new address space, or it exited).
-pub fn forget(tgid: u32) {
-    let mut ctx = ProcCtx {
-        from: tgid,
-        to: 0,
-        to_slot: 0,
-        _pad: 0,
-        bytes: 0,
-    };
-    ctx.each_entry(forget_chunk, forget_marker);
 }

@@ -16,7 +16,7 @@ use tamalloc_common::{
 use super::{MAX_CHUNK_LOOPS, chunk_key, chunk_ptr, marker_key, region_at, set_marker, word_mask};
 use crate::{
     atomics::{fetch_and, fetch_or},
-    maps::{CHUNKS, MARKERS, count_drop},
+    maps::{CHUNKS, MARKERS, PROC, count_drop, has_children, instance_of},
 };
 
 #[repr(C)]
@@ -158,9 +158,12 @@ pub fn add(tgid: u32, addr: u64, len: u64, id: u64, index: u64) -> u64 {
 
 #[repr(C)]
 pub struct MarkerSweep {
-    tgid: u32,
+    inst: u32,
     _pad: u32,
     chunk: u64,
+    /// Markers set before this fork epoch stay (a child forked since may need them); 0
+    /// when the instance has no children: every marker goes.
+    keep_before: u64,
     starts: [u64; CHUNK_WORDS],
 }
 
@@ -178,7 +181,15 @@ extern "C" fn sweep_marker(i: u64, _ctx: *mut c_void) -> i64 {
     let w = ((i >> 6) & 7) as usize;
     if ctx.starts[w] & (1 << (i & 63)) != 0 {
         let addr = (ctx.chunk << CHUNK_SHIFT) + ((i & (CHUNK_PAGES - 1)) << PAGE_SHIFT);
-        let _ = MARKERS.remove(marker_key(ctx.tgid, addr));
+        let key = marker_key(ctx.inst, addr);
+        // The page has no start bit any more, so its own process never reads the marker
+        // again; a child forked after it was set may (userspace deletes it with the
+        // instance, once no child is left).
+        // SAFETY: plain-data map value read for this program run.
+        let needed = unsafe { MARKERS.get(key) }.is_some_and(|m| m.set_epoch < ctx.keep_before);
+        if !needed {
+            let _ = MARKERS.remove(key);
+        }
     }
     0
 }
@@ -195,7 +206,12 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
     };
     // SAFETY: this CPU's scratch value, used by nothing else while this program runs.
     let sweep = unsafe { &mut *sweep };
-    sweep.tgid = ctx.tgid;
+    // SAFETY: a live map value; `slot` is written once, when the chunk is made.
+    let Some(p) = PROC.get(unsafe { (*ch).slot }) else {
+        return 1;
+    };
+    sweep.inst = p.inst;
+    sweep.keep_before = if has_children(p.inst) { p.epoch } else { 0 };
     sweep.chunk = chunk;
     let mut removed = 0u64;
     let mut left = 0u64;
@@ -244,7 +260,7 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
     }
     ctx.bytes += removed * PAGE_SIZE;
     if left == 0 {
-        let _ = CHUNKS.remove(chunk_key(ctx.tgid, chunk));
+        let _ = CHUNKS.remove(chunk_key(sweep.inst, chunk));
     }
     0
 }
@@ -354,7 +370,7 @@ pub fn set_bits(tgid: u32, addr: u64, len: u64, which: Bits, on: bool) {
 #[repr(C)]
 struct CopyCtx {
     tgid: u32,
-    _pad: u32,
+    inst: u32,
     src_page: u64,
     dst_page: u64,
 }
@@ -365,7 +381,7 @@ extern "C" fn copy_page_state(i: u64, ctx: *mut c_void) -> i64 {
     let src = ctx.src_page + i;
     let dst = ctx.dst_page + i;
     // SAFETY: plain-data map value read for this program run.
-    let Some(s) = (unsafe { CHUNKS.get(chunk_key(ctx.tgid, src >> 9)) }) else {
+    let Some(s) = (unsafe { CHUNKS.get(chunk_key(ctx.inst, src >> 9)) }) else {
         return 0;
     };
     let sp = src & (CHUNK_PAGES - 1);
@@ -417,9 +433,13 @@ pub fn copy_page_states(tgid: u32, src: u64, dst: u64, len: u64) {
         count_drop(DROP_MAP_FULL);
         return;
     }
+    let inst = instance_of(tgid);
+    if inst == 0 {
+        return;
+    }
     let mut ctx = CopyCtx {
         tgid,
-        _pad: 0,
+        inst,
         src_page: src >> PAGE_SHIFT,
         dst_page: dst >> PAGE_SHIFT,
     };

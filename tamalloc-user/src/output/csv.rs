@@ -42,7 +42,7 @@ const BEFORE_KINDS: [&str; 28] = [
 ];
 
 /// The columns after them.
-const AFTER_KINDS: [&str; 23] = [
+const AFTER_KINDS: [&str; 24] = [
     "reserved_bytes",
     "regions",
     "nr_processes",
@@ -68,6 +68,8 @@ const AFTER_KINDS: [&str; 23] = [
     // Added with `--regions`.
     "made_by",
     "follows",
+    // Added with instances (fork shares markers).
+    "region_unresolved",
 ];
 
 const N_COLUMNS: usize = BEFORE_KINDS.len() + FAULT_KINDS + AFTER_KINDS.len();
@@ -269,6 +271,7 @@ mod tests {
                 map_full: 0,
                 traced_full: 0,
                 region_cut: 0,
+                region_unresolved: 0,
             },
         ]
     }

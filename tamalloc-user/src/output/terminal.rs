@@ -106,12 +106,23 @@ fn footer(snap: &Snapshot) -> String {
     }
     let d = &snap.drops;
     s.push_str(&format!(
-        "drops: {} (fault events {}, control events {}, map full {})",
+        "drops: {} (fault events {}, control events {}, map full {}",
         d.total(),
         d.fault_events,
         d.control_events,
         d.map_full
     ));
+    // The rarer kinds only when they happened.
+    for (what, n) in [
+        ("traced full", d.traced_full),
+        ("regions cut", d.region_cut),
+        ("unresolved regions", d.region_unresolved),
+    ] {
+        if n != 0 {
+            s.push_str(&format!(", {what} {n}"));
+        }
+    }
+    s.push(')');
     s
 }
 

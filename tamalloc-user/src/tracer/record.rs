@@ -121,6 +121,9 @@ pub enum Record {
         /// Regions cut short: their tail is not counted.
         #[serde(default)]
         region_cut: u64,
+        /// Fault events of a forked child naming no region (counts unaffected).
+        #[serde(default)]
+        region_unresolved: u64,
     },
     /// What the programs reported: `region`, `unmap`, `remap`, `fork`, `exec`, `exit` and
     /// `fault` records (the event carries its own `type`).

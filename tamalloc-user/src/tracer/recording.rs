@@ -332,6 +332,7 @@ mod tests {
             map_full: 0,
             traced_full: 0,
             region_cut: 0,
+            region_unresolved: 0,
         }
     }
 

@@ -218,6 +218,7 @@ pub async fn run(
         map_full: snap.drops.map_full,
         traced_full: snap.drops.traced_full,
         region_cut: snap.drops.region_cut,
+        region_unresolved: snap.drops.region_unresolved,
     });
     if let Some(sink) = s.sink.as_mut()
         && let Err(e) = sink.finish()
@@ -327,6 +328,8 @@ impl Session {
         let ts = monotonic_ns();
         // Exits whose events were dropped.
         self.collect_exited()?;
+        // Entries of address spaces that ended (exit, exec).
+        self.probe.collect_dead()?;
         // Processes gone without an exit the programs could act on: the leader left with
         // exit(2) before its threads, or a thread's syscall ending after the exit gave the
         // process a slot again. Their regions and final counts.

@@ -1,7 +1,7 @@
 //! Typed access to the programs' maps: the settings written before attaching, the processes
 //! to follow, per-process counters and their slots, drops, and the event ring.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aya::{
     Ebpf,
@@ -9,7 +9,8 @@ use aya::{
 };
 use tamalloc_common::maps::{
     self as name, ANON_NAME_MAX, Chunk, ChunkKey, Config, DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS,
-    DROP_MAP_FULL, DROP_REGION_CUT, DROP_TRACED_FULL, Heap, MarkerKey, PidCounters, RegionRef,
+    DROP_MAP_FULL, DROP_REGION_CUT, DROP_REGION_UNRESOLVED, DROP_TRACED_FULL, Heap, Marker,
+    MarkerKey, PidCounters,
 };
 
 use super::{Probe, refused};
@@ -25,11 +26,19 @@ pub struct Drops {
     pub traced_full: u64,
     /// Regions cut short for want of room in `CHUNKS`.
     pub region_cut: u64,
+    /// Fault events of a forked child that name no region: its parent replaced the
+    /// region's marker after the fork.
+    pub region_unresolved: u64,
 }
 
 impl Drops {
     pub fn total(&self) -> u64 {
-        self.fault_events + self.control_events + self.map_full + self.traced_full + self.region_cut
+        self.fault_events
+            + self.control_events
+            + self.map_full
+            + self.traced_full
+            + self.region_cut
+            + self.region_unresolved
     }
 }
 
@@ -103,7 +112,10 @@ impl Probe {
     }
 
     /// Drops what the programs keep about `pid`, once it is gone for good (its leader left
-    /// with exit(2), so the programs could not tell when the last thread ended).
+    /// with exit(2), so the programs could not tell when the last thread ended): its
+    /// instance is closed and its entries deleted by [`Probe::collect_dead`]. Its link to
+    /// an origin stays (the origin's markers then stay until the tracer ends: memory, never
+    /// a wrong count).
     pub fn forget(&mut self, pid: u32) -> Result<(), TraceError> {
         {
             let mut heaps: BpfHashMap<_, u32, Heap> =
@@ -111,33 +123,90 @@ impl Probe {
             // Absent unless `--regions anon` saw its heap.
             let _ = heaps.remove(&pid);
         }
+        let inst = {
+            let mut instances: Array<_, u32> =
+                Array::try_from(map_mut(&mut self.ebpf, name::INSTANCE)?).map_err(refused)?;
+            let inst = instances.get(&pid, 0).unwrap_or(0);
+            if inst != 0 {
+                instances.set(pid, 0, 0).map_err(refused)?;
+            }
+            inst
+        };
+        if inst != 0 {
+            self.delete_instances(&HashSet::from([inst]), name::CHUNKS)?;
+            self.dead_markers.insert(inst);
+        }
+        let mut traced: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, name::TRACED)?).map_err(refused)?;
+        let _ = traced.remove(&pid);
+        Ok(())
+    }
+
+    /// Deletes what the programs kept of instances that ended (`DEAD`: exits and execs,
+    /// which the programs handle in O(1)): their chunks at once, their markers once no live
+    /// process has the instance as its origin (`ORIGIN_REFS`, see `tamalloc_common::maps`).
+    /// One pass over each map, and none when nothing ended.
+    pub fn collect_dead(&mut self) -> Result<(), TraceError> {
+        let mut ended = HashSet::new();
         {
+            let mut dead: Queue<_, u32> =
+                Queue::try_from(map_mut(&mut self.ebpf, name::DEAD)?).map_err(refused)?;
+            while let Ok(inst) = dead.pop(0) {
+                ended.insert(inst);
+            }
+        }
+        if !ended.is_empty() {
+            self.delete_instances(&ended, name::CHUNKS)?;
+            self.dead_markers.extend(ended);
+        }
+        if self.dead_markers.is_empty() {
+            return Ok(());
+        }
+        let mut refs: BpfHashMap<_, u32, u64> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, name::ORIGIN_REFS)?).map_err(refused)?;
+        // An ended instance gains no child: children link to a live parent, or to the
+        // origin their parent holds a reference to.
+        let ready: HashSet<u32> = self
+            .dead_markers
+            .iter()
+            .copied()
+            .filter(|i| refs.get(i, 0).map_or(true, |n| n == 0))
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        for i in &ready {
+            let _ = refs.remove(i);
+            self.dead_markers.remove(i);
+        }
+        self.delete_instances(&ready, name::MARKERS)
+    }
+
+    /// Deletes the entries of `CHUNKS` or `MARKERS` keyed by one of `insts`.
+    fn delete_instances(&mut self, insts: &HashSet<u32>, map: &str) -> Result<(), TraceError> {
+        if map == name::CHUNKS {
             let mut chunks: BpfHashMap<_, ChunkKey, Chunk> =
-                BpfHashMap::try_from(map_mut(&mut self.ebpf, name::CHUNKS)?).map_err(refused)?;
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, map)?).map_err(refused)?;
             let keys: Vec<ChunkKey> = chunks
                 .keys()
                 .filter_map(Result::ok)
-                .filter(|k| k.tgid() == pid)
+                .filter(|k| insts.contains(&k.inst()))
                 .collect();
             for k in keys {
                 let _ = chunks.remove(&k);
             }
-        }
-        {
-            let mut markers: BpfHashMap<_, MarkerKey, RegionRef> =
-                BpfHashMap::try_from(map_mut(&mut self.ebpf, name::MARKERS)?).map_err(refused)?;
+        } else {
+            let mut markers: BpfHashMap<_, MarkerKey, Marker> =
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, map)?).map_err(refused)?;
             let keys: Vec<MarkerKey> = markers
                 .keys()
                 .filter_map(Result::ok)
-                .filter(|k| k.tgid == pid)
+                .filter(|k| insts.contains(&k.inst))
                 .collect();
             for k in keys {
                 let _ = markers.remove(&k);
             }
         }
-        let mut traced: BpfHashMap<_, u32, u8> =
-            BpfHashMap::try_from(map_mut(&mut self.ebpf, name::TRACED)?).map_err(refused)?;
-        let _ = traced.remove(&pid);
         Ok(())
     }
 
@@ -229,6 +298,7 @@ impl Probe {
             map_full: slot(DROP_MAP_FULL)?,
             traced_full: slot(DROP_TRACED_FULL)?,
             region_cut: slot(DROP_REGION_CUT)?,
+            region_unresolved: slot(DROP_REGION_UNRESOLVED)?,
         })
     }
 

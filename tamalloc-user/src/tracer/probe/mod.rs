@@ -152,6 +152,8 @@ pub struct Probe {
     fallback: Option<String>,
     /// Why `--regions` follows less than it says on this kernel.
     regions_note: Option<String>,
+    /// Ended instances whose markers wait for their last child (see `Probe::collect_dead`).
+    dead_markers: std::collections::HashSet<u32>,
 }
 
 /// The embedded eBPF object, built by build.rs.
@@ -249,6 +251,9 @@ impl Probe {
             .map_max_entries(name::SLOTS, opts.max_procs)
             .map_max_entries(name::RETIRED, opts.max_procs)
             .map_max_entries(name::FREE_SLOTS, opts.max_procs)
+            .map_max_entries(name::PROC, opts.max_procs)
+            .map_max_entries(name::ORIGIN_REFS, opts.max_procs.saturating_mul(2))
+            .map_max_entries(name::DEAD, opts.max_procs.saturating_mul(2))
             .load(OBJECT)
             .map_err(refused)?;
 
@@ -302,6 +307,7 @@ impl Probe {
             btf,
             fallback,
             regions_note,
+            dead_markers: Default::default(),
         };
         for &pid in &opts.pids {
             probe.follow(pid)?;
