@@ -130,12 +130,16 @@ t() {{
 	shift
 	echo "vmtest: $name: running"
 	cd /tmp
+	start=$(date +%s)
 	if timeout {TEST_TIMEOUT_SECS} "$@"; then
-		echo "vmtest: $name: ok"
+		status=ok
 	else
-		echo "vmtest: $name: FAILED (exit $?)"
+		status="FAILED (exit $?)"
 		failed=$((failed + 1))
 	fi
+	# Where a suite's time goes (the debug kernels' share of CI), before its result.
+	echo "vmtest: $name: took $(($(date +%s) - start)) s"
+	echo "vmtest: $name: $status"
 	cd /
 }}
 if [ -x /usr/bin/{KSELFTEST} ]; then
