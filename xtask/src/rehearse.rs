@@ -37,6 +37,10 @@ pub struct Args {
     /// Keep the rehearsal root afterwards (its path is printed) to look around in it.
     #[arg(long)]
     pub keep: bool,
+    /// Rehearse only the set-up (`cargo xtask setup`, run twice: the second run must print
+    /// nothing): minutes, not the hour the kernels take, for a change to the set-up alone.
+    #[arg(long, conflicts_with = "skip_demo")]
+    pub setup_only: bool,
 }
 
 const SUITE: &str = "bookworm";
@@ -72,10 +76,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     util::run(Command::new("cp").arg("-a").arg(&base).arg(&rehearsal.root))?;
     rehearsal.prepare()?;
     let mut commands = Vec::new();
-    if !args.skip_demo {
-        commands.push("cargo xtask demo");
+    if args.setup_only {
+        // The second run checks idempotence: set-up that finds everything prints nothing.
+        commands.push("cargo xtask setup");
+        commands.push("out=$(cargo xtask setup 2>&1) && test -z \"$out\" || { echo \"a second set-up printed: $out\"; false; }");
+    } else {
+        if !args.skip_demo {
+            commands.push("cargo xtask demo");
+        }
+        commands.push("cargo xtask test");
     }
-    commands.push("cargo xtask test");
     let mut timings = Vec::new();
     for command in commands {
         util::step(&format!("Rehearsing `{command}`"));
