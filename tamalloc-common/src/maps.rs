@@ -51,6 +51,8 @@ pub const CHUNKS: &str = "CHUNKS";
 pub const MARKERS: &str = "MARKERS";
 /// Chunk-sized per-CPU buffers (off the 512-byte stack).
 pub const CHUNK_BUF: &str = "CHUNK_BUF";
+/// A per-CPU marker being stored (off the stack).
+pub const MARKER_BUF: &str = "MARKER_BUF";
 /// Per-process counters, by slot (per CPU).
 pub const COUNTERS: &str = "COUNTERS";
 /// A live process's counter slot.
@@ -81,13 +83,14 @@ pub const HEAPS: &str = "HEAPS";
 pub const REGION_NAME: &str = "REGION_NAME";
 
 /// Every map of the object.
-pub const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 21] = [
     CONFIG,
     TRACED,
     PENDING,
     CHUNKS,
     MARKERS,
     CHUNK_BUF,
+    MARKER_BUF,
     COUNTERS,
     SLOTS,
     RETIRED,
@@ -272,6 +275,12 @@ pub const fn next_instance(prev: u32, slot: u32) -> u32 {
     let gen_now = prev >> INSTANCE_SLOT_BITS;
     let next = if gen_now + 1 >= gens { 1 } else { gen_now + 1 };
     (next << INSTANCE_SLOT_BITS) | (slot & ((1 << INSTANCE_SLOT_BITS) - 1))
+}
+
+/// The counter slot of instance `inst`.
+#[inline(always)]
+pub const fn instance_slot(inst: u32) -> u32 {
+    inst & ((1 << INSTANCE_SLOT_BITS) - 1)
 }
 
 /// `PROC[slot]`: what the programs know of the process in counter slot `slot`.

@@ -61,6 +61,11 @@ named_map!(CHUNK_BUF);
 pub const ZERO_CHUNK: u32 = 0;
 pub const SCRATCH_CHUNK: u32 = 1;
 
+/// A marker being stored (off the stack, see `regions::set_marker`).
+#[map]
+pub static MARKER_BUF: PerCpuArray<Marker> = PerCpuArray::with_max_entries(1, 0);
+named_map!(MARKER_BUF);
+
 /// Per-process counters, by slot (see [`claim_slot`]).
 #[map]
 pub static COUNTERS: PerCpuArray<PidCounters> = PerCpuArray::with_max_entries(MAX_PROCS, 0);
@@ -197,14 +202,13 @@ pub fn start_instance(slot: u32) -> Option<u32> {
     let p = PROC.get_ptr_mut(slot)?;
     // SAFETY: a live map value; the slot's one owner writes it: the claimer that popped it
     // (before publishing it), or the process at exec (its only thread then).
+    // Field by field: a whole `Proc` would be built on the stack first.
     unsafe {
         let inst = next_instance((*p).inst, slot);
-        *p = Proc {
-            inst,
-            origin: 0,
-            epoch: 0,
-            origin_epoch: 0,
-        };
+        (*p).inst = inst;
+        (*p).origin = 0;
+        (*p).epoch = 0;
+        (*p).origin_epoch = 0;
         Some(inst)
     }
 }

@@ -13,7 +13,7 @@ mod range;
 use tamalloc_common::{
     maps::{
         CHUNK_PAGES, CHUNK_SHIFT, CHUNK_WORDS, Chunk, ChunkKey, DROP_MAP_FULL,
-        DROP_REGION_UNRESOLVED, Marker, MarkerKey, RegionRef,
+        DROP_REGION_UNRESOLVED, MarkerKey, RegionRef,
     },
     trace::PAGE_SHIFT,
 };
@@ -24,7 +24,7 @@ pub use self::{
 };
 use crate::{
     atomics::fetch_or,
-    maps::{CHUNK_BUF, CHUNKS, MARKERS, PROC, ZERO_CHUNK, claim, count_drop, instance_of},
+    maps::{CHUNK_BUF, CHUNKS, MARKER_BUF, MARKERS, PROC, ZERO_CHUNK, count_drop, instance_of},
 };
 
 /// `bpf_loop` refuses more than 1 << 23 iterations: 16 TiB of address space in chunks.
@@ -61,21 +61,30 @@ fn marker_key(inst: u32, page_addr: u64) -> MarkerKey {
     }
 }
 
-/// Chunk `chunk` of `tgid`'s address space, created empty when `create` is set.
+/// Chunk `chunk` of instance `inst` (0: a process without one).
 #[inline(always)]
-fn chunk_ptr(tgid: u32, chunk: u64, create: bool) -> Option<*mut Chunk> {
-    let inst = instance_of(tgid);
-    if inst != 0
-        && let Some(p) = CHUNKS.get_ptr_mut(chunk_key(inst, chunk))
-    {
-        return Some(p);
-    }
-    if !create {
+fn chunk_in(inst: u32, chunk: u64) -> Option<*mut Chunk> {
+    if inst == 0 {
         return None;
     }
-    // The slot and instance (the gate) before the chunk: a fault that finds it counts.
-    let (slot, inst) = claim(tgid)?;
+    CHUNKS.get_ptr_mut(chunk_key(inst, chunk))
+}
+
+/// Chunk `chunk` of `tgid`'s address space.
+#[inline(always)]
+fn chunk_ptr(tgid: u32, chunk: u64) -> Option<*mut Chunk> {
+    chunk_in(instance_of(tgid), chunk)
+}
+
+/// Chunk `chunk` of instance `inst` (whose process has counter slot `slot`), created empty
+/// when missing. Callers claimed the instance first (`maps::claim`), so that a fault that
+/// finds the chunk counts; claiming here would put its frame on every range walk's stack.
+#[inline(always)]
+fn chunk_or_new(inst: u32, slot: u32, chunk: u64) -> Option<*mut Chunk> {
     let key = chunk_key(inst, chunk);
+    if let Some(p) = CHUNKS.get_ptr_mut(key) {
+        return Some(p);
+    }
     // BPF_NOEXIST: a concurrent creator wins and we use its entry.
     let zero = CHUNK_BUF.get_ptr(ZERO_CHUNK)?;
     #[expect(
@@ -97,16 +106,19 @@ fn chunk_ptr(tgid: u32, chunk: u64, create: bool) -> Option<*mut Chunk> {
 /// own, else its origin's if the origin set it before the fork (see `maps::Proc`).
 #[inline(always)]
 fn marker_at(inst: u32, slot: u32, page_addr: u64) -> Option<RegionRef> {
+    // One key for both lookups: every stack byte here counts in the range walks' frames.
+    let mut key = marker_key(inst, page_addr);
     // SAFETY: plain-data map value read for this program run.
-    if let Some(m) = unsafe { MARKERS.get(marker_key(inst, page_addr)) } {
+    if let Some(m) = unsafe { MARKERS.get(&key) } {
         return Some(m.region);
     }
     let p = PROC.get(slot)?;
     if p.inst != inst || p.origin == 0 {
         return None;
     }
+    key.inst = p.origin;
     // SAFETY: as above.
-    match unsafe { MARKERS.get(marker_key(p.origin, page_addr)) } {
+    match unsafe { MARKERS.get(&key) } {
         Some(m) if m.set_epoch <= p.origin_epoch => Some(m.region),
         // The origin replaced it after the fork (or had no room for it).
         _ => {
@@ -220,17 +232,28 @@ pub fn is_region_page(tgid: u32, addr: u64) -> bool {
 /// epoch (children forked before now keep seeing what they inherited, see [`marker_at`]).
 #[inline(always)]
 fn set_marker(tgid: u32, page_addr: u64, r: &RegionRef) -> bool {
-    let Some(ch) = chunk_ptr(tgid, page_addr >> CHUNK_SHIFT, false) else {
+    let Some(ch) = chunk_ptr(tgid, page_addr >> CHUNK_SHIFT) else {
         return false;
     };
     // SAFETY: a live map value; `slot` is written once, when the chunk is made.
     let Some(p) = PROC.get(unsafe { (*ch).slot }) else {
         return false;
     };
-    let m = Marker {
-        region: *r,
-        set_epoch: p.epoch,
+    // Built in a per-CPU buffer, not on the stack: this runs in the frames the range walks
+    // share with their callbacks (6.1 adds them against one 512-byte stack).
+    let Some(m) = MARKER_BUF.get_ptr_mut(0) else {
+        return false;
     };
+    // SAFETY: this CPU's scratch value; tracepoint programs do not nest on a CPU.
+    let m = unsafe {
+        (*m).region = *r;
+        (*m).set_epoch = p.epoch;
+        &*m
+    };
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, the marker would be copied onto the BPF stack"
+    )]
     if MARKERS.insert(marker_key(p.inst, page_addr), m, 0).is_err() {
         count_drop(DROP_MAP_FULL);
         return false;

@@ -8,21 +8,27 @@ use aya_ebpf::{helpers::generated::bpf_loop, macros::map, maps::PerCpuArray};
 use tamalloc_common::{
     maps::{
         CHUNK_PAGES, CHUNK_RESTRICTED, CHUNK_SHIFT, CHUNK_WORDS, DROP_MAP_FULL, DROP_REGION_CUT,
-        RegionRef,
+        RegionRef, instance_slot,
     },
     trace::{PAGE_SHIFT, PAGE_SIZE},
 };
 
-use super::{MAX_CHUNK_LOOPS, chunk_key, chunk_ptr, marker_key, region_at, set_marker, word_mask};
+use super::{
+    MAX_CHUNK_LOOPS, chunk_in, chunk_key, chunk_or_new, marker_key, region_at, set_marker,
+    word_mask,
+};
 use crate::{
     atomics::{fetch_and, fetch_or},
-    maps::{CHUNKS, MARKERS, PROC, count_drop, has_children, instance_of},
+    maps::{CHUNKS, MARKERS, PROC, claim, count_drop, has_children, instance_of},
 };
 
+/// A walk's context: the instance is looked up once, not per chunk. Small: 6.1's verifier
+/// adds the frames of nested `bpf_loop` callbacks against one 512-byte stack.
 #[repr(C)]
 struct RangeCtx {
-    tgid: u32,
-    _pad: u32,
+    /// The process's instance (0: none) and, for `add`, its counter slot.
+    inst: u32,
+    slot: u32,
     /// First and one-past-last page number (`addr >> PAGE_SHIFT`).
     first_page: u64,
     end_page: u64,
@@ -34,12 +40,12 @@ struct RangeCtx {
 }
 
 impl RangeCtx {
-    /// Pages `[addr, end)` of `tgid`, region `id` with `addr` its page `index`.
+    /// Pages `[addr, end)` of `tgid`'s instance, region `id` with `addr` its page `index`.
     #[inline(always)]
     fn new(tgid: u32, addr: u64, end: u64, id: u64, index: u64) -> Self {
         Self {
-            tgid,
-            _pad: 0,
+            inst: instance_of(tgid),
+            slot: 0,
             first_page: addr >> PAGE_SHIFT,
             end_page: end >> PAGE_SHIFT,
             id,
@@ -100,7 +106,7 @@ extern "C" fn add_chunk(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the `RangeCtx` on our stack that `add` gave it.
     let ctx = unsafe { &mut *(ctx as *mut RangeCtx) };
     let (chunk, lo, hi) = ctx.chunk_span(i);
-    let Some(ch) = chunk_ptr(ctx.tgid, chunk, true) else {
+    let Some(ch) = chunk_or_new(ctx.inst, ctx.slot, chunk) else {
         // The rest of the region is not followed (and not in the bytes reported).
         count_drop(DROP_REGION_CUT);
         return 1;
@@ -149,6 +155,14 @@ extern "C" fn add_chunk(i: u64, ctx: *mut c_void) -> i64 {
 /// Returns the bytes that were not region pages before.
 pub fn add(tgid: u32, addr: u64, len: u64, id: u64, index: u64) -> u64 {
     let mut ctx = RangeCtx::new(tgid, addr, addr + len, id, index);
+    if ctx.chunks() == 0 {
+        return 0;
+    }
+    // The slot and instance (the gate) before any chunk: a fault that finds one counts.
+    let Some((slot, inst)) = claim(tgid) else {
+        return 0;
+    };
+    (ctx.inst, ctx.slot) = (inst, slot);
     if !ctx.walk(add_chunk) {
         return 0;
     }
@@ -198,7 +212,7 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the `RangeCtx` on our stack that `remove` gave it.
     let ctx = unsafe { &mut *(ctx as *mut RangeCtx) };
     let (chunk, lo, hi) = ctx.chunk_span(i);
-    let Some(ch) = chunk_ptr(ctx.tgid, chunk, false) else {
+    let Some(ch) = chunk_in(ctx.inst, chunk) else {
         return 0;
     };
     let Some(sweep) = SWEEP.get_ptr_mut(0) else {
@@ -206,12 +220,13 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
     };
     // SAFETY: this CPU's scratch value, used by nothing else while this program runs.
     let sweep = unsafe { &mut *sweep };
-    // SAFETY: a live map value; `slot` is written once, when the chunk is made.
-    let Some(p) = PROC.get(unsafe { (*ch).slot }) else {
-        return 1;
+    sweep.inst = ctx.inst;
+    // Looked up here, not once in `remove`: 6.1 counts `remove`'s frame, this one's and the
+    // sweep's together, and this one has room left in its 32-byte rounding.
+    sweep.keep_before = match PROC.get(instance_slot(ctx.inst)) {
+        Some(p) if has_children(ctx.inst) => p.epoch,
+        _ => 0,
     };
-    sweep.inst = p.inst;
-    sweep.keep_before = if has_children(p.inst) { p.epoch } else { 0 };
     sweep.chunk = chunk;
     let mut removed = 0u64;
     let mut left = 0u64;
@@ -260,7 +275,7 @@ extern "C" fn remove_chunk(i: u64, ctx: *mut c_void) -> i64 {
     }
     ctx.bytes += removed * PAGE_SIZE;
     if left == 0 {
-        let _ = CHUNKS.remove(chunk_key(sweep.inst, chunk));
+        let _ = CHUNKS.remove(chunk_key(ctx.inst, chunk));
     }
     0
 }
@@ -284,6 +299,9 @@ fn remove_pages(tgid: u32, addr: u64, len: u64, which: u64) -> u64 {
     let end = addr + len;
     let after = region_at(tgid, end);
     let mut ctx = RangeCtx::new(tgid, addr, end, which, 0);
+    if ctx.inst == 0 {
+        return 0;
+    }
     if !ctx.walk(remove_chunk) {
         return 0;
     }
@@ -297,7 +315,7 @@ extern "C" fn reset_chunk(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the `RangeCtx` on our stack that `reset` gave it.
     let ctx = unsafe { &*(ctx as *const RangeCtx) };
     let (chunk, lo, hi) = ctx.chunk_span(i);
-    let Some(ch) = chunk_ptr(ctx.tgid, chunk, false) else {
+    let Some(ch) = chunk_in(ctx.inst, chunk) else {
         return 0;
     };
     for w in 0..CHUNK_WORDS {
@@ -330,7 +348,7 @@ extern "C" fn set_bits_chunk(i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the `RangeCtx` on our stack that `set_bits` gave it.
     let ctx = unsafe { &*(ctx as *const RangeCtx) };
     let (chunk, lo, hi) = ctx.chunk_span(i);
-    let Some(ch) = chunk_ptr(ctx.tgid, chunk, false) else {
+    let Some(ch) = chunk_in(ctx.inst, chunk) else {
         return 0;
     };
     // `id` says which bitmap, `index` whether to set (1) or clear (0) its bits.
@@ -369,8 +387,8 @@ pub fn set_bits(tgid: u32, addr: u64, len: u64, which: Bits, on: bool) {
 
 #[repr(C)]
 struct CopyCtx {
-    tgid: u32,
     inst: u32,
+    _pad: u32,
     src_page: u64,
     dst_page: u64,
 }
@@ -396,7 +414,7 @@ extern "C" fn copy_page_state(i: u64, ctx: *mut c_void) -> i64 {
     if !zero && !present && !noread && !nowrite && !wipe {
         return 0;
     }
-    if let Some(d) = chunk_ptr(ctx.tgid, dst >> 9, false) {
+    if let Some(d) = chunk_in(ctx.inst, dst >> 9) {
         let dp = dst & (CHUNK_PAGES - 1);
         let (dw, dbit) = (((dp >> 6) & 7) as usize, 1u64 << (dp & 63));
         // SAFETY: `d` is a live map value; the field pointers are in bounds.
@@ -438,8 +456,8 @@ pub fn copy_page_states(tgid: u32, src: u64, dst: u64, len: u64) {
         return;
     }
     let mut ctx = CopyCtx {
-        tgid,
         inst,
+        _pad: 0,
         src_page: src >> PAGE_SHIFT,
         dst_page: dst >> PAGE_SHIFT,
     };
