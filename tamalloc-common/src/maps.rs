@@ -24,12 +24,13 @@
 //! in its chunk, else the chunk's carry", and its page index follows from the marker.
 //!
 //! Keys name an *instance* (a counter slot and its generation), not a pid: a process gets
-//! a new one at exec, and a reused pid a new one too, so nothing of a dead address space is ever found again; exit and exec drop
-//! an instance in O(1) (`DEAD`, then userspace deletes its entries). A forked child copies
-//! its parent's chunks (page states diverge at once) but not its markers: it links to the
-//! parent's instance as its *origin* (`PROC`), and finds there every marker the parent set
-//! before the fork (a marker's `set_epoch` against the fork's epoch). A pre-fork server's
-//! 300 children share its 10,000 markers instead of holding 3,000,000.
+//! a new one at exec, and a reused pid a new one too, so a live process never finds a dead
+//! address space's entries. Exit and exec end an instance in O(1) (`DEAD`, then userspace
+//! deletes its entries). A forked child copies its parent's chunks (page states diverge at
+//! once) but not its markers: it links to the parent's instance as its *origin* (`PROC`),
+//! and finds there every marker the parent set before the fork (a marker's `set_epoch`
+//! against the fork's epoch). A pre-fork server's 300 children share its 10,000 markers
+//! instead of holding 3,000,000.
 
 use crate::trace::{FAULT_KINDS, PAGE_SHIFT};
 
@@ -265,7 +266,8 @@ pub const INSTANCE_LIMIT: u64 = 1 << 29;
 /// An instance is its counter slot (the low bits: `--max-procs` is at most 2^20) and that
 /// slot's generation (the high 9), moved on at every claim of the slot and every exec, by
 /// the slot's one owner, so no atomic counter is needed. A generation comes back after 511
-/// more: long after userspace deleted its entries (every refresh).
+/// more, long after userspace deleted its chunks (every refresh); one whose markers a live
+/// child still holds is skipped.
 pub const INSTANCE_SLOT_BITS: u32 = 20;
 
 /// The instance after `prev` for the process in `slot`: the next generation (1..=511).
@@ -275,6 +277,12 @@ pub const fn next_instance(prev: u32, slot: u32) -> u32 {
     let gen_now = prev >> INSTANCE_SLOT_BITS;
     let next = if gen_now + 1 >= gens { 1 } else { gen_now + 1 };
     (next << INSTANCE_SLOT_BITS) | (slot & ((1 << INSTANCE_SLOT_BITS) - 1))
+}
+
+/// A `DEAD` entry: the pid in the high half, its ended instance in the low.
+#[inline(always)]
+pub const fn dead_entry(tgid: u32, inst: u32) -> u64 {
+    ((tgid as u64) << 32) | inst as u64
 }
 
 /// The counter slot of instance `inst`.
@@ -500,8 +508,9 @@ pub const DROP_MAP_FULL: u32 = 2;
 pub const DROP_TRACED_FULL: u32 = 3;
 /// A region was cut short: `CHUNKS` had no room for its tail, which is not counted.
 pub const DROP_REGION_CUT: u32 = 4;
-/// A fault event of a forked child names no region: the parent replaced the region's
-/// marker after the fork (counts are unaffected).
+/// A forked child's region could not be named (a fault event, or a region lookup of its
+/// syscalls): the parent replaced the region's marker after the fork. Counts are
+/// unaffected.
 pub const DROP_REGION_UNRESOLVED: u32 = 5;
 pub const DROP_SLOTS: u32 = 6;
 

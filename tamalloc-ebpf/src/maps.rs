@@ -8,7 +8,8 @@ use aya_ebpf::{
 use tamalloc_common::{
     maps::{
         ANON_NAME_MAX, Chunk, ChunkKey, Config, DROP_FAULT_EVENTS, DROP_MAP_FULL, DROP_SLOTS, Heap,
-        MAX_PROCS, Marker, MarkerKey, PID_LIMIT, Pending, PidCounters, Proc, next_instance,
+        MAX_PROCS, Marker, MarkerKey, PID_LIMIT, Pending, PidCounters, Proc, dead_entry,
+        next_instance,
     },
     trace::Event,
 };
@@ -101,10 +102,10 @@ named_map!(INSTANCE);
 pub static PROC: Array<Proc> = Array::with_max_entries(MAX_PROCS, 0);
 named_map!(PROC);
 
-/// Ended instances, for userspace to delete their chunks and (once no child needs them)
-/// their markers.
+/// Ended instances (with their pid, `dead_entry`), for userspace to delete their chunks and
+/// (once no child needs them) their markers.
 #[map]
-pub static DEAD: Queue<u32> = Queue::with_max_entries(2 * MAX_PROCS, 0);
+pub static DEAD: Queue<u64> = Queue::with_max_entries(2 * MAX_PROCS, 0);
 named_map!(DEAD);
 
 /// Instance -> processes linked to it as their origin (twice `COUNTERS`' room: ended
@@ -196,15 +197,26 @@ pub fn slot_of(tgid: u32) -> Option<u32> {
 }
 
 /// Gives the process in `slot` its next instance, with no origin (a new process, or an
-/// exec).
+/// exec). A generation whose markers a live child still holds (an `ORIGIN_REFS` entry) is
+/// skipped, so that a wrapped generation never shares keys with them.
 #[inline(always)]
 pub fn start_instance(slot: u32) -> Option<u32> {
     let p = PROC.get_ptr_mut(slot)?;
     // SAFETY: a live map value; the slot's one owner writes it: the claimer that popped it
-    // (before publishing it), or the process at exec (its only thread then).
-    // Field by field: a whole `Proc` would be built on the stack first.
+    // (before publishing it), or the process at exec (its only thread then). Field by
+    // field: a whole `Proc` would be built on the stack first.
     unsafe {
-        let inst = next_instance((*p).inst, slot);
+        // A slot userspace recycled without seeing its process's exit still links it.
+        if (*p).origin != 0 {
+            unlink_origin((*p).origin);
+        }
+        let mut inst = next_instance((*p).inst, slot);
+        for _ in 0..3 {
+            if ORIGIN_REFS.get(inst).is_none() {
+                break;
+            }
+            inst = next_instance(inst, slot);
+        }
         (*p).inst = inst;
         (*p).origin = 0;
         (*p).epoch = 0;
@@ -234,10 +246,16 @@ pub fn claim(tgid: u32) -> Option<(u32, u32)> {
         }
     };
     let inst = PROC.get(slot)?.inst;
-    if let Some(g) = INSTANCE.get_ptr_mut(tgid) {
-        // SAFETY: a live map value; every writer stores this same value (or 0 at the end
-        // of the address space, which no thread of it outlives).
-        unsafe { *g = inst };
+    let g = INSTANCE.get_ptr_mut(tgid)?;
+    // SAFETY: a live map value; every writer stores this same value, or 0 at the end of
+    // the address space.
+    unsafe { *g = inst };
+    // A thread still in a syscall while its process exits (6.1 runs `sys_exit` before the
+    // kill) must not reopen the gate of a retired slot: then the slot is gone from SLOTS.
+    if slot_of(tgid) != Some(slot) {
+        // SAFETY: as above.
+        unsafe { *g = 0 };
+        return None;
     }
     Some((slot, inst))
 }
@@ -253,22 +271,28 @@ pub fn claim_slot(tgid: u32) -> Option<u32> {
 /// dropped. O(1): no map is walked.
 #[inline(always)]
 pub fn end_instance(tgid: u32, slot: u32) {
+    // The instance in use, if any: one opened since the last exec (else it has no entries).
+    let mut used = 0;
     if let Some(g) = INSTANCE.get_ptr_mut(tgid) {
         // SAFETY: a live map value (see `claim`).
-        unsafe { *g = 0 };
+        unsafe {
+            used = *g;
+            *g = 0;
+        }
     }
     let Some(p) = PROC.get_ptr_mut(slot) else {
         return;
     };
     // SAFETY: a live map value; exit and exec run when no other thread of the process does.
-    let (inst, origin) = unsafe { ((*p).inst, (*p).origin) };
+    let origin = unsafe { (*p).origin };
     if origin != 0 {
         unlink_origin(origin);
         // SAFETY: as above.
         unsafe { (*p).origin = 0 };
     }
-    if inst != 0 && DEAD.push(inst, 0).is_err() {
-        // Its entries stay until the tracer ends (counted, never found again).
+    // With the pid: userspace closes a gate a dying thread reopened (see `claim`).
+    if used != 0 && DEAD.push(dead_entry(tgid, used), 0).is_err() {
+        // Its entries stay until the tracer ends (counted; no live process finds them).
         count_drop(DROP_MAP_FULL);
     }
 }

@@ -144,7 +144,8 @@ const PREFORK_WRITTEN: usize = 10;
 /// A pre-fork server: the parent holds `regions` two-page regions, writes page 0 of the
 /// first ten, and forks `children` children that stay alive until all are forked. Child `i`
 /// writes page 0 of ten regions (a copy-on-write of the parent's page for the first ten
-/// regions, a first touch for the others) and reads page 1 of three; child 0 also forks a
+/// regions, a first touch for the others), reads page 1 of three and writes page 1 of the
+/// last region but one (after the parent unmapped the last); child 0 also forks a
 /// grandchild (see [`grandchild`]). Truth: bookkeeping;
 /// every fault event names its region (`check-trace`), and nothing is dropped.
 pub fn prefork(report: Option<&Path>, args: &PreforkArgs) -> anyhow::Result<Outcome> {
@@ -196,6 +197,10 @@ pub fn prefork(report: Option<&Path>, args: &PreforkArgs) -> anyhow::Result<Outc
                 read(bases[(i + k * 7) % n], 1);
                 c.add(FaultKind::ReadZero, 1);
             }
+            // The parent unmapped the region below it after the fork, re-marking this
+            // one's first page: still the region every child inherited.
+            write(bases[n - 2], 1);
+            c.add(FaultKind::WriteZero, 1);
             if i == 0 {
                 grandchild(report, bases, &mut c)?;
             }
@@ -204,6 +209,12 @@ pub fn prefork(report: Option<&Path>, args: &PreforkArgs) -> anyhow::Result<Outc
         children.push(pid);
     }
     let fork_ns = started.elapsed().as_nanos() as u64 / args.children;
+    // Regions come top-down, so the last one lies just below the one before it: unmapping
+    // it gives that one's first page a start marker again (the same region).
+    // SAFETY: our own region of PREFORK_PAGES pages, never touched again by the parent.
+    if unsafe { libc::munmap(bases[n - 1].cast(), PREFORK_PAGES * PAGE) } != 0 {
+        bail!("munmap: {}", std::io::Error::last_os_error());
+    }
     // SAFETY: closing our ends of the pipe releases the children.
     unsafe {
         libc::close(fds[1]);

@@ -70,12 +70,6 @@ fn chunk_in(inst: u32, chunk: u64) -> Option<*mut Chunk> {
     CHUNKS.get_ptr_mut(chunk_key(inst, chunk))
 }
 
-/// Chunk `chunk` of `tgid`'s address space.
-#[inline(always)]
-fn chunk_ptr(tgid: u32, chunk: u64) -> Option<*mut Chunk> {
-    chunk_in(instance_of(tgid), chunk)
-}
-
 /// Chunk `chunk` of instance `inst` (whose process has counter slot `slot`), created empty
 /// when missing. Callers claimed the instance first (`maps::claim`), so that a fault that
 /// finds the chunk counts; claiming here would put its frame on every range walk's stack.
@@ -230,33 +224,41 @@ pub fn is_region_page(tgid: u32, addr: u64) -> bool {
 
 /// Gives `page_addr` of `tgid` a start marker naming `r`, stamped with the process's fork
 /// epoch (children forked before now keep seeing what they inherited, see [`marker_at`]).
+/// A marker that already names `r` keeps its stamp: every child forked since inherited
+/// exactly that (a munmap re-marks the region after the range with its own identity).
 #[inline(always)]
 fn set_marker(tgid: u32, page_addr: u64, r: &RegionRef) -> bool {
-    let Some(ch) = chunk_ptr(tgid, page_addr >> CHUNK_SHIFT) else {
+    let inst = instance_of(tgid);
+    let Some(ch) = chunk_in(inst, page_addr >> CHUNK_SHIFT) else {
         return false;
     };
-    // SAFETY: a live map value; `slot` is written once, when the chunk is made.
-    let Some(p) = PROC.get(unsafe { (*ch).slot }) else {
-        return false;
-    };
-    // Built in a per-CPU buffer, not on the stack: this runs in the frames the range walks
-    // share with their callbacks (6.1 adds them against one 512-byte stack).
-    let Some(m) = MARKER_BUF.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's scratch value; tracepoint programs do not nest on a CPU.
-    let m = unsafe {
-        (*m).region = *r;
-        (*m).set_epoch = p.epoch;
-        &*m
-    };
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value, the marker would be copied onto the BPF stack"
-    )]
-    if MARKERS.insert(marker_key(p.inst, page_addr), m, 0).is_err() {
-        count_drop(DROP_MAP_FULL);
-        return false;
+    let key = marker_key(inst, page_addr);
+    // SAFETY: plain-data map value read for this program run.
+    let unchanged = unsafe { MARKERS.get(&key) }.is_some_and(|m| m.region == *r);
+    if !unchanged {
+        // SAFETY: a live map value; `slot` is written once, when the chunk is made.
+        let Some(p) = PROC.get(unsafe { (*ch).slot }) else {
+            return false;
+        };
+        // Built in a per-CPU buffer, not on the stack: this runs in the frames the range
+        // walks share with their callbacks (6.1 adds them against one 512-byte stack).
+        let Some(m) = MARKER_BUF.get_ptr_mut(0) else {
+            return false;
+        };
+        // SAFETY: this CPU's scratch value; tracepoint programs do not nest on a CPU.
+        let m = unsafe {
+            (*m).region = *r;
+            (*m).set_epoch = p.epoch;
+            &*m
+        };
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the marker would be copied onto the BPF stack"
+        )]
+        if MARKERS.insert(&key, m, 0).is_err() {
+            count_drop(DROP_MAP_FULL);
+            return false;
+        }
     }
     let page = (page_addr >> PAGE_SHIFT) & (CHUNK_PAGES - 1);
     // SAFETY: `ch` is a live map value; the field pointer is in bounds.

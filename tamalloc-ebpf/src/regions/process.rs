@@ -151,8 +151,12 @@ pub fn fork(from: u32, to: u32) -> u64 {
         if link_origin(origin) {
             (*child).origin = origin;
             (*child).origin_epoch = epoch;
+            copy
+        } else {
+            // No room to link: the child gets a copy of the parent's own markers instead
+            // (all of them when the parent has no origin; counted as `map_full` anyway).
+            true
         }
-        copy
     };
     let mut ctx = ForkCtx {
         from: from_inst,

@@ -38,7 +38,7 @@ use crate::{
     maps::{
         ENTER_MUNMAP, EXIT_BRK, EXIT_LEARN, EXIT_MADVISE, EXIT_MMAP, EXIT_MPROTECT, EXIT_MREMAP,
         EXIT_MUNMAP, EXIT_PRCTL, PENDING, TAIL_PROGS, TRACED, config, count_drop, counters, emit,
-        instance_of,
+        instance_of, slot_of,
     },
     regions,
 };
@@ -103,12 +103,13 @@ fn is_addr(ret: u64) -> bool {
     ret != 0 && ret < (-4095i64) as u64
 }
 
-/// Whether the process's own syscalls are worth stashing: it has regions (an instance), or
+/// Whether the process's own syscalls are worth stashing: it has regions (an instance) or
+/// a counter slot (it had them before an exec: its exit and forks still matter), or
 /// userspace follows it.
 #[inline(always)]
 pub fn tracked(tgid: u32) -> bool {
-    // SAFETY: only the presence of the key is used.
-    instance_of(tgid) != 0 || unsafe { TRACED.get(tgid).is_some() }
+    // SAFETY: only the presence of the keys is used.
+    instance_of(tgid) != 0 || slot_of(tgid).is_some() || unsafe { TRACED.get(tgid).is_some() }
 }
 
 /// Whether userspace asked to learn this process's regions.

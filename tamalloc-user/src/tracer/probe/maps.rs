@@ -16,6 +16,9 @@ use tamalloc_common::maps::{
 use super::{Probe, refused};
 use crate::tracer::TraceError;
 
+/// Ended instances [`Probe::collect_dead`] takes from `DEAD` per call.
+const DEAD_BATCH: usize = 4096;
+
 /// Events lost on the way to userspace, or region state the maps had no room for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Drops {
@@ -113,9 +116,8 @@ impl Probe {
 
     /// Drops what the programs keep about `pid`, once it is gone for good (its leader left
     /// with exit(2), so the programs could not tell when the last thread ended): its
-    /// instance is closed and its entries deleted by [`Probe::collect_dead`]. Its link to
-    /// an origin stays (the origin's markers then stay until the tracer ends: memory, never
-    /// a wrong count).
+    /// instance is closed and its entries deleted by the next [`Probe::collect_dead`]. Its
+    /// link to an origin is dropped by the programs when its counter slot is next claimed.
     pub fn forget(&mut self, pid: u32) -> Result<(), TraceError> {
         {
             let mut heaps: BpfHashMap<_, u32, Heap> =
@@ -123,18 +125,15 @@ impl Probe {
             // Absent unless `--regions anon` saw its heap.
             let _ = heaps.remove(&pid);
         }
-        let inst = {
+        {
             let mut instances: Array<_, u32> =
                 Array::try_from(map_mut(&mut self.ebpf, name::INSTANCE)?).map_err(refused)?;
             let inst = instances.get(&pid, 0).unwrap_or(0);
             if inst != 0 {
                 instances.set(pid, 0, 0).map_err(refused)?;
+                self.dead_chunks.insert(inst);
+                self.dead_markers.insert(inst);
             }
-            inst
-        };
-        if inst != 0 {
-            self.delete_instances(&HashSet::from([inst]), name::CHUNKS)?;
-            self.dead_markers.insert(inst);
         }
         let mut traced: BpfHashMap<_, u32, u8> =
             BpfHashMap::try_from(map_mut(&mut self.ebpf, name::TRACED)?).map_err(refused)?;
@@ -145,41 +144,67 @@ impl Probe {
     /// Deletes what the programs kept of instances that ended (`DEAD`: exits and execs,
     /// which the programs handle in O(1)): their chunks at once, their markers once no live
     /// process has the instance as its origin (`ORIGIN_REFS`, see `tamalloc_common::maps`).
-    /// One pass over each map, and none when nothing ended.
+    /// One pass over each map, and none when nothing ended; at most [`DEAD_BATCH`] ends per
+    /// call (the rest wait for the next refresh).
     pub fn collect_dead(&mut self) -> Result<(), TraceError> {
-        let mut ended = HashSet::new();
+        let mut ended = Vec::new();
         {
-            let mut dead: Queue<_, u32> =
+            let mut dead: Queue<_, u64> =
                 Queue::try_from(map_mut(&mut self.ebpf, name::DEAD)?).map_err(refused)?;
-            while let Ok(inst) = dead.pop(0) {
-                ended.insert(inst);
+            while ended.len() < DEAD_BATCH
+                && let Ok(entry) = dead.pop(0)
+            {
+                ended.push(((entry >> 32) as u32, entry as u32));
             }
         }
         if !ended.is_empty() {
-            self.delete_instances(&ended, name::CHUNKS)?;
-            self.dead_markers.extend(ended);
+            // A thread that was still in a syscall when its process ended may have opened
+            // the instance's gate again; nothing of it may count.
+            let mut instances: Array<_, u32> =
+                Array::try_from(map_mut(&mut self.ebpf, name::INSTANCE)?).map_err(refused)?;
+            for &(pid, inst) in &ended {
+                if instances.get(&pid, 0).is_ok_and(|i| i == inst) {
+                    let _ = instances.set(pid, 0, 0);
+                }
+                self.dead_chunks.insert(inst);
+                self.dead_markers.insert(inst);
+            }
+        }
+        if !self.dead_chunks.is_empty() {
+            let dead = std::mem::take(&mut self.dead_chunks);
+            self.delete_instances(&dead, name::CHUNKS)?;
         }
         if self.dead_markers.is_empty() {
             return Ok(());
         }
-        let mut refs: BpfHashMap<_, u32, u64> =
-            BpfHashMap::try_from(map_mut(&mut self.ebpf, name::ORIGIN_REFS)?).map_err(refused)?;
         // An ended instance gains no child: children link to a live parent, or to the
         // origin their parent holds a reference to.
-        let ready: HashSet<u32> = self
-            .dead_markers
-            .iter()
-            .copied()
-            .filter(|i| refs.get(i, 0).map_or(true, |n| n == 0))
-            .collect();
+        let ready: HashSet<u32> = {
+            let refs: BpfHashMap<_, u32, u64> =
+                BpfHashMap::try_from(map_ref(&self.ebpf, name::ORIGIN_REFS)?).map_err(refused)?;
+            self.dead_markers
+                .iter()
+                .copied()
+                .filter(|i| match refs.get(i, 0) {
+                    Ok(n) => n == 0,
+                    Err(aya::maps::MapError::KeyNotFound) => true,
+                    Err(_) => false,
+                })
+                .collect()
+        };
         if ready.is_empty() {
             return Ok(());
         }
+        // The markers first: while the `ORIGIN_REFS` entry stays, no new instance of the
+        // slot takes this generation (the programs skip it).
+        self.delete_instances(&ready, name::MARKERS)?;
+        let mut refs: BpfHashMap<_, u32, u64> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, name::ORIGIN_REFS)?).map_err(refused)?;
         for i in &ready {
             let _ = refs.remove(i);
             self.dead_markers.remove(i);
         }
-        self.delete_instances(&ready, name::MARKERS)
+        Ok(())
     }
 
     /// Deletes the entries of `CHUNKS` or `MARKERS` keyed by one of `insts`.

@@ -152,7 +152,9 @@ pub struct Probe {
     fallback: Option<String>,
     /// Why `--regions` follows less than it says on this kernel.
     regions_note: Option<String>,
-    /// Ended instances whose markers wait for their last child (see `Probe::collect_dead`).
+    /// Ended instances whose chunks, and whose markers (these once no child links to
+    /// them), `Probe::collect_dead` deletes.
+    dead_chunks: std::collections::HashSet<u32>,
     dead_markers: std::collections::HashSet<u32>,
 }
 
@@ -307,6 +309,7 @@ impl Probe {
             btf,
             fallback,
             regions_note,
+            dead_chunks: Default::default(),
             dead_markers: Default::default(),
         };
         for &pid in &opts.pids {
