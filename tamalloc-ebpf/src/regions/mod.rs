@@ -99,8 +99,13 @@ fn chunk_or_new(inst: u32, slot: u32, chunk: u64) -> Option<*mut Chunk> {
 /// The marker at `page_addr` of instance `inst` (its process's counter slot `slot`): its
 /// own, else its origin's if the origin set it before the fork (see `maps::Proc`).
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "one key for both lookups: a key by value takes a stack slot per call"
+)]
 fn marker_at(inst: u32, slot: u32, page_addr: u64) -> Option<RegionRef> {
-    // One key for both lookups: every stack byte here counts in the range walks' frames.
+    // One key for both lookups, by reference: every stack byte here counts in the range
+    // walks' frames, and a key passed by value is copied to a new slot per call.
     let mut key = marker_key(inst, page_addr);
     // SAFETY: plain-data map value read for this program run.
     if let Some(m) = unsafe { MARKERS.get(&key) } {
@@ -233,6 +238,10 @@ fn set_marker(tgid: u32, page_addr: u64, r: &RegionRef) -> bool {
         return false;
     };
     let key = marker_key(inst, page_addr);
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "one key on the stack for both calls"
+    )]
     // SAFETY: plain-data map value read for this program run.
     let unchanged = unsafe { MARKERS.get(&key) }.is_some_and(|m| m.region == *r);
     if !unchanged {
