@@ -78,7 +78,7 @@ pub enum Table {
 /// The sequence's interned strings: each string is given an id (from 1, per table) the
 /// first time a packet uses it, and that packet carries the definition in its
 /// `interned_data`. The ids stay valid for the whole sequence: its incremental state is
-/// cleared once, on its second packet, and never again.
+/// cleared once, on its first packet, and never again.
 //
 // First-touch stacks will intern their frames, mappings and function names here too (the
 // `frames`, `callstacks`, `mappings` and `function_names` of `InternedData`).
