@@ -30,7 +30,7 @@ fn read(path: &str) -> Vec<u8> {
 fn record_converts_to_exactly_what_each_live_exporter_wrote() {
     require_root();
     let dir = TempDir::new("record-same");
-    for format in ["jsonl", "csv", "perfetto"] {
+    for format in ["jsonl", "csv", "perfetto", "chrome-json"] {
         let live = dir.arg(&format!("live.{format}"));
         let rec = dir.arg(&format!("{format}.tamrec"));
         let conv = dir.arg(&format!("conv.{format}"));

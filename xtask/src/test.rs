@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the README's test command, and what CI runs.
 //!
 //! Stages run in order and stop at the first failure: set-up, fmt, clippy, the eBPF crate's
-//! own clippy, unit + host integration tests (the tracer tests load BPF, so root), checkpatch
+//! own clippy, unit + host integration tests (the tracer tests load BPF, so root; the
+//! Perfetto UI test drives the chromium, puppeteer-core and UI that set-up installs), checkpatch
 //! --strict on both kernel series, then the patched kernels under QEMU: every supported kernel (6.1, 6.12) normal, then each debug
 //! (cheap failures first), each built once and cached by the hash of its inputs.
 

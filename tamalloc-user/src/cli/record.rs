@@ -14,7 +14,7 @@ use super::trace::{Follow, exit_status, open_output, runtime};
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  \
     sudo tamalloc record -o run.tamrec -- tamalloc demo --size 64MiB --rate 16MiB/s\n  \
-    tamalloc report run.tamrec --format perfetto -o run.json\n  \
+    tamalloc report run.tamrec --format perfetto -o run.pftrace\n  \
     tamalloc report run.tamrec --svg run.svg")]
 pub struct Args {
     /// Write the recording to FILE.

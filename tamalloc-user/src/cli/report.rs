@@ -32,8 +32,8 @@ pub struct Args {
     #[arg(short, long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..),
           conflicts_with = "format")]
     pid: Option<u32>,
-    /// Convert the trace, record for record, to this format (jsonl, csv, perfetto, record)
-    /// in the --output file, instead of printing the summary.
+    /// Convert the trace, record for record, to this format (jsonl, csv, perfetto,
+    /// chrome-json, record) in the --output file, instead of printing the summary.
     #[arg(short, long, value_enum, requires = "output")]
     format: Option<Format>,
     /// Where --format writes.

