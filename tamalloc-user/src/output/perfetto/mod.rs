@@ -355,7 +355,7 @@ impl<W: Write> Perfetto<W> {
     }
 
     /// The `drops` record: an instant on the `tamalloc` track, at the last time seen.
-    fn drops(&mut self, fields: [(&str, u64); 6]) -> io::Result<()> {
+    fn drops(&mut self, fields: [(&str, u64); 7]) -> io::Result<()> {
         let ts = self.last_ts;
         self.at(ts)?;
         let uuid = self.track(|t, new| t.global(GLOBAL_TRACK, new))?;
@@ -425,6 +425,7 @@ impl<W: Write> Sink for Perfetto<W> {
                 map_full,
                 traced_full,
                 region_cut,
+                region_unresolved,
             } => self.drops([
                 ("count", count),
                 ("fault_events", fault_events),
@@ -432,6 +433,7 @@ impl<W: Write> Sink for Perfetto<W> {
                 ("map_full", map_full),
                 ("traced_full", traced_full),
                 ("region_cut", region_cut),
+                ("region_unresolved", region_unresolved),
             ]),
             // System-wide figures are not drawn (as in the Chrome JSON export).
             Record::Global { .. } => self.start(),
