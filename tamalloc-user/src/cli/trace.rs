@@ -6,7 +6,8 @@ use anyhow::{Context as _, bail};
 use tamalloc::{
     output::{self, Format, Tee, TeeSink, prometheus, terminal},
     tracer::{
-        ModeChoice, ProbeOptions, Regions, Sink, View, command,
+        ModeChoice, ProbeOptions, Regions, Sink, View,
+        command::{self, CommandStdio},
         session::{self, TraceOptions},
     },
 };
@@ -127,6 +128,7 @@ impl Follow {
                 regions: self.regions.clone(),
             },
             command: self.command.clone(),
+            command_stdio: CommandStdio::default(),
             duration: self.duration,
             interval: self.interval,
         }
