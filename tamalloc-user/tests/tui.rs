@@ -242,29 +242,29 @@ fn the_live_view_in_tmux_sorts_selects_pauses_resizes_and_gives_the_terminal_bac
 
     // Sort by reserved size (the 16 MiB demo first), go to the top, then one down.
     tmux.keys(&["s"]);
-    tmux.wait("the reserved order", Duration::from_secs(5), |s| {
+    tmux.wait("the reserved order", Duration::from_secs(15), |s| {
         s.contains(" processes (2), sort: RESERVED ")
             && rows(s, "tamalloc").first().map(|r| r.0) == Some(big)
     });
     tmux.keys(&["Home"]);
-    tmux.wait("the 16 MiB demo selected", Duration::from_secs(5), |s| {
+    tmux.wait("the 16 MiB demo selected", Duration::from_secs(15), |s| {
         selected(s) == Some(big) && s.contains(&format!(" pid {big} tamalloc: regions"))
     });
     tmux.keys(&["Down"]);
-    tmux.wait("the 8 MiB demo selected", Duration::from_secs(5), |s| {
+    tmux.wait("the 8 MiB demo selected", Duration::from_secs(15), |s| {
         selected(s) == Some(small) && s.contains(&format!(" pid {small} tamalloc: regions"))
     });
 
     // Pause: the clock on screen stops; resume: it goes on.
     tmux.keys(&["p"]);
-    let paused = tmux.wait("PAUSED", Duration::from_secs(5), |s| {
+    let paused = tmux.wait("PAUSED", Duration::from_secs(15), |s| {
         header(s).contains(" PAUSED ") && s.contains(" p resume ")
     });
     sleep(Duration::from_millis(1500));
     let still = tmux.screen();
     assert_eq!(header(&still), header(&paused), "the paused view moved");
     tmux.keys(&["p"]);
-    let s = tmux.wait("resumed", Duration::from_secs(5), |s| {
+    let s = tmux.wait("resumed", Duration::from_secs(15), |s| {
         !header(s).contains("PAUSED") && header(s) != header(&paused)
     });
     keep(&s, "tui-160x45.txt");
@@ -378,4 +378,39 @@ fn command_output_goes_to_the_file_named_at_the_end() {
     );
     let text = std::fs::read_to_string(&file).expect("the command's output");
     assert_eq!(text, "to-stdout\nto-stderr\n");
+}
+
+/// `q` ends the trace as Ctrl-C does: exit 0 (the trace ended first, the demo is stopped),
+/// the summary, the terminal back. Needs root (eBPF) and tmux.
+#[test]
+fn q_in_the_live_view_ends_the_trace_like_ctrl_c() {
+    require_root();
+    let dir = TempDir::new("tui-q");
+    let tmux = Tmux::start(&dir, 120, 40);
+    let b = bin();
+    tmux.type_line(&format!(
+        "TMPDIR={} {b} trace --interval 500ms -- {b} demo --size 4MiB --rate 0 --hold 60s; echo trace-exit=$?",
+        dir.dir().display()
+    ));
+    tmux.wait("the demo's 1024 pages", Duration::from_secs(60), |s| {
+        pid_with(s, "1024").is_some() && s.contains(" q quit ")
+    });
+    let demo = pid_with(&tmux.screen(), "1024");
+    tmux.keys(&["q"]);
+    let s = tmux.wait("the trace's end", Duration::from_secs(30), |s| {
+        exit_status(s).is_some()
+    });
+    assert!(!tmux.alternate_on(), "{s}");
+    let s = tmux.scrollback();
+    assert_eq!(exit_status(&s), Some("0"), "{s}");
+    assert!(s.contains("Summary after"), "{s}");
+    // The demo was stopped with the trace.
+    sleep(Duration::from_millis(500));
+    if let Some(pid) = demo {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains("demo"),
+            "demo {pid} outlived the trace"
+        );
+    }
 }
