@@ -29,7 +29,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.follow.check()?;
     let sink = open_output(&args.output, Format::Record)?;
     // The summary at the end; nothing per event (that is what the file is for).
-    let view = terminal::for_stdout(false, true);
+    let view = terminal::plain(false, true);
     let outcome = runtime()?
         .block_on(session::run(args.follow.options(true), Some(sink), view))
         .context("recording failed")?;

@@ -4,9 +4,10 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tamalloc::{
-    output::{self, Format, Tee, TeeSink, prometheus, terminal},
+    output::{self, Format, Tee, TeeSink, prometheus, terminal, tui},
     tracer::{
-        ModeChoice, ProbeOptions, Regions, Sink, View, command,
+        ModeChoice, ProbeOptions, Regions, Sink, View,
+        command::{self, CommandStdio},
         session::{self, TraceOptions},
     },
 };
@@ -55,6 +56,11 @@ pub struct Args {
     /// Print only the summary at the end, no live view.
     #[arg(short, long)]
     quiet: bool,
+    /// Send the traced command's stdout and stderr to FILE (named again when the trace ends).
+    /// With the live view (stdout a terminal) they always go to a file: without this flag a
+    /// new one in $TMPDIR.
+    #[arg(long, value_name = "FILE")]
+    command_output: Option<PathBuf>,
 }
 
 /// What to follow, for how long and how: the flags `trace` and `record` share.
@@ -128,6 +134,7 @@ impl Follow {
                 regions: self.regions.clone(),
             },
             command: self.command.clone(),
+            command_stdio: CommandStdio::default(),
             duration: self.duration,
             interval: self.interval,
         }
@@ -160,8 +167,23 @@ pub fn open_output(path: &std::path::Path, format: Format) -> anyhow::Result<Box
 /// else success.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.follow.check()?;
-    let stream = args.events || args.output.is_some() || args.record.is_some();
-    let opts = args.follow.options(stream);
+    let live = tui::wanted(args.events, args.quiet);
+    // The live view shows each process's regions with their first touches: faults stream.
+    let stream = args.events || args.output.is_some() || args.record.is_some() || live;
+    let mut opts = args.follow.options(stream);
+    // The view owns the terminal: the command's output must not write into it.
+    let command_output = match &args.command_output {
+        _ if opts.command.is_empty() => None,
+        Some(path) => Some(path.clone()),
+        None if live => {
+            Some(tui::output_file().context("cannot create a file for the command's output")?)
+        }
+        None => None,
+    };
+    opts.command_stdio = CommandStdio {
+        output: command_output.clone(),
+        null_stdin: live,
+    };
     let mut sinks = Vec::new();
     if let Some(path) = &args.output {
         sinks.push(open_output(path, args.format)?);
@@ -184,7 +206,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let mut view = terminal::for_stdout(args.events, args.quiet);
+    let mut view: Box<dyn View> = if live {
+        Box::new(tui::Tui::start(command_output.as_deref()).context("starting the live view")?)
+    } else {
+        terminal::plain(args.events, args.quiet)
+    };
     if let Some(listener) = listener {
         let (metrics, registry) = prometheus::metrics(args.prometheus_by);
         let _entered = runtime.enter();
@@ -194,10 +220,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         runtime.spawn(prometheus::serve(listener, registry));
         view = Box::new(Tee::new(vec![view, Box::new(metrics) as Box<dyn View>]));
     }
-    let outcome = runtime
-        .block_on(session::run(opts, sink, view))
-        .context("tracing failed")?;
-    Ok(exit_status(&outcome))
+    let outcome = runtime.block_on(session::run(opts, sink, view));
+    if let Some(path) = &command_output {
+        let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
+        if empty && args.command_output.is_none() {
+            // Ours, and nothing was written (the command printed nothing, or never ran).
+            let _ = std::fs::remove_file(path);
+        } else {
+            eprintln!("tamalloc: the command's output is in {}", path.display());
+        }
+    }
+    Ok(exit_status(&outcome.context("tracing failed")?))
 }
 
 fn parse_comm(s: &str) -> Result<String, String> {

@@ -1,7 +1,8 @@
-//! ⑤ Where a trace goes: the terminal ([`terminal`]), trace files ([`jsonl`], [`csv`],
-//! [`perfetto`], [`chrome_json`], the binary [`recording`]) and a Prometheus endpoint
-//! ([`prometheus`]). Each implements a trait the tracer defines and calls, [`Sink`] for files
-//! and [`View`] for the rest; this module depends on the tracer, never the other way.
+//! ⑤ Where a trace goes: the terminal (the live view [`tui`], or [`terminal`]'s plain
+//! text), trace files ([`jsonl`], [`csv`], [`perfetto`], [`chrome_json`], the binary
+//! [`recording`]) and a Prometheus endpoint ([`prometheus`]). Each implements a trait the
+//! tracer defines and calls, [`Sink`] for files and [`View`] for the rest; this module
+//! depends on the tracer, never the other way.
 
 pub mod chrome_json;
 pub mod csv;
@@ -11,6 +12,7 @@ pub mod prometheus;
 pub mod recording;
 pub mod terminal;
 pub mod threaded;
+pub mod tui;
 
 use std::{fs::File, io, path::Path};
 

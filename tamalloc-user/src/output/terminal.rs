@@ -1,9 +1,9 @@
-//! How a session shows itself: a live table redrawn in place on a terminal (like `top`),
-//! plain timestamped blocks otherwise (and with `--events`, one line per fault, bpftrace
-//! style). Output is buffered and flushed once per batch of events and once per refresh,
-//! never per line.
+//! How a session shows itself in text: plain timestamped blocks when stdout is not a
+//! terminal (and with `--events`, one line per fault, bpftrace style), and the closing
+//! summary; the live view on a terminal is [`super::tui`], which shares these lines. Output
+//! is buffered and flushed once per batch of events and once per refresh, never per line.
 
-use std::io::{self, IsTerminal as _, Write};
+use std::io::{self, Write};
 
 use tamalloc_common::trace::{FAULT_KINDS, FaultKind};
 
@@ -25,7 +25,7 @@ pub fn kib(v: u64) -> String {
     }
 }
 
-fn header(snap: &Snapshot) -> String {
+pub(crate) fn header(snap: &Snapshot) -> String {
     let source = match snap.stats_source {
         "syscall" => "stats: syscall 555/556",
         _ => "stats: /proc (kernel without the tamalloc patch)",
@@ -37,7 +37,7 @@ fn header(snap: &Snapshot) -> String {
 }
 
 /// Widths of the fault kinds' columns, in [`FaultKind::ALL`] order.
-const KIND_WIDTHS: [usize; FAULT_KINDS] = [9, 10, 8, 8, 6];
+pub(crate) const KIND_WIDTHS: [usize; FAULT_KINDS] = [9, 10, 8, 8, 6];
 
 /// The header row: one column per fault kind, named after it.
 fn columns() -> String {
@@ -55,19 +55,15 @@ fn columns() -> String {
     s
 }
 
-fn row_line(r: &Row) -> String {
-    let p = &r.state;
-    let mut faults = String::new();
-    for (k, w) in FaultKind::ALL.iter().zip(KIND_WIDTHS) {
-        faults.push_str(&format!(" {:>w$}", p.faults(*k)));
-    }
+/// A row's VmRSS, its change, OOM score and resident share, as the table shows them.
+pub(crate) fn stat_fields(r: &Row) -> [String; 4] {
     let (rss, oom, res) = match &r.stats {
         Some(s) => (
             kib(s.vm_rss_kib),
             s.oom_score.to_string(),
             s.resident_permille.to_string(),
         ),
-        None if p.exited => ("exited".into(), "-".into(), "-".into()),
+        None if r.state.exited => ("exited".into(), "-".into(), "-".into()),
         None => ("-".into(), "-".into(), "-".into()),
     };
     let delta = match r.rss_delta_kib {
@@ -75,6 +71,16 @@ fn row_line(r: &Row) -> String {
         Some(d) if d > 0 => format!("+{}", kib(d as u64)),
         Some(d) => format!("-{}", kib(d.unsigned_abs())),
     };
+    [rss, delta, oom, res]
+}
+
+fn row_line(r: &Row) -> String {
+    let p = &r.state;
+    let mut faults = String::new();
+    for (k, w) in FaultKind::ALL.iter().zip(KIND_WIDTHS) {
+        faults.push_str(&format!(" {:>w$}", p.faults(*k)));
+    }
+    let [rss, delta, oom, res] = stat_fields(r);
     format!(
         "{:>7} {:<16} {:>7} {:>8}{faults} {:>8} {:>8} {:>4} {:>5}",
         r.pid,
@@ -88,30 +94,32 @@ fn row_line(r: &Row) -> String {
     )
 }
 
-fn footer(snap: &Snapshot) -> String {
-    let mut s = String::new();
-    if let Some(g) = &snap.global {
-        s.push_str(&format!(
-            "global: {} processes  VmSize {}  VmRSS {}  tamalloc {} reserved / {} resident  MemAvailable {} of {}  Committed_AS {} / CommitLimit {}\n",
-            g.nr_processes,
-            kib(g.vm_size_kib),
-            kib(g.vm_rss_kib),
-            kib(g.tamalloc_reserved_kib),
-            kib(g.tamalloc_resident_kib),
-            kib(g.mem_available_kib),
-            kib(g.mem_total_kib),
-            kib(g.committed_as_kib),
-            kib(g.commit_limit_kib),
-        ));
-    }
+/// The system-wide line, when the global stats could be read.
+pub(crate) fn global_line(snap: &Snapshot) -> Option<String> {
+    let g = snap.global.as_ref()?;
+    Some(format!(
+        "global: {} processes  VmSize {}  VmRSS {}  tamalloc {} reserved / {} resident  MemAvailable {} of {}  Committed_AS {} / CommitLimit {}",
+        g.nr_processes,
+        kib(g.vm_size_kib),
+        kib(g.vm_rss_kib),
+        kib(g.tamalloc_reserved_kib),
+        kib(g.tamalloc_resident_kib),
+        kib(g.mem_available_kib),
+        kib(g.mem_total_kib),
+        kib(g.committed_as_kib),
+        kib(g.commit_limit_kib),
+    ))
+}
+
+pub(crate) fn drops_line(snap: &Snapshot) -> String {
     let d = &snap.drops;
-    s.push_str(&format!(
+    let mut s = format!(
         "drops: {} (fault events {}, control events {}, map full {}",
         d.total(),
         d.fault_events,
         d.control_events,
         d.map_full
-    ));
+    );
     // The rarer kinds only when they happened.
     for (what, n) in [
         ("traced full", d.traced_full),
@@ -126,7 +134,17 @@ fn footer(snap: &Snapshot) -> String {
     s
 }
 
-fn truncate(s: &str, n: usize) -> &str {
+fn footer(snap: &Snapshot) -> String {
+    let mut s = String::new();
+    if let Some(g) = global_line(snap) {
+        s.push_str(&g);
+        s.push('\n');
+    }
+    s.push_str(&drops_line(snap));
+    s
+}
+
+pub(crate) fn truncate(s: &str, n: usize) -> &str {
     match s.char_indices().nth(n) {
         Some((i, _)) => &s[..i],
         None => s,
@@ -169,30 +187,6 @@ fn event_line(ev: &TraceEvent) -> Option<String> {
     }
 }
 
-/// Restores the terminal (main screen, visible cursor) when dropped, however we leave.
-struct AltScreen;
-
-impl AltScreen {
-    fn enter(out: &mut impl Write) -> io::Result<Self> {
-        out.write_all(b"\x1b[?1049h\x1b[?25l")?;
-        out.flush()?;
-        Ok(Self)
-    }
-}
-
-impl Drop for AltScreen {
-    fn drop(&mut self) {
-        let mut out = io::stdout().lock();
-        let _ = out.write_all(b"\x1b[?25h\x1b[?1049l");
-        let _ = out.flush();
-    }
-}
-
-/// Redraws the table in place on a terminal.
-pub struct LiveView {
-    screen: Option<AltScreen>,
-}
-
 /// Prints timestamped tables, and fault lines with `--events`.
 pub struct PlainView {
     out: io::BufWriter<io::Stdout>,
@@ -200,34 +194,14 @@ pub struct PlainView {
     quiet: bool,
 }
 
-/// The view that suits stdout: live on a terminal unless faults are printed.
-pub fn for_stdout(print_faults: bool, quiet: bool) -> Box<dyn View> {
-    if !print_faults && !quiet && io::stdout().is_terminal() {
-        let screen = AltScreen::enter(&mut io::stdout().lock()).ok();
-        Box::new(LiveView { screen })
-    } else {
-        Box::new(PlainView {
-            out: io::BufWriter::with_capacity(1 << 16, io::stdout()),
-            print_faults,
-            quiet,
-        })
-    }
-}
-
-impl View for LiveView {
-    fn event(&mut self, _ev: &TraceEvent) {}
-
-    fn refresh(&mut self, snap: &Snapshot) {
-        let mut out = io::stdout().lock();
-        let _ = write!(out, "\x1b[H\x1b[2J{}", table(snap).replace('\n', "\r\n"));
-        let _ = writeln!(out, "\r\nCtrl-C to stop");
-        let _ = out.flush();
-    }
-
-    fn finish(&mut self, snap: &Snapshot) {
-        self.screen = None;
-        print_summary(&mut io::stdout().lock(), snap);
-    }
+/// The plain view: a block per refresh (none with `quiet`), fault lines with
+/// `print_faults`, the summary at the end.
+pub fn plain(print_faults: bool, quiet: bool) -> Box<dyn View> {
+    Box::new(PlainView {
+        out: io::BufWriter::with_capacity(1 << 16, io::stdout()),
+        print_faults,
+        quiet,
+    })
 }
 
 impl View for PlainView {
@@ -259,7 +233,7 @@ impl View for PlainView {
 }
 
 /// The closing summary, as bpftrace prints its maps at the end.
-fn print_summary(out: &mut impl Write, snap: &Snapshot) {
+pub(crate) fn print_summary(out: &mut impl Write, snap: &Snapshot) {
     let _ = writeln!(out, "\nSummary after {:.1}s:", snap.elapsed.as_secs_f64());
     let _ = write!(
         out,

@@ -103,14 +103,24 @@ fn executable(path: &Path) -> Result<(), i32> {
     Ok(())
 }
 
+/// Where the followed command's standard streams go.
+#[derive(Clone, Debug, Default)]
+pub struct CommandStdio {
+    /// Its stdout and stderr go to this file (created, or truncated) instead of ours.
+    pub output: Option<PathBuf>,
+    /// Its stdin is /dev/null: a live view reads the terminal.
+    pub null_stdin: bool,
+}
+
 /// Spawns `program` held at a gate until the probe follows its pid, so not one of its
-/// regions is missed. `std` only returns from spawn once the child has exec'd, so the child
-/// is first our own binary (`tamalloc exec-gated FD -- CMD`), which waits on the gate and
-/// then execs CMD under the same pid.
+/// regions is missed; its standard streams as `stdio` says. `std` only returns from spawn
+/// once the child has exec'd, so the child is first our own binary (`tamalloc exec-gated
+/// FD -- CMD`), which waits on the gate and then execs CMD under the same pid.
 pub(super) fn spawn_followed(
     probe: &mut Probe,
     program: &str,
     args: &[String],
+    stdio: &CommandStdio,
 ) -> Result<Child, TraceError> {
     let io = |what: &str| {
         let what = what.to_owned();
@@ -134,6 +144,14 @@ pub(super) fn spawn_followed(
         .arg(program)
         .args(args)
         .kill_on_drop(true);
+    if let Some(path) = &stdio.output {
+        let what = format!("creating {} for the command's output", path.display());
+        let out = std::fs::File::create(path).map_err(io(&what))?;
+        cmd.stderr(out.try_clone().map_err(io(&what))?).stdout(out);
+    }
+    if stdio.null_stdin {
+        cmd.stdin(std::process::Stdio::null());
+    }
     // SAFETY: fcntl is async-signal-safe; it lets the gate's read end survive the exec.
     unsafe {
         cmd.pre_exec(move || {

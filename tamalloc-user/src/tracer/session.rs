@@ -19,7 +19,7 @@ use tokio::{
 use super::{
     Probe, ProbeOptions, Regions, TraceError,
     aggregate::Aggregator,
-    command::spawn_followed,
+    command::{CommandStdio, spawn_followed},
     decode::{TraceEvent, decode},
     record::{Record, SCHEMA_VERSION, stats_record},
     sink::{Row, Sink, Snapshot, View},
@@ -37,6 +37,8 @@ pub struct TraceOptions {
     pub probe: ProbeOptions,
     /// A command to spawn and follow (with its descendants); the trace ends when it exits.
     pub command: Vec<String>,
+    /// Where the command's standard streams go (ours, unless a live view owns the terminal).
+    pub command_stdio: CommandStdio,
     pub duration: Option<Duration>,
     pub interval: Duration,
 }
@@ -140,7 +142,12 @@ pub async fn run(
         eprintln!("tamalloc: {why}");
     }
     let mut child = match opts.command.split_first() {
-        Some((program, args)) => Some(spawn_followed(&mut s.probe, program, args)?),
+        Some((program, args)) => Some(spawn_followed(
+            &mut s.probe,
+            program,
+            args,
+            &opts.command_stdio,
+        )?),
         None => None,
     };
     let io_err = |what: &str| {

@@ -81,6 +81,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "the Prometheus server that scrapes `trace --prometheus` in its test",
     ),
     (
+        "tmux",
+        "the live view's test runs `tamalloc trace` in a real terminal",
+    ),
+    (
         "git",
         "`cargo xtask rehearse` clones the repository into a fresh root",
     ),

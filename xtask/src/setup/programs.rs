@@ -113,6 +113,11 @@ pub const PROGRAMS: &[Program] = &[
         "scrapes `trace --prometheus` in its test",
     ),
     p(
+        "tmux",
+        Setup("tmux"),
+        "runs the live view in a terminal in its test",
+    ),
+    p(
         "debootstrap",
         Setup("debootstrap"),
         "`cargo xtask rehearse` builds a fresh root",
