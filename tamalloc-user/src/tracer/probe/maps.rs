@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use aya::{
-    Ebpf,
+    Ebpf, Pod,
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues, Queue, RingBuf},
 };
 use tamalloc_common::maps::{
@@ -172,7 +172,7 @@ impl Probe {
         }
         if !self.dead_chunks.is_empty() {
             let dead = std::mem::take(&mut self.dead_chunks);
-            self.delete_instances(&dead, name::CHUNKS)?;
+            self.delete_instances::<ChunkKey, Chunk>(name::CHUNKS, &dead, |k| k.inst())?;
         }
         if self.dead_markers.is_empty() {
             return Ok(());
@@ -197,7 +197,7 @@ impl Probe {
         }
         // The markers first: while the `ORIGIN_REFS` entry stays, no new instance of the
         // slot takes this generation (the programs skip it).
-        self.delete_instances(&ready, name::MARKERS)?;
+        self.delete_instances::<MarkerKey, Marker>(name::MARKERS, &ready, |k| k.inst)?;
         let mut refs: BpfHashMap<_, u32, u64> =
             BpfHashMap::try_from(map_mut(&mut self.ebpf, name::ORIGIN_REFS)?).map_err(refused)?;
         for i in &ready {
@@ -207,30 +207,23 @@ impl Probe {
         Ok(())
     }
 
-    /// Deletes the entries of `CHUNKS` or `MARKERS` keyed by one of `insts`.
-    fn delete_instances(&mut self, insts: &HashSet<u32>, map: &str) -> Result<(), TraceError> {
-        if map == name::CHUNKS {
-            let mut chunks: BpfHashMap<_, ChunkKey, Chunk> =
-                BpfHashMap::try_from(map_mut(&mut self.ebpf, map)?).map_err(refused)?;
-            let keys: Vec<ChunkKey> = chunks
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| insts.contains(&k.inst()))
-                .collect();
-            for k in keys {
-                let _ = chunks.remove(&k);
-            }
-        } else {
-            let mut markers: BpfHashMap<_, MarkerKey, Marker> =
-                BpfHashMap::try_from(map_mut(&mut self.ebpf, map)?).map_err(refused)?;
-            let keys: Vec<MarkerKey> = markers
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| insts.contains(&k.inst))
-                .collect();
-            for k in keys {
-                let _ = markers.remove(&k);
-            }
+    /// Deletes the entries of hash map `map` (`K -> V`) whose key names (`inst_of`) one of
+    /// `insts`.
+    fn delete_instances<K: Pod, V: Pod>(
+        &mut self,
+        map: &str,
+        insts: &HashSet<u32>,
+        inst_of: fn(&K) -> u32,
+    ) -> Result<(), TraceError> {
+        let mut entries: BpfHashMap<_, K, V> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, map)?).map_err(refused)?;
+        let keys: Vec<K> = entries
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| insts.contains(&inst_of(k)))
+            .collect();
+        for k in keys {
+            let _ = entries.remove(&k);
         }
         Ok(())
     }
