@@ -34,5 +34,9 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::maps::Marker {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for crate::maps::StackKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::maps::StackCount {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for crate::maps::Proc {}
 }

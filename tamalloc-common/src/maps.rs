@@ -82,9 +82,19 @@ pub const SWEEP: &str = "SWEEP";
 pub const HEAPS: &str = "HEAPS";
 /// `--regions name:NAME`: NAME, NUL-padded (`Array<[u8; ANON_NAME_MAX]>`, index 0).
 pub const REGION_NAME: &str = "REGION_NAME";
+/// `--stacks`: stacks by id, as instruction addresses (user and kernel ones).
+pub const STACK_TRACES: &str = "STACK_TRACES";
+/// `--stacks`: user stacks by id as (build ID, file offset) frames, taken once per new
+/// [`StackKey`] so that exited processes and deleted files still resolve.
+pub const BUILD_ID_STACKS: &str = "BUILD_ID_STACKS";
+/// `--stacks`: pages first touched per [`StackKey`].
+pub const STACK_COUNTS: &str = "STACK_COUNTS";
+/// Name of the read-only global the loader sets to 1 with `--stacks` (0: no stack is
+/// taken, and the verifier drops the code).
+pub const STACKS_ON: &str = "STACKS_ON";
 
 /// Every map of the object.
-pub const ALL_MAPS: [&str; 21] = [
+pub const ALL_MAPS: [&str; 24] = [
     CONFIG,
     TRACED,
     PENDING,
@@ -106,6 +116,9 @@ pub const ALL_MAPS: [&str; 21] = [
     SWEEP,
     HEAPS,
     REGION_NAME,
+    STACK_TRACES,
+    BUILD_ID_STACKS,
+    STACK_COUNTS,
 ];
 
 /// Program names: the functions' names in tamalloc-ebpf.
@@ -442,6 +455,66 @@ pub const CONFIG_REGIONS_NAMED: u64 = 1 << 4;
 /// Room for an anonymous mapping's name (the kernel's `ANON_VMA_NAME_MAX_LEN`, with the NUL).
 pub const ANON_NAME_MAX: usize = 80;
 
+/// Frames a stack keeps, innermost first (the kernel's `PERF_MAX_STACK_DEPTH`).
+pub const STACK_DEPTH: usize = 127;
+/// Distinct stacks `STACK_TRACES` holds by default (user and kernel ones together).
+pub const STACK_TRACES_MAX: u32 = 16384;
+/// Distinct user stacks with build IDs (`BUILD_ID_STACKS`) by default: 4 MiB.
+pub const BUILD_ID_STACKS_MAX: u32 = 1024;
+/// Distinct (process, region, kind, stack)s counted by default.
+pub const STACK_COUNTS_MAX: u32 = 65536;
+/// A stack id field that holds no stack.
+pub const NO_STACK: i32 = -1;
+
+/// `STACK_COUNTS` key: what one first touch is attributed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    /// The region's identity (as in events); 0 when it could not be named.
+    pub region: u64,
+    pub tgid: u32,
+    /// `STACK_TRACES` id of the user stack.
+    pub user: i32,
+    /// `STACK_TRACES` id of the kernel stack when the kernel made the touch, else
+    /// [`NO_STACK`].
+    pub kernel: i32,
+    /// `FaultKind as u32`.
+    pub kind: u32,
+    /// The process's instance (its address space) when the stack was taken: addresses mean
+    /// something only in it, and an exec gives the pid another.
+    pub inst: u32,
+    pub _pad: u32,
+}
+
+/// `STACK_COUNTS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackCount {
+    /// Pages first touched (a huge page counts its followed pages).
+    pub pages: u64,
+    /// `BUILD_ID_STACKS` id of the same user stack, taken when the key was new;
+    /// [`NO_STACK`] when that map was full or the stack could not be taken.
+    pub build: i32,
+    pub _pad: u32,
+}
+
+/// One frame of a `BUILD_ID_STACKS` entry: the kernel's `struct bpf_stack_build_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildIdFrame {
+    /// [`BUILD_ID_VALID`], [`BUILD_ID_IP`] (no build ID: `offset_or_ip` is the address)
+    /// or `BPF_STACK_BUILD_ID_EMPTY` (0, past the stack's end).
+    pub status: i32,
+    pub build_id: [u8; 20],
+    /// The file offset when `status` is [`BUILD_ID_VALID`], else the address.
+    pub offset_or_ip: u64,
+}
+
+/// `BPF_STACK_BUILD_ID_VALID`.
+pub const BUILD_ID_VALID: i32 = 1;
+/// `BPF_STACK_BUILD_ID_IP`.
+pub const BUILD_ID_IP: i32 = 2;
+
 /// `HEAPS` value: a process's heap, `[start, end)` page-aligned, as its `brk` calls made it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -512,11 +585,26 @@ pub const DROP_REGION_CUT: u32 = 4;
 /// syscalls): the parent replaced the region's marker after the fork. Counts are
 /// unaffected.
 pub const DROP_REGION_UNRESOLVED: u32 = 5;
-pub const DROP_SLOTS: u32 = 6;
+/// `--stacks`: a first touch whose stack could not be taken (`STACK_TRACES` full, or a
+/// different stack with the same hash there); its pages are counted, not attributed.
+pub const DROP_STACKS_LOST: u32 = 6;
+/// `--stacks`: `STACK_COUNTS` had no room for a new (process, region, kind, stack).
+pub const DROP_STACKS_FULL: u32 = 7;
+pub const DROP_SLOTS: u32 = 8;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `BUILD_ID_STACKS` frames are the kernel's `struct bpf_stack_build_id` (uapi bpf.h):
+    /// s32 status, 20 bytes, then a u64 at offset 24.
+    #[test]
+    fn build_id_frames_have_the_kernels_layout() {
+        assert_eq!(size_of::<BuildIdFrame>(), 32);
+        assert_eq!(core::mem::offset_of!(BuildIdFrame, offset_or_ip), 24);
+        assert_eq!(size_of::<StackKey>(), 32);
+        assert_eq!(size_of::<StackCount>(), 16);
+    }
 
     #[test]
     fn names_are_listed_once() {

@@ -147,6 +147,7 @@ pub enum Install {
 pub mod kernel {
     /// `enum fault_flag`.
     pub const FAULT_FLAG_WRITE: u32 = 1 << 0;
+    pub const FAULT_FLAG_USER: u32 = 1 << 6;
     pub const FAULT_FLAG_REMOTE: u32 = 1 << 7;
     /// `enum vm_fault_reason`.
     pub const VM_FAULT_OOM: u32 = 0x1;

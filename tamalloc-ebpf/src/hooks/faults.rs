@@ -16,6 +16,7 @@ use tamalloc_common::{
     trace::{Event, EventKind, FaultKind, PageState, classify, pf},
 };
 
+use super::stacks;
 use crate::{
     atomics::{fetch_and, fetch_or},
     maps::{emit, instance_of, slot_counters},
@@ -111,11 +112,18 @@ fn on_fault<const STREAM: bool>(ctx: &RawTracePointContext) {
         // SAFETY: this CPU's copy of a per-CPU value: no other writer.
         unsafe { (*c).faults[(kind as usize) % tamalloc_common::trace::FAULT_KINDS] += 1 };
     }
-    if !STREAM {
+    let stacks = stacks::enabled();
+    if !STREAM && !stacks {
         return;
     }
     // SAFETY: as above; only read.
     let r = regions::resolve(unsafe { &*ch }, inst, addr >> CHUNK_SHIFT, page);
+    if stacks {
+        stacks::take(ctx, tgid, inst, r.id, kind, 1, error_code & pf::USER == 0);
+    }
+    if !STREAM {
+        return;
+    }
     emit(
         &Event {
             // SAFETY: helper without preconditions.

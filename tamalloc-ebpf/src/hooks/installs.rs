@@ -15,14 +15,17 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{fentry, fexit},
-    programs::{FEntryContext, FExitContext},
+    programs::{FEntryContext, FExitContext, tracing::StackIdContext},
 };
 use tamalloc_common::{
     maps::{CHUNK_SHIFT, CHUNK_WORDS, DROP_FAULT_EVENTS, KernelLayout, VMF_WINDOW},
-    trace::{Event, EventKind, FAULT_KINDS, FaultKind, Install, classify_install},
+    trace::{
+        Event, EventKind, FAULT_KINDS, FaultKind, Install, classify_install,
+        kernel::FAULT_FLAG_USER, pf,
+    },
 };
 
-use super::faults::USER_END;
+use super::{faults::USER_END, stacks};
 use crate::{
     maps::{emit, instance_of, slot_counters},
     regions::{self, Followed},
@@ -118,6 +121,10 @@ pub fn access_error(ctx: FEntryContext) -> u32 {
     }
     if let Some(f) = regions::followed(inst, addr) {
         count(&f, FaultKind::Other, 1, false);
+        if stacks::enabled() {
+            let kernel = error_code & pf::USER == 0;
+            take_stack(&ctx, &f, tgid, inst, addr, FaultKind::Other, 1, kernel);
+        }
         if layout().stream != 0 {
             stream(
                 &f,
@@ -163,6 +170,10 @@ fn on_install(ctx: &FExitContext, at: Install) {
     // A huge page is one chunk: count the pages of it that are followed.
     let pages = if huge { followed_pages(&f) } else { pages };
     count(&f, kind, pages, huge);
+    if stacks::enabled() {
+        let kernel = flags & FAULT_FLAG_USER == 0;
+        take_stack(ctx, &f, tgid, inst, addr, kind, pages, kernel);
+    }
     if l.stream != 0 {
         stream(
             &f,
@@ -199,6 +210,26 @@ fn count(f: &Followed, kind: FaultKind, pages: u64, huge: bool) {
             }
         }
     }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the fault's facts, inlined into each hook"
+)]
+#[inline(always)]
+fn take_stack<C: StackIdContext>(
+    ctx: &C,
+    f: &Followed,
+    tgid: u32,
+    inst: u32,
+    addr: u64,
+    kind: FaultKind,
+    pages: u64,
+    kernel: bool,
+) {
+    // SAFETY: a live map value, only read.
+    let r = regions::resolve(unsafe { &*f.chunk }, inst, addr >> CHUNK_SHIFT, f.page);
+    stacks::take(ctx, tgid, inst, r.id, kind, pages, kernel);
 }
 
 #[inline(always)]

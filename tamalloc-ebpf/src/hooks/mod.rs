@@ -3,10 +3,12 @@
 //! keeps them true through munmap/mremap/madvise; `lifecycle` (sched) copies them on fork
 //! and drops them on exec/exit; `faults` (exceptions) classifies and counts faults in region
 //! pages, and streams them on demand (tracepoint mode); `installs` (fexit/fentry) counts
-//! what the kernel installed in region pages instead (kernel mode, chosen at load). They
-//! keep their state through `crate::regions` and `crate::maps`.
+//! what the kernel installed in region pages instead (kernel mode, chosen at load); both
+//! hand each counted first touch to `stacks` with `--stacks`. They keep their state through
+//! `crate::regions` and `crate::maps`.
 
 mod faults;
 mod installs;
 mod lifecycle;
+mod stacks;
 mod syscalls;
