@@ -12,7 +12,7 @@ mod common;
 use common::{KINDS, TempDir, json_lines, require_root, trace_workload};
 
 /// The columns README documents, in order.
-const CSV_COLUMNS: &str = "type,ts_ns,pid,tid,comm,kind,addr,len,region,page,fallback,region_bytes,old_addr,old_len,new_addr,new_len,child,vm_size_kib,vm_rss_kib,rss_anon_kib,rss_file_kib,rss_shmem_kib,oom_score,oom_score_adj,resident_permille,tamalloc_regions,tamalloc_reserved_kib,tamalloc_resident_kib,read_zero,write_zero,cow_zero,cow,other,reserved_bytes,regions,nr_processes,mem_total_kib,mem_available_kib,committed_as_kib,commit_limit_kib,source,count,fault_events,control_events,map_full,version,tool,kernel,stats_source,events,mode,huge_faults,traced_full,region_cut,made_by,follows,region_unresolved";
+const CSV_COLUMNS: &str = "type,ts_ns,pid,tid,comm,kind,addr,len,region,page,fallback,region_bytes,old_addr,old_len,new_addr,new_len,child,vm_size_kib,vm_rss_kib,rss_anon_kib,rss_file_kib,rss_shmem_kib,oom_score,oom_score_adj,resident_permille,tamalloc_regions,tamalloc_reserved_kib,tamalloc_resident_kib,read_zero,write_zero,cow_zero,cow,other,reserved_bytes,regions,nr_processes,mem_total_kib,mem_available_kib,committed_as_kib,commit_limit_kib,source,count,fault_events,control_events,map_full,version,tool,kernel,stats_source,events,mode,huge_faults,traced_full,region_cut,made_by,follows,region_unresolved,stacks_lost,stacks_full,frames";
 
 #[test]
 fn export_csv_has_the_documented_header_and_one_row_per_record() {

@@ -5,8 +5,11 @@
 //! The test asserts the trace loads with no page error and no import error in the trace
 //! processor's `stats`, that the tracks' names are on the page, and, through SQL run by the
 //! UI's own trace processor, the counts: faults by kind and thread, the annotations of one,
-//! a counter's last value, the region's slice, the process's and threads' names. The
-//! screenshot is kept in target/perfetto-ui/ (README's picture is one).
+//! a counter's last value, the region's slice, the process's and threads' names; and the
+//! first-touch stacks (`stack` records) as the process's heap profile: each call path's pages
+//! by kind, and the nodes of the flame graph the UI draws from them (its own query). The
+//! screenshots are kept in target/perfetto-ui/: the timeline (README's picture is one) and
+//! the flame graph the UI opens on load (docs/perfetto-stacks.png is one).
 //!
 //! `cargo xtask setup` installs chromium, puppeteer-core and the UI (into
 //! <cache>/perfetto-ui/); without them the test fails saying so. It needs no root: nothing is
@@ -103,11 +106,62 @@ fn session() -> String {
         "made_by": "tamalloc", "len": PAGES * 4096, "read_zero": r, "write_zero": w,
         "cow_zero": c, "cow": 0, "other": 0}),
     );
+    lines.extend(stacks());
     lines.push(
         json!({"type": "drops", "count": 0, "fault_events": 0, "control_events": 0,
         "map_full": 0, "traced_full": 0, "region_cut": 0}),
     );
     lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// A program of the synthetic stacks (not one the tests run).
+const DEMO: &str = "/opt/demo/demo";
+const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+const LIBC_BUILD_ID: &str = "c289da5071a3399de893d2af81d6a30c62646e1e";
+
+/// The session's first-touch stacks (frames leaf first), as `--stacks` writes them at the
+/// end: three call sites that account for every fault above, one through the kernel, and
+/// the leader's call site split over two records (two regions' worth) to be summed.
+fn stacks() -> Vec<Value> {
+    let user = |function: &str, module: &str, off: u64| {
+        json!({"addr": 0x5555_0000_0000_u64 + off, "function": function, "module": module,
+               "file_offset": off})
+    };
+    let main = user("main", DEMO, 0x1100);
+    let stack = |region: u64, counts: [u64; 3], frames: Vec<Value>| {
+        json!({"type": "stack", "pid": PID, "comm": "demo", "region": region,
+               "read_zero": counts[0], "write_zero": counts[1], "cow_zero": counts[2],
+               "cow": 0, "other": 0, "frames": frames})
+    };
+    let fill = vec![
+        json!({"addr": 0x7f12_0000_1234_u64, "function": "__memset_avx2_unaligned_erms",
+               "module": LIBC, "build_id": LIBC_BUILD_ID, "file_offset": 0x1234}),
+        user("fill_buffer", DEMO, 0x1200),
+        main.clone(),
+    ];
+    vec![
+        stack(REGION, [0, LEADER_WRITES - 8, 0], fill.clone()),
+        stack(0, [0, 8, 0], fill),
+        stack(
+            REGION,
+            [WORKER_READS, 0, 0],
+            vec![user("scan", DEMO, 0x1300), main.clone()],
+        ),
+        stack(
+            REGION,
+            [0, 0, WORKER_READS],
+            vec![
+                json!({"addr": 0xffff_ffff_8123_4567_u64, "kernel": true,
+                       "function": "rep_movs_alternative"}),
+                json!({"addr": 0xffff_ffff_8123_0000_u64, "kernel": true,
+                       "function": "_copy_to_user"}),
+                json!({"addr": 0x7f12_0000_5678_u64, "module": LIBC,
+                       "build_id": LIBC_BUILD_ID, "file_offset": 0x5678}),
+                user("load_file", DEMO, 0x1400),
+                main,
+            ],
+        ),
+    ]
 }
 
 /// The SQL run in the UI, by name.
@@ -131,6 +185,29 @@ fn queries() -> Value {
         "region_slices": "select name, ts, dur from slice where name like '% region'",
         "process": "select pid, name from process where pid = 4242",
         "threads": "select tid, name from thread where tid in (4242, 4243) order by tid",
+        // Each sample's call path, root first (as the folded output writes it).
+        "heap_samples": "with recursive up(alloc, parent, path) as ( \
+              select a.id, c.parent_id, f.name from heap_profile_allocation a \
+              join stack_profile_callsite c on c.id = a.callsite_id \
+              join stack_profile_frame f on f.id = c.frame_id \
+            union all \
+              select up.alloc, c.parent_id, f.name || ';' || up.path from up \
+              join stack_profile_callsite c on c.id = up.parent \
+              join stack_profile_frame f on f.id = c.frame_id) \
+            select p.pid as pid, a.heap_name as heap, up.path as path, a.count as count, \
+              a.size as size from up join heap_profile_allocation a on a.id = up.alloc \
+            join process p using (upid) where up.parent is null order by path",
+        "mappings": "select name, build_id from stack_profile_mapping order by name",
+        // The nodes of the flame graph the UI draws for the process's heap profile (its
+        // own query, v52, at the dump's time).
+        "flamegraph": "include perfetto module android.memory.heap_profile.callstacks; \
+            select id, parent_id, name, mapping_name, self_size, self_count from \
+            _android_heap_profile_callstacks_for_allocations!(( \
+              select callsite_id, size, count, max(size, 0) as alloc_size, \
+                max(count, 0) as alloc_count from heap_profile_allocation a \
+              where a.ts <= (select max(ts) from heap_profile_allocation) \
+                and a.upid = (select upid from process where pid = 4242))) \
+            order by id",
     })
 }
 
@@ -187,15 +264,21 @@ fn native_trace_loads_in_the_perfetto_ui_with_its_tracks_and_counts() {
     let artifacts = target_dir().join("perfetto-ui");
     std::fs::create_dir_all(&artifacts).expect("create target/perfetto-ui");
     let screenshot = artifacts.join("native-trace.png");
-    let _ = std::fs::remove_file(&screenshot);
+    let stacks_screenshot = artifacts.join("native-trace-stacks.png");
+    for png in [&screenshot, &stacks_screenshot] {
+        let _ = std::fs::remove_file(png);
+    }
     let spec = json!({
         "modules": modules,
         "webDist": web_dist,
         "trace": trace,
         "screenshot": screenshot,
+        // The heap profile's flame graph (docs/perfetto-stacks.png is one).
+        "detailsScreenshot": stacks_screenshot,
+        "detailsText": "Unreleased Size",
         "chromium": chromium,
         "expectText": ["demo 4242", "VmRSS", "tamalloc resident", "pages touched write_zero",
-                       "region 0x7f0000000000", "demo 4243"],
+                       "region 0x7f0000000000", "demo 4243", "Heap Profile"],
         "queries": queries(),
     });
     std::fs::write(dir.path("spec.json"), spec.to_string()).expect("write the spec");
@@ -317,10 +400,90 @@ fn native_trace_loads_in_the_perfetto_ui_with_its_tracks_and_counts() {
             json!({"tid": WORKER, "name": "demo"}),
         ]
     );
-    let png = std::fs::read(&screenshot).expect("the screenshot was taken");
-    assert!(
-        png.starts_with(b"\x89PNG"),
-        "{} is a PNG",
-        screenshot.display()
+    // The UI opened the heap profile's flame graph (drawn on a canvas; its nodes are
+    // checked through its query below).
+    let details = report["details"].as_str().unwrap_or_default();
+    for want in ["Heap profile", "Unreleased Size", "Total Count"] {
+        assert!(
+            details.contains(want),
+            "{want} not in the details panel: {details:?}"
+        );
+    }
+    assert_stacks(&report);
+    for png in [&screenshot, &stacks_screenshot] {
+        let bytes = std::fs::read(png).expect("the screenshot was taken");
+        assert!(bytes.starts_with(b"\x89PNG"), "{} is a PNG", png.display());
+    }
+}
+
+/// The stacks' heap profile: each call path's pages and bytes by kind, and the same as
+/// the flame graph's nodes.
+fn assert_stacks(report: &Value) {
+    let folded = |path: &str, kind: &str, pages: u64| {
+        json!({"pid": PID, "heap": format!("tamalloc.{kind}"),
+               "path": format!("{path};[{kind}]"), "count": pages, "size": pages * 4096})
+    };
+    assert_eq!(
+        rows(report, "heap_samples"),
+        &vec![
+            folded(
+                "main;fill_buffer;__memset_avx2_unaligned_erms",
+                "write_zero",
+                LEADER_WRITES
+            ),
+            folded(
+                "main;load_file;libc.so.6+0x5678;_copy_to_user;rep_movs_alternative",
+                "cow_zero",
+                WORKER_READS
+            ),
+            folded("main;scan", "read_zero", WORKER_READS),
+        ]
+    );
+    assert_eq!(
+        rows(report, "mappings"),
+        &vec![
+            json!({"name": "/[kernel.kallsyms]", "build_id": ""}),
+            json!({"name": "/[tamalloc]", "build_id": ""}),
+            json!({"name": DEMO, "build_id": ""}),
+            json!({"name": LIBC, "build_id": LIBC_BUILD_ID}),
+        ]
+    );
+    // The flame graph's nodes, as (path from the root, pages of the node itself).
+    let nodes = rows(report, "flamegraph");
+    let mut paths: std::collections::BTreeMap<i64, String> = Default::default();
+    let mut drawn = Vec::new();
+    for n in nodes {
+        let name = n["name"].as_str().unwrap_or_default();
+        let path = match n["parent_id"].as_i64().and_then(|p| paths.get(&p)) {
+            Some(parent) => format!("{parent};{name}"),
+            None => name.to_owned(),
+        };
+        paths.insert(n["id"].as_i64().unwrap_or(-1), path.clone());
+        let (size, count) = (&n["self_size"], &n["self_count"]);
+        if count.as_u64() != Some(0) {
+            drawn.push((path, count.as_u64(), size.as_u64()));
+        }
+    }
+    drawn.sort();
+    let pages = |path: &str, n: u64| (path.to_owned(), Some(n), Some(n * 4096));
+    assert_eq!(
+        drawn,
+        [
+            pages(
+                "main;fill_buffer;__memset_avx2_unaligned_erms;[write_zero]",
+                LEADER_WRITES
+            ),
+            pages(
+                "main;load_file;libc.so.6+0x5678;_copy_to_user;rep_movs_alternative;[cow_zero]",
+                WORKER_READS
+            ),
+            pages("main;scan;[read_zero]", WORKER_READS),
+        ],
+        "flame graph nodes: {nodes:?}"
+    );
+    assert_eq!(
+        paths.len(),
+        11,
+        "one node per distinct call site: {paths:?}"
     );
 }

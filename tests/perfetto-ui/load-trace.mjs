@@ -8,14 +8,19 @@
 //   node load-trace.mjs SPEC.json
 //
 // SPEC: {"modules": DIR with node_modules/, "webDist": DIR, "trace": FILE,
-//        "screenshot": PNG, "chromium": PATH, "expectText": [...], "queries": {NAME: SQL}}
+//        "screenshot": PNG, "chromium": PATH, "expectText": [...], "queries": {NAME: SQL},
+//        "detailsScreenshot": PNG (optional), "detailsText": TEXT}
 // Prints one JSON object: {"loadMs", "pageErrors", "consoleErrors", "failedRequests" (URL
 //   and error or status), "missingText", "queries": {NAME: {"rows": [...]} or
-//   {"error": "..."}}, "title", "base" (the server's URL)}.
+//   {"error": "..."}}, "title", "base" (the server's URL), "details" (the details panel's
+//   text, with `detailsScreenshot`)}.
 //
 // It serves the UI and the trace on 127.0.0.1 (the UI fetches `#!/?url=...`), waits for the
 // trace to load, expands every track group, runs the SQL through the trace processor the UI
-// loaded (`window.app.trace.engine`, the UI's own debug global), and takes a screenshot.
+// loaded (`window.app.trace.engine`, the UI's own debug global), and takes a screenshot;
+// with `detailsScreenshot`, also one of the selection's details panel once it shows
+// `detailsText` (the UI selects a trace's first heap profile when the trace is ready and
+// draws its flame graph there).
 
 import { createServer } from 'node:http';
 import { mkdtempSync, readFileSync, rmSync, statSync, createReadStream } from 'node:fs';
@@ -146,6 +151,24 @@ try {
   }, spec.queries ?? {});
   await new Promise((ok) => setTimeout(ok, 500));
   await page.screenshot({ path: spec.screenshot });
+  if (spec.detailsScreenshot) {
+    // The bottom panel of the UI v52, where the selection's details are drawn.
+    const DRAWER = '.pf-split-panel__drawer';
+    try {
+      await page.waitForFunction(
+        (sel, want) => document.querySelector(sel)?.innerText.includes(want),
+        { timeout: 30_000, polling: 250 },
+        DRAWER,
+        spec.detailsText ?? '',
+      );
+    } catch {
+      // Reported below with the panel's text.
+    }
+    await new Promise((ok) => setTimeout(ok, 500));
+    const drawer = await page.$(DRAWER);
+    await drawer.screenshot({ path: spec.detailsScreenshot });
+    report.details = await page.evaluate((sel) => document.querySelector(sel).innerText, DRAWER);
+  }
 } catch (e) {
   report.failure = String(e?.stack ?? e);
 } finally {

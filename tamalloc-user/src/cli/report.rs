@@ -1,12 +1,17 @@
 //! `tamalloc report`: draw a trace (JSON lines or a recording) as an SVG (the picture of
-//! lazy zeroing), or convert it to another format.
+//! lazy zeroing), convert it to another format, or write its first-touch stacks (`trace
+//! --stacks`) as folded stacks, a flame graph or a pprof profile.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use tamalloc::{
-    output::{self, Format},
+    output::{
+        self, Format,
+        stacks::{StackFiles, StackSet, StackTargets},
+    },
     report::{self, Trace},
+    tracer::{Sink as _, record::Record, recording::Item},
 };
 
 /// Arguments of `tamalloc report`.
@@ -14,11 +19,14 @@ use tamalloc::{
 #[command(
     after_help = "Per process, over time: bytes reserved in tamalloc regions, resident \
 bytes and VmRSS (MiB), above the pages first touched, cumulative, by kind. Prints a one-line \
-summary per process either way.\n\nExamples:\n  \
+summary per process, unless it converts (--format) or writes only stacks (--folded, \
+--flamegraph, --pprof).\n\nExamples:\n  \
 sudo tamalloc trace --output run.jsonl -- tamalloc demo --size 32MiB --rate 8MiB/s --read-first\n  \
 tamalloc report run.jsonl --svg run.svg\n  \
 sudo tamalloc record -o run.tamrec -- tamalloc demo --size 32MiB\n  \
-tamalloc report run.tamrec --format jsonl -o run.jsonl"
+tamalloc report run.tamrec --format jsonl -o run.jsonl\n  \
+sudo tamalloc trace --stacks --record run.tamrec -- ./my-program\n  \
+tamalloc report run.tamrec --flamegraph pages.svg --pprof pages.pb.gz"
 )]
 pub struct Args {
     /// A trace: JSON lines (`tamalloc trace --output FILE`) or a recording
@@ -39,6 +47,16 @@ pub struct Args {
     /// Where --format writes.
     #[arg(short, long, value_name = "FILE", requires = "format")]
     output: Option<PathBuf>,
+    /// Write the trace's first-touch stacks (`trace --stacks`) as folded stacks to FILE.
+    #[arg(long, value_name = "FILE")]
+    folded: Option<PathBuf>,
+    /// Draw the trace's first-touch stacks (`trace --stacks`) as a flame graph SVG in FILE.
+    #[arg(long, value_name = "FILE")]
+    flamegraph: Option<PathBuf>,
+    /// Write the trace's first-touch stacks (`trace --stacks`) as a gzipped pprof profile to
+    /// FILE (`go tool pprof`, Pyroscope, Parca).
+    #[arg(long, value_name = "FILE")]
+    pprof: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -48,6 +66,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.trace.display()
         )
     };
+    let stack_files = StackTargets {
+        folded: args.folded.clone(),
+        flamegraph: args.flamegraph.clone(),
+        pprof: args.pprof.clone(),
+    };
+    if !stack_files.is_empty() {
+        let (stacks, truncated) = read_stacks(&args.trace, args.pid)?;
+        if truncated {
+            cut_short();
+        }
+        let mut files = StackFiles::create(&stack_files, stacks)?;
+        files.finish()?;
+        for path in [&args.folded, &args.flamegraph, &args.pprof]
+            .into_iter()
+            .flatten()
+        {
+            println!("wrote {}", path.display());
+        }
+        if args.svg.is_none() && args.format.is_none() {
+            return Ok(());
+        }
+    }
     if let (Some(format), Some(out)) = (args.format, &args.output) {
         let mut sink =
             output::open(out, format).with_context(|| format!("cannot write {}", out.display()))?;
@@ -74,4 +114,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The `stack` records of the trace at `path` (of process `pid` only, with one), and whether
+/// the file was cut short; none is an error that says how to get them.
+fn read_stacks(path: &Path, pid: Option<u32>) -> anyhow::Result<(StackSet, bool)> {
+    let mut set = StackSet::default();
+    let info = report::read::read(path, |item| {
+        if let Item::Record(r @ Record::Stack { pid: p, .. }) = item
+            && pid.is_none_or(|pid| pid == p)
+        {
+            set.add(&r);
+        }
+        Ok(())
+    })?;
+    if set.is_empty() {
+        let whose = pid.map_or(String::new(), |p| format!(" of pid {p}"));
+        bail!(
+            "{} has no first-touch stacks{whose}: trace with --stacks (e.g. sudo tamalloc trace \
+             --stacks --record run.tamrec -- CMD)",
+            path.display()
+        );
+    }
+    Ok((set, info.truncated))
 }

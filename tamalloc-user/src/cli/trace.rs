@@ -4,7 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tamalloc::{
-    output::{self, Format, Tee, TeeSink, prometheus, terminal, tui},
+    output::{
+        self, Format, Tee, TeeSink, prometheus,
+        stacks::{StackFiles, StackSet, StackTargets},
+        terminal, tui,
+    },
     tracer::{
         ModeChoice, ProbeOptions, Regions, Sink, View,
         command::{self, CommandStdio},
@@ -20,7 +24,8 @@ use tamalloc::{
     sudo tamalloc trace --output trace.pftrace --format perfetto -- ./my-program\n  \
     sudo tamalloc trace --output trace.jsonl --record trace.tamrec -- ./my-program\n  \
     sudo tamalloc trace --prometheus 127.0.0.1:9464 -p 1234\n  \
-    sudo tamalloc trace --regions anon -o run.jsonl -- python3 app.py")]
+    sudo tamalloc trace --regions anon -o run.jsonl -- python3 app.py\n  \
+    sudo tamalloc trace --stacks --flamegraph pages.svg --pprof pages.pb.gz -- ./my-program")]
 pub struct Args {
     #[command(flatten)]
     follow: Follow,
@@ -56,6 +61,20 @@ pub struct Args {
     /// Print only the summary at the end, no live view.
     #[arg(short, long)]
     quiet: bool,
+    /// With --stacks: write the first-touch stacks as folded stacks to FILE at the end (one
+    /// `comm;outer;...;leaf;[kind] PAGES` line per call path and kind, for flamegraph.pl,
+    /// inferno or speedscope).
+    #[arg(long, value_name = "FILE", requires = "stacks")]
+    folded: Option<PathBuf>,
+    /// With --stacks: draw the first-touch stacks as a flame graph SVG in FILE at the end
+    /// (widths are pages first touched; the top frame is the kind).
+    #[arg(long, value_name = "FILE", requires = "stacks")]
+    flamegraph: Option<PathBuf>,
+    /// With --stacks: write the first-touch stacks as a gzipped pprof profile to FILE at the
+    /// end (`go tool pprof`, Pyroscope, Parca): pages and bytes per kind, labelled by pid,
+    /// comm and region.
+    #[arg(long, value_name = "FILE", requires = "stacks")]
+    pprof: Option<PathBuf>,
     /// Send the traced command's stdout and stderr to FILE (named again when the trace ends).
     /// With the live view (stdout a terminal) they always go to a file: without this flag a
     /// new one in $TMPDIR.
@@ -97,6 +116,13 @@ pub struct Follow {
     /// or `name:NAME` (those and ranges named [anon:NAME] with prctl(PR_SET_VMA_ANON_NAME)).
     #[arg(long, default_value = "tamalloc", value_name = "WHICH", value_parser = parse_regions)]
     regions: Regions,
+    /// Take the stack of every first touch (and the kernel's, when the kernel made the
+    /// touch), counted in the kernel by process, region, kind and stack; the trace ends
+    /// with them symbolized (`stack` records; --flamegraph, --folded, --pprof). User
+    /// stacks are walked by frame pointers: build with -fno-omit-frame-pointer (C) or
+    /// -C force-frame-pointers=yes (Rust) for whole stacks.
+    #[arg(long)]
+    stacks: bool,
     /// Command to run and follow, with its descendants; the trace ends when it exits, and
     /// exits with its status (128+N if signal N killed it; 127 or 126 if it cannot be run).
     /// A trace that ends first (--duration, Ctrl-C) kills it and exits 0.
@@ -132,6 +158,7 @@ impl Follow {
                 max_procs: self.max_procs,
                 mode: self.mode,
                 regions: self.regions.clone(),
+                stacks: self.stacks,
             },
             command: self.command.clone(),
             command_stdio: CommandStdio::default(),
@@ -190,6 +217,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(path) = &args.record {
         sinks.push(open_output(path, Format::Record)?);
+    }
+    let stack_files = StackTargets {
+        folded: args.folded.clone(),
+        flamegraph: args.flamegraph.clone(),
+        pprof: args.pprof.clone(),
+    };
+    if !stack_files.is_empty() {
+        // Kept in memory and written at the end: no thread of its own needed.
+        sinks.push(Box::new(StackFiles::create(
+            &stack_files,
+            StackSet::default(),
+        )?));
     }
     let sink: Option<Box<dyn Sink + Send>> = match sinks.len() {
         0 => None,

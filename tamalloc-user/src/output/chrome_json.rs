@@ -264,6 +264,8 @@ impl<W: Write> ChromeJson<W> {
 impl<W: Write> Sink for ChromeJson<W> {
     fn record(&mut self, r: &Record) -> io::Result<()> {
         match r {
+            // Chrome JSON has no callstack samples: stacks are in the other formats.
+            Record::Stack { .. } => Ok(()),
             Record::Meta { .. } | Record::Drops { .. } => {
                 if let Value::Object(mut m) = serde_json::to_value(r)? {
                     let ty = m.remove("type");

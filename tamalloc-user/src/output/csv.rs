@@ -1,12 +1,14 @@
 //! CSV: a header row, then one row per [`Record`]: its `type` first, then the fixed union of
 //! every record's fields ([`COLUMNS`]), empty where a record has no such field. A field with
-//! the same name means the same thing in every record that has it.
+//! the same name means the same thing in every record that has it. A `stack` record's
+//! `frames` is one cell: the frames root first, joined by `;` (as in folded stacks).
 
 use std::io::{self, Write};
 
 use serde_json::Value;
 use tamalloc_common::trace::{FAULT_KINDS, FaultKind};
 
+use super::stacks::folded;
 use crate::tracer::{Sink, record::Record};
 
 /// The columns before the fault kinds'.
@@ -42,7 +44,7 @@ const BEFORE_KINDS: [&str; 28] = [
 ];
 
 /// The columns after them.
-const AFTER_KINDS: [&str; 24] = [
+const AFTER_KINDS: [&str; 27] = [
     "reserved_bytes",
     "regions",
     "nr_processes",
@@ -70,6 +72,10 @@ const AFTER_KINDS: [&str; 24] = [
     "follows",
     // Added with instances (fork shares markers).
     "region_unresolved",
+    // Added with `--stacks`.
+    "stacks_lost",
+    "stacks_full",
+    "frames",
 ];
 
 const N_COLUMNS: usize = BEFORE_KINDS.len() + FAULT_KINDS + AFTER_KINDS.len();
@@ -133,9 +139,12 @@ fn cell(v: Option<&Value>) -> String {
 impl<W: Write> Sink for Csv<W> {
     fn record(&mut self, r: &Record) -> io::Result<()> {
         self.header()?;
-        let Value::Object(fields) = serde_json::to_value(r)? else {
+        let Value::Object(mut fields) = serde_json::to_value(r)? else {
             return Err(io::Error::other("a record is not a JSON object"));
         };
+        if let Record::Stack { frames, .. } = r {
+            fields.insert("frames".into(), folded::frames(frames).into());
+        }
         self.out
             .write_record(COLUMNS.iter().map(|c| cell(fields.get(*c))))?;
         Ok(())
@@ -150,7 +159,10 @@ impl<W: Write> Sink for Csv<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracer::decode::{MadeBy, TraceEvent};
+    use crate::tracer::{
+        decode::{MadeBy, TraceEvent},
+        record::StackFrame,
+    };
 
     /// One record of every type, with every field set.
     pub(crate) fn every_record() -> Vec<Record> {
@@ -264,6 +276,40 @@ mod tests {
                 cow: 4,
                 other: 5,
             },
+            Record::Stack {
+                pid: 2,
+                comm: "demo".into(),
+                region: 4096,
+                read_zero: 1,
+                write_zero: 2,
+                cow_zero: 3,
+                cow: 4,
+                other: 5,
+                frames: vec![
+                    StackFrame {
+                        addr: 0xffff_ffff_8100_0000,
+                        kernel: true,
+                        function: Some("clear_user".into()),
+                        ..StackFrame::default()
+                    },
+                    StackFrame {
+                        addr: 0x40_1010,
+                        function: Some("fill".into()),
+                        module: Some("/usr/bin/demo".into()),
+                        build_id: Some("abcd".into()),
+                        file_offset: Some(0x1010),
+                        file: Some("demo.c".into()),
+                        line: Some(7),
+                        ..StackFrame::default()
+                    },
+                    StackFrame {
+                        addr: 0x7f00_0000_2000,
+                        module: Some("/usr/lib/libc.so.6".into()),
+                        file_offset: Some(0x2000),
+                        ..StackFrame::default()
+                    },
+                ],
+            },
             Record::Drops {
                 count: 1,
                 fault_events: 1,
@@ -272,6 +318,8 @@ mod tests {
                 traced_full: 0,
                 region_cut: 0,
                 region_unresolved: 0,
+                stacks_lost: 2,
+                stacks_full: 3,
             },
         ]
     }
@@ -335,6 +383,15 @@ mod tests {
         assert_eq!(&stats[col("tid")], "");
         assert_eq!(&rows[1][col("fallback")], "true");
         assert_eq!(&rows[7][col("kind")], "write_zero");
+        let stack = &rows[12];
+        assert_eq!(&stack[0], "stack");
+        assert_eq!(&stack[col("region")], "4096");
+        assert_eq!(&stack[col("cow")], "4");
+        assert_eq!(
+            &stack[col("frames")],
+            "libc.so.6+0x2000;fill;clear_user_[k]"
+        );
+        assert_eq!(&rows[13][col("stacks_full")], "3");
     }
 
     #[test]

@@ -30,7 +30,7 @@ impl<W: Write> Sink for JsonLines<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracer::decode::TraceEvent;
+    use crate::tracer::{decode::TraceEvent, record::StackFrame};
 
     #[test]
     fn writes_one_complete_line_per_record() {
@@ -47,5 +47,43 @@ mod tests {
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[2], r#"{"type":"exit","ts_ns":5,"pid":3}"#);
+    }
+
+    #[test]
+    fn a_stack_record_is_one_line_with_its_frames_leaf_first() {
+        let frame = |addr, function: Option<&str>, kernel| StackFrame {
+            addr,
+            kernel,
+            function: function.map(str::to_owned),
+            ..StackFrame::default()
+        };
+        let r = Record::Stack {
+            pid: 7,
+            comm: "a\nb".into(),
+            region: 4096,
+            read_zero: 0,
+            write_zero: 3,
+            cow_zero: 0,
+            cow: 0,
+            other: 0,
+            frames: vec![frame(2, Some("clear_user"), true), frame(1, None, false)],
+        };
+        let mut buf = Vec::new();
+        {
+            let mut sink = JsonLines::new(&mut buf);
+            sink.record(&r).expect("record");
+            sink.finish().expect("finish");
+        }
+        let text = String::from_utf8_lossy(&buf);
+        assert_eq!(
+            text,
+            "{\"type\":\"stack\",\"pid\":7,\"comm\":\"a\\nb\",\"region\":4096,\"read_zero\":0,\
+             \"write_zero\":3,\"cow_zero\":0,\"cow\":0,\"other\":0,\"frames\":[{\"addr\":2,\
+             \"kernel\":true,\"function\":\"clear_user\"},{\"addr\":1}]}\n"
+        );
+        assert_eq!(
+            serde_json::from_str::<Record>(text.trim_end()).ok(),
+            Some(r)
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! ⑤ Where a trace goes: the terminal (the live view [`tui`], or [`terminal`]'s plain
 //! text), trace files ([`jsonl`], [`csv`], [`perfetto`], [`chrome_json`], the binary
-//! [`recording`]) and a Prometheus endpoint ([`prometheus`]). Each implements a trait the
+//! [`recording`]), the first-touch stacks' files ([`stacks`]: folded, flame graph, pprof)
+//! and a Prometheus endpoint ([`prometheus`]). Each implements a trait the
 //! tracer defines and calls, [`Sink`] for files and [`View`] for the rest; this module
 //! depends on the tracer, never the other way.
 
@@ -10,6 +11,7 @@ pub mod jsonl;
 pub mod perfetto;
 pub mod prometheus;
 pub mod recording;
+pub mod stacks;
 pub mod terminal;
 pub mod threaded;
 pub mod tui;
@@ -165,6 +167,7 @@ mod tests {
             drops: Default::default(),
             stats_source: "procfs",
             command_status: None,
+            stacks: Vec::new(),
         };
         tee.event(&TraceEvent::Exit { ts_ns: 1, pid: 2 });
         tee.flush();

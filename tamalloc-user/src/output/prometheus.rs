@@ -296,6 +296,7 @@ mod tests {
             },
             stats_source: "procfs",
             command_status: None,
+            stacks: Vec::new(),
         }
     }
 

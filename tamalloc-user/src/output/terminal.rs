@@ -7,7 +7,7 @@ use std::io::{self, Write};
 
 use tamalloc_common::trace::{FAULT_KINDS, FaultKind};
 
-use crate::tracer::{Row, Snapshot, View, decode::TraceEvent};
+use crate::tracer::{Row, Snapshot, View, decode::TraceEvent, record::Record};
 
 /// KiB as a short human size (1023K, 1.5M, 12G).
 pub fn kib(v: u64) -> String {
@@ -125,6 +125,8 @@ pub(crate) fn drops_line(snap: &Snapshot) -> String {
         ("traced full", d.traced_full),
         ("regions cut", d.region_cut),
         ("unresolved regions", d.region_unresolved),
+        ("stacks lost", d.stacks_lost),
+        ("stacks full", d.stacks_full),
     ] {
         if n != 0 {
             s.push_str(&format!(", {what} {n}"));
@@ -241,12 +243,68 @@ pub(crate) fn print_summary(out: &mut impl Write, snap: &Snapshot) {
         table(snap).split_once('\n').map_or("", |(_, t)| t)
     );
     let _ = write!(out, "{}", region_table(snap));
+    let _ = write!(out, "{}", stack_table(snap));
     if let Some(status) = snap.command_status
         && !status.success()
     {
         let _ = writeln!(out, "command: {status}");
     }
     let _ = out.flush();
+}
+
+/// Call paths listed per process in the summary (`--stacks`), most pages first.
+const STACKS_SHOWN: usize = 5;
+/// Frames of a call path shown, from the leaf.
+const FRAMES_SHOWN: usize = 4;
+
+/// Per process, its call paths with the most pages first touched: pages by kind and the
+/// innermost frames (`leaf < caller < ...`). Empty without `--stacks`.
+fn stack_table(snap: &Snapshot) -> String {
+    let mut s = String::new();
+    let mut shown: std::collections::BTreeMap<u32, usize> = Default::default();
+    for r in &snap.stacks {
+        let Record::Stack { pid, frames, .. } = r else {
+            continue;
+        };
+        let n = shown.entry(*pid).or_default();
+        *n += 1;
+        if *n > STACKS_SHOWN {
+            continue;
+        }
+        if s.is_empty() {
+            s.push_str(&format!(
+                "\nCall paths (--stacks; up to {STACKS_SHOWN} per process, most pages first; full paths in --folded/--flamegraph/--pprof):\n{:>7}",
+                "PID"
+            ));
+            for (k, w) in FaultKind::ALL.iter().zip(KIND_WIDTHS) {
+                s.push_str(&format!(" {:>w$}", k.name().to_uppercase()));
+            }
+            s.push_str("  CALL PATH (leaf first)\n");
+        }
+        s.push_str(&format!("{pid:>7}"));
+        let kinds = r.faults_by_kind().unwrap_or_default();
+        for (n, w) in kinds.iter().zip(KIND_WIDTHS) {
+            s.push_str(&format!(" {n:>w$}"));
+        }
+        let mut path: Vec<String> = frames
+            .iter()
+            .take(FRAMES_SHOWN)
+            .map(|f| f.label())
+            .collect();
+        if frames.len() > FRAMES_SHOWN {
+            path.push("...".to_owned());
+        }
+        s.push_str(&format!("  {}\n", path.join(" < ")));
+    }
+    for (pid, n) in shown {
+        if n > STACKS_SHOWN {
+            s.push_str(&format!(
+                "{pid:>7} ... {} more call paths\n",
+                n - STACKS_SHOWN
+            ));
+        }
+    }
+    s
 }
 
 /// Regions listed per process in the summary, those with the most pages touched first.

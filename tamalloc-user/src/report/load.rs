@@ -162,7 +162,10 @@ impl Trace {
             Record::Summary { pid, comm, .. } => {
                 self.named(*pid, comm).totals = r.faults().unwrap_or_default()
             }
-            Record::Global { .. } | Record::Drops { .. } | Record::RegionSummary { .. } => {}
+            Record::Global { .. }
+            | Record::Drops { .. }
+            | Record::RegionSummary { .. }
+            | Record::Stack { .. } => {}
         }
     }
 

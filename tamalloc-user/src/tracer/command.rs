@@ -61,11 +61,22 @@ pub fn exit_code(status: ExitStatus) -> u8 {
 /// Fails when `program` cannot be run, searching `$PATH` as `execvp` does: before anything
 /// is loaded, so a typo costs no attach and gives one clear line.
 pub fn check(program: &str) -> Result<(), CommandError> {
+    search(program)
+        .map(drop)
+        .map_err(|e| CommandError::new(program, e))
+}
+
+/// The file `execvp` would run for `program`.
+pub fn resolve(program: &str) -> Option<PathBuf> {
+    search(program).ok()
+}
+
+fn search(program: &str) -> Result<PathBuf, i32> {
     if program.is_empty() {
-        return Err(CommandError::new(program, libc::ENOENT));
+        return Err(libc::ENOENT);
     }
     if program.contains('/') {
-        return executable(Path::new(program)).map_err(|e| CommandError::new(program, e));
+        return executable(Path::new(program)).map(|()| PathBuf::from(program));
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     let mut denied = false;
@@ -75,16 +86,14 @@ pub fn check(program: &str) -> Result<(), CommandError> {
         } else {
             dir
         };
-        match executable(&dir.join(program)) {
-            Ok(()) => return Ok(()),
+        let candidate = dir.join(program);
+        match executable(&candidate) {
+            Ok(()) => return Ok(candidate),
             Err(libc::EACCES) => denied = true,
             Err(_) => {}
         }
     }
-    Err(CommandError::new(
-        program,
-        if denied { libc::EACCES } else { libc::ENOENT },
-    ))
+    Err(if denied { libc::EACCES } else { libc::ENOENT })
 }
 
 /// Whether `execve` could run `path`, as an errno: a directory is EACCES, as for execve.

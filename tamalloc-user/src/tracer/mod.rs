@@ -6,7 +6,8 @@
 //! ② map / ring        they keep regions and per-process counters in maps, and stream
 //!                      events through a ring buffer; probe loads, attaches and reads them
 //! ③ decode            ring bytes -> TraceEvent
-//! ④ aggregate         events + counter snapshots -> per-process state
+//! ④ aggregate         events + counter snapshots -> per-process state; stacks: the
+//!                      kernel's stack counts (`--stacks`) -> symbolized `stack` records
 //!    session          drives ①–④ for one trace: the followed command (command), timing,
 //!                      signals, the final drain; it builds the records (record), whose
 //!                      binary form, with events as their ring bytes, is in recording
@@ -22,6 +23,7 @@ pub mod record;
 pub mod recording;
 pub mod session;
 pub mod sink;
+pub mod stacks;
 
 pub use probe::{Drops, Mode, ModeChoice, Probe, ProbeOptions, Regions};
 pub use sink::{Row, Sink, Snapshot, View};

@@ -109,6 +109,21 @@ pub enum Record {
         cow: u64,
         other: u64,
     },
+    /// With `--stacks`, after the region summaries: the pages one call path first touched
+    /// in one region of one process, by kind. `frames` are leaf first: the kernel's (when
+    /// the kernel made the touch, e.g. `read(2)` into a region), then the user's.
+    Stack {
+        pid: u32,
+        comm: String,
+        /// The region's identity, as in `region_summary`; 0 when it could not be named.
+        region: u64,
+        read_zero: u64,
+        write_zero: u64,
+        cow_zero: u64,
+        cow: u64,
+        other: u64,
+        frames: Vec<StackFrame>,
+    },
     /// Last record: what could not be delivered or stored.
     Drops {
         count: u64,
@@ -124,6 +139,14 @@ pub enum Record {
         /// Fault events of a forked child naming no region (counts unaffected).
         #[serde(default)]
         region_unresolved: u64,
+        /// `--stacks`: first touches whose stack could not be taken (the stack map was
+        /// full or the walk failed); their pages are counted, not attributed.
+        #[serde(default)]
+        stacks_lost: u64,
+        /// `--stacks`: first touches whose (process, region, kind, stack) had no room in
+        /// the aggregation map; counted, not attributed.
+        #[serde(default)]
+        stacks_full: u64,
     },
     /// What the programs reported: `region`, `unmap`, `remap`, `fork`, `exec`, `exit` and
     /// `fault` records (the event carries its own `type`).
@@ -149,7 +172,8 @@ impl Record {
             Record::Meta { .. }
             | Record::Summary { .. }
             | Record::RegionSummary { .. }
-            | Record::Drops { .. } => None,
+            | Record::Drops { .. }
+            | Record::Stack { .. } => None,
         }
     }
 
@@ -186,6 +210,43 @@ impl Record {
         }
     }
 
+    /// A `stack` record; `pages` by kind (index `kind as usize`).
+    pub fn stack(
+        pid: u32,
+        comm: String,
+        region: u64,
+        pages: [u64; FAULT_KINDS],
+        frames: Vec<StackFrame>,
+    ) -> Self {
+        let [read_zero, write_zero, cow_zero, cow, other] = pages;
+        Record::Stack {
+            pid,
+            comm,
+            region,
+            read_zero,
+            write_zero,
+            cow_zero,
+            cow,
+            other,
+            frames,
+        }
+    }
+
+    /// A `stack` record's pages by kind (index `kind as usize`).
+    pub fn faults_by_kind(&self) -> Option<[u64; FAULT_KINDS]> {
+        match *self {
+            Record::Stack {
+                read_zero,
+                write_zero,
+                cow_zero,
+                cow,
+                other,
+                ..
+            } => Some([read_zero, write_zero, cow_zero, cow, other]),
+            _ => None,
+        }
+    }
+
     /// The fault counts of a `stats` or `summary` record, by kind (index `kind as usize`):
     /// their fields are named after the kinds ([`FaultKind::name`]).
     pub fn faults(&self) -> Option<[u64; FAULT_KINDS]> {
@@ -215,6 +276,48 @@ impl Record {
             committed_as_kib: g.committed_as_kib,
             commit_limit_kib: g.commit_limit_kib,
             source: source.to_owned(),
+        }
+    }
+}
+
+/// One frame of a `stack` record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackFrame {
+    /// The instruction's virtual address in the process (or the kernel).
+    pub addr: u64,
+    /// A kernel frame (symbolized from kallsyms).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kernel: bool,
+    /// The function, demangled; absent when it could not be symbolized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// The object file the address is in (its path when the trace was taken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// The object's GNU build ID, in hex, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// The address's offset in `module`'s file (user frames with a module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_offset: Option<u64>,
+    /// Source file and line, when the object has DWARF line info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+}
+
+impl StackFrame {
+    /// The name a profile shows for this frame: the function, or `module+0xOFFSET`, or the
+    /// bare address.
+    pub fn label(&self) -> String {
+        match (&self.function, &self.module, self.file_offset) {
+            (Some(f), _, _) => f.clone(),
+            (None, Some(m), Some(off)) => {
+                let base = m.rsplit('/').next().unwrap_or(m);
+                format!("{base}+{off:#x}")
+            }
+            _ => format!("{:#x}", self.addr),
         }
     }
 }

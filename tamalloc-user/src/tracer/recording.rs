@@ -333,6 +333,8 @@ mod tests {
             traced_full: 0,
             region_cut: 0,
             region_unresolved: 0,
+            stacks_lost: 0,
+            stacks_full: 0,
         }
     }
 
@@ -383,6 +385,64 @@ mod tests {
             items[4],
             serde_json::to_string(&drops()).unwrap_or_default()
         );
+    }
+
+    #[test]
+    fn records_that_are_not_events_round_trip_a_stack_too() {
+        let stack = Record::Stack {
+            pid: 42,
+            comm: "demo".into(),
+            region: 0x7000_0000,
+            read_zero: 1,
+            write_zero: 2,
+            cow_zero: 3,
+            cow: 4,
+            other: 5,
+            frames: vec![
+                crate::tracer::record::StackFrame {
+                    addr: 0xffff_ffff_8100_0000,
+                    kernel: true,
+                    function: Some("clear_user".into()),
+                    ..Default::default()
+                },
+                crate::tracer::record::StackFrame {
+                    addr: 0x40_1010,
+                    function: Some("main".into()),
+                    module: Some("/usr/bin/demo".into()),
+                    build_id: Some("abcd".into()),
+                    file_offset: Some(0x1010),
+                    file: Some("demo.c".into()),
+                    line: Some(7),
+                    ..Default::default()
+                },
+            ],
+        };
+        let summary = Record::Summary {
+            pid: 42,
+            comm: "demo".into(),
+            read_zero: 1,
+            write_zero: 2,
+            cow_zero: 3,
+            cow: 4,
+            other: 5,
+            regions: 1,
+            huge_faults: 0,
+        };
+        let mut enc = Encoder::new(Vec::new());
+        for r in [meta(), summary.clone(), stack.clone(), drops()] {
+            enc.record(&r).expect("record");
+        }
+        let bytes = std::mem::take(enc.get_mut());
+        let mut r = Reader::new(bytes.as_slice()).expect("a recording");
+        let mut back = Vec::new();
+        while let Some(item) = r.next_item().expect("an item") {
+            let Item::Record(rec) = item else {
+                panic!("{item:?} is not a record");
+            };
+            back.push(rec);
+        }
+        assert!(!r.truncated());
+        assert_eq!(back, [meta(), summary, stack, drops()]);
     }
 
     #[test]

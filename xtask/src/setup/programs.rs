@@ -147,6 +147,12 @@ pub const PROGRAMS: &[Program] = &[
         Setup("chromium"),
         "the browser puppeteer-core drives (headless)",
     ),
+    // The pprof test (tamalloc-user/tests/pprof_go.rs).
+    p(
+        "go",
+        Setup("golang-go"),
+        "`go tool pprof -raw`/`-top` read `--pprof` profiles back",
+    ),
 ];
 
 /// Programs of the table that `PATH` does not resolve (root never needs the

@@ -26,15 +26,17 @@
 //! - a `tamalloc` track with the `meta` record (at the trace's first time) and the `drops`
 //!   record (at its last) as instants with their fields as annotations.
 //!
-//! First-touch stacks (not written yet) go on this same sequence: their frames and
-//! callstacks interned by [`packet::Interner`], each stack a callstack sample on the
-//! faulting thread, so that Perfetto's flame-graph view shows them; see the fault arm of
-//! `Perfetto::event`.
+//! First-touch stacks (`stack` records, with `--stacks`) are a heap profile of each process,
+//! one dump at the end of the trace (before the `drops` instant): the UI shows it as the
+//! process's "Heap Profile" track and opens its flame graph of pages first touched per call
+//! site, each call path ending in its kind (`[write_zero]`). [`stacks`] says why this packet
+//! and how frames, mappings and kinds are written.
 //!
 //! The file is a function of what the sink is given (ids are assigned in order of first
 //! use, maps are ordered), so a recording converts to exactly what the live export wrote.
 
 mod packet;
+mod stacks;
 #[cfg(test)]
 mod tests;
 mod tracks;
@@ -76,6 +78,8 @@ pub struct Perfetto<W: Write> {
     meta: Option<Record>,
     /// The latest time seen, for records that have none.
     last_ts: u64,
+    /// First-touch stacks, written as one dump when the `drops` record (or the end) comes.
+    stacks: stacks::Profile,
 }
 
 impl<W: Write> Perfetto<W> {
@@ -90,6 +94,7 @@ impl<W: Write> Perfetto<W> {
             open: BTreeSet::new(),
             meta: None,
             last_ts: 0,
+            stacks: stacks::Profile::default(),
         }
     }
 
@@ -251,8 +256,6 @@ impl<W: Write> Perfetto<W> {
                     .arg("page", Arg::Uint(page))
                     .arg("kind", Arg::Str(kind.name()))
                     .packet(ts);
-                // First-touch stacks: the fault's callstack sample goes here, after its
-                // instant, on the same thread.
                 self.out.push(p)
             }
             TraceEvent::Region { tid, addr, .. } => self.begin_region(ts, pid, addr, Some(tid)),
@@ -354,10 +357,33 @@ impl<W: Write> Perfetto<W> {
         self.out.push(p)
     }
 
-    /// The `drops` record: an instant on the `tamalloc` track, at the last time seen.
-    fn drops(&mut self, fields: [(&str, u64); 7]) -> io::Result<()> {
+    /// A `stack` record: kept for the dump (its process named, as a summary names it).
+    fn stack(&mut self, r: &Record) -> io::Result<()> {
+        if let Record::Stack { pid, ref comm, .. } = *r {
+            self.track(|t, new| {
+                t.name_process(pid, comm, new);
+                0
+            })?;
+        }
+        self.stacks.add(r);
+        Ok(())
+    }
+
+    /// The stacks given since the last dump, as a dump at the last time seen.
+    fn dump_stacks(&mut self) -> io::Result<()> {
         let ts = self.last_ts;
         self.at(ts)?;
+        for p in self.stacks.dump(ts).into_iter().flatten() {
+            self.out.push(p)?;
+        }
+        Ok(())
+    }
+
+    /// The `drops` record: an instant on the `tamalloc` track, at the last time seen, after
+    /// the stacks' dump.
+    fn drops(&mut self, fields: [(&str, u64); 9]) -> io::Result<()> {
+        self.dump_stacks()?;
+        let ts = self.last_ts;
         let uuid = self.track(|t, new| t.global(GLOBAL_TRACK, new))?;
         let mut ev = Event::new(&mut self.interner, Type::TYPE_INSTANT, uuid).name("drops");
         for (k, v) in fields {
@@ -426,6 +452,8 @@ impl<W: Write> Sink for Perfetto<W> {
                 traced_full,
                 region_cut,
                 region_unresolved,
+                stacks_lost,
+                stacks_full,
             } => self.drops([
                 ("count", count),
                 ("fault_events", fault_events),
@@ -434,7 +462,10 @@ impl<W: Write> Sink for Perfetto<W> {
                 ("traced_full", traced_full),
                 ("region_cut", region_cut),
                 ("region_unresolved", region_unresolved),
+                ("stacks_lost", stacks_lost),
+                ("stacks_full", stacks_full),
             ]),
+            Record::Stack { .. } => self.stack(r),
             // System-wide figures are not drawn (as in the Chrome JSON export).
             Record::Global { .. } => self.start(),
         }
@@ -449,9 +480,9 @@ impl<W: Write> Sink for Perfetto<W> {
             return Ok(());
         }
         self.finished = true;
-        // A trace with no timed record still says what made it.
-        let ts = self.last_ts;
-        self.at(ts)?;
+        // A trace with no timed record still says what made it; stacks not followed by a
+        // `drops` record are dumped here.
+        self.dump_stacks()?;
         self.out.flush()
     }
 }

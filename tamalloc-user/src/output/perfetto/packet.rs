@@ -80,8 +80,8 @@ pub enum Table {
 /// `interned_data`. The ids stay valid for the whole sequence: its incremental state is
 /// cleared once, on its first packet, and never again.
 //
-// First-touch stacks will intern their frames, mappings and function names here too (the
-// `frames`, `callstacks`, `mappings` and `function_names` of `InternedData`).
+// First-touch stacks are not interned here: their profile packet carries its own tables
+// (`super::stacks`).
 #[derive(Default)]
 pub struct Interner {
     tables: [BTreeMap<String, u64>; 4],

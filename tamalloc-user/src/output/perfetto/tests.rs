@@ -1,6 +1,8 @@
 //! The exporter's file, decoded with the protos it was written with: framing, the sequence's
 //! rules (first packet, incremental state, interning before use, descriptors before use) and
-//! what each record became.
+//! what each record became. The stacks' heap profile is checked in [`stacks`].
+
+mod stacks;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -338,6 +338,7 @@ pub(super) mod tests {
             drops: Default::default(),
             stats_source: "procfs",
             command_status: None,
+            stacks: Vec::new(),
         }
     }
 

@@ -9,8 +9,8 @@ use aya::{
 };
 use tamalloc_common::maps::{
     self as name, ANON_NAME_MAX, Chunk, ChunkKey, Config, DROP_CONTROL_EVENTS, DROP_FAULT_EVENTS,
-    DROP_MAP_FULL, DROP_REGION_CUT, DROP_REGION_UNRESOLVED, DROP_TRACED_FULL, Heap, Marker,
-    MarkerKey, PidCounters,
+    DROP_MAP_FULL, DROP_REGION_CUT, DROP_REGION_UNRESOLVED, DROP_STACKS_FULL, DROP_STACKS_LOST,
+    DROP_TRACED_FULL, Heap, Marker, MarkerKey, PidCounters,
 };
 
 use super::{Probe, refused};
@@ -32,6 +32,10 @@ pub struct Drops {
     /// Fault events of a forked child that name no region: its parent replaced the
     /// region's marker after the fork.
     pub region_unresolved: u64,
+    /// `--stacks`: first touches whose stack could not be taken.
+    pub stacks_lost: u64,
+    /// `--stacks`: first touches the stack aggregation map had no room for.
+    pub stacks_full: u64,
 }
 
 impl Drops {
@@ -42,6 +46,8 @@ impl Drops {
             + self.traced_full
             + self.region_cut
             + self.region_unresolved
+            + self.stacks_lost
+            + self.stacks_full
     }
 }
 
@@ -50,7 +56,7 @@ pub(super) fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Map,
         .ok_or_else(|| TraceError::Internal(format!("map {name} missing")))
 }
 
-fn map_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map, TraceError> {
+pub(super) fn map_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Map, TraceError> {
     ebpf.map(name)
         .ok_or_else(|| TraceError::Internal(format!("map {name} missing")))
 }
@@ -317,6 +323,8 @@ impl Probe {
             traced_full: slot(DROP_TRACED_FULL)?,
             region_cut: slot(DROP_REGION_CUT)?,
             region_unresolved: slot(DROP_REGION_UNRESOLVED)?,
+            stacks_lost: slot(DROP_STACKS_LOST)?,
+            stacks_full: slot(DROP_STACKS_FULL)?,
         })
     }
 

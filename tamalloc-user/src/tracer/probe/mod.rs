@@ -16,6 +16,7 @@ mod mode;
 mod names;
 mod privileges;
 mod regions;
+mod stacks;
 mod tracefs;
 
 use aya::{
@@ -120,6 +121,8 @@ pub struct ProbeOptions {
     pub mode: ModeChoice,
     /// Which mappings are regions (`--regions`).
     pub regions: Regions,
+    /// Take the stack of every counted first touch (`--stacks`).
+    pub stacks: bool,
 }
 
 impl Default for ProbeOptions {
@@ -133,6 +136,7 @@ impl Default for ProbeOptions {
             max_procs: MAX_PROCS,
             mode: ModeChoice::Auto,
             regions: Regions::Tamalloc,
+            stacks: false,
         }
     }
 }
@@ -145,6 +149,8 @@ pub struct Probe {
     links: Vec<(&'static str, Link)>,
     /// The streaming fault program is attached rather than the counting one.
     stream_faults: bool,
+    /// The stack maps are sized and `STACKS_ON` set (`--stacks`).
+    stacks: bool,
     /// Which fault programs are attached; with the kernel's BTF in kernel mode.
     mode: Mode,
     btf: Option<Btf>,
@@ -247,6 +253,10 @@ impl Probe {
         if let Some((l, _)) = &layout {
             loader.override_global(name::KERNEL_LAYOUT, l, true);
         }
+        let stacks_on = u32::from(opts.stacks);
+        loader.override_global(name::STACKS_ON, &stacks_on, true);
+        // Without --stacks the stack maps hold nothing: one entry each, not 20 MiB.
+        let room = |n: u32| if opts.stacks { n } else { 1 };
         let mut ebpf = loader
             .map_max_entries(name::EVENTS, opts.ring_bytes)
             .map_max_entries(name::COUNTERS, opts.max_procs)
@@ -256,6 +266,9 @@ impl Probe {
             .map_max_entries(name::PROC, opts.max_procs)
             .map_max_entries(name::ORIGIN_REFS, opts.max_procs.saturating_mul(2))
             .map_max_entries(name::DEAD, opts.max_procs.saturating_mul(2))
+            .map_max_entries(name::STACK_TRACES, room(name::STACK_TRACES_MAX))
+            .map_max_entries(name::BUILD_ID_STACKS, room(name::BUILD_ID_STACKS_MAX))
+            .map_max_entries(name::STACK_COUNTS, room(name::STACK_COUNTS_MAX))
             .load(OBJECT)
             .map_err(refused)?;
 
@@ -305,6 +318,7 @@ impl Probe {
             nr_cpus,
             links: Vec::new(),
             stream_faults: opts.stream_faults,
+            stacks: opts.stacks,
             mode,
             btf,
             fallback,
