@@ -13,7 +13,9 @@
 //! tracer's write_zero count for this process, a check that the faults were seen; `load_ms`
 //! the time `Probe::load` took: checks, load, verification, attach). The tracer is also
 //! measured streaming every fault (`tamalloc-events`, its ring drained by a thread) and
-//! following no process (`tamalloc-unfollowed`: every fault takes the not-a-region path).
+//! following no process (`tamalloc-unfollowed`: every fault takes the not-a-region path),
+//! and with `--stacks` (`tamalloc-stacks`) beside bpftrace's count by user stack
+//! (`bpftrace-ustack`: `@[ustack] = count()`).
 
 use std::{
     collections::HashMap,
@@ -37,6 +39,9 @@ const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// `BPF_PROG_TYPE_TRACEPOINT`.
 const PROG_TYPE_TRACEPOINT: u32 = 5;
 const BPFTRACE_PROGRAM: &str = "tracepoint:exceptions:page_fault_user { @[pid] = count(); }";
+/// bpftrace's count by user stack: the peer of `tamalloc trace --stacks`.
+const BPFTRACE_STACKS_PROGRAM: &str =
+    "tracepoint:exceptions:page_fault_user { @[ustack] = count(); }";
 
 /// The reference program's object, built from ebpf/ by build.rs (never shipped).
 static REFERENCE_OBJECT: &[u8] =
@@ -161,12 +166,12 @@ fn poke_faults() {
     }
 }
 
-/// Starts bpftrace's per-PID fault count and returns it with the ids of its programs, once
+/// Starts bpftrace running `program` and returns it with the ids of its programs, once
 /// they run.
-fn start_bpftrace(bin: &str) -> anyhow::Result<(Bpftrace, Vec<u32>)> {
+fn start_bpftrace(bin: &str, program: &str) -> anyhow::Result<(Bpftrace, Vec<u32>)> {
     let before = snapshot()?;
     let mut child = Command::new(bin)
-        .args(["-e", BPFTRACE_PROGRAM])
+        .args(["-e", program])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -221,6 +226,10 @@ enum Variant {
     Unfollowed,
     Reference,
     Bpftrace,
+    /// The tracer counting with `--stacks`, following this process, one region.
+    Stacks,
+    /// bpftrace counting by user stack.
+    BpftraceStacks,
 }
 
 impl Variant {
@@ -231,6 +240,8 @@ impl Variant {
             Self::Unfollowed => "tamalloc-unfollowed",
             Self::Reference => "reference",
             Self::Bpftrace => "bpftrace",
+            Self::Stacks => "tamalloc-stacks",
+            Self::BpftraceStacks => "bpftrace-ustack",
         }
     }
 }
@@ -291,7 +302,7 @@ fn measure(args: &Args, round: u32, variant: Variant) -> anyhow::Result<()> {
         _ => 1,
     };
     let ids = match variant {
-        Variant::Tamalloc(_) | Variant::Streaming | Variant::Unfollowed => {
+        Variant::Tamalloc(_) | Variant::Streaming | Variant::Unfollowed | Variant::Stacks => {
             let t = Instant::now();
             let mut p = Probe::load(&ProbeOptions {
                 pids: match variant {
@@ -300,6 +311,7 @@ fn measure(args: &Args, round: u32, variant: Variant) -> anyhow::Result<()> {
                 },
                 filter_pids: true,
                 stream_faults: matches!(variant, Variant::Streaming),
+                stacks: matches!(variant, Variant::Stacks),
                 ..ProbeOptions::default()
             })
             .context("loading the tracer's programs")?;
@@ -329,8 +341,12 @@ fn measure(args: &Args, round: u32, variant: Variant) -> anyhow::Result<()> {
             reference = Some(ebpf);
             ids
         }
-        Variant::Bpftrace => {
-            let (child, ids) = start_bpftrace(&args.bpftrace)?;
+        Variant::Bpftrace | Variant::BpftraceStacks => {
+            let program = match variant {
+                Variant::Bpftrace => BPFTRACE_PROGRAM,
+                _ => BPFTRACE_STACKS_PROGRAM,
+            };
+            let (child, ids) = start_bpftrace(&args.bpftrace, program)?;
             bpftrace = Some(child);
             ids
         }
@@ -392,8 +408,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     variants.push(Variant::Streaming);
     variants.push(Variant::Unfollowed);
     variants.push(Variant::Reference);
+    variants.push(Variant::Stacks);
     if args.bpftrace != "none" {
         variants.push(Variant::Bpftrace);
+        variants.push(Variant::BpftraceStacks);
     }
     let _stats = StatsEnabled::enable()?;
     describe_programs()?;

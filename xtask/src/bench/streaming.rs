@@ -87,7 +87,8 @@ pub fn bursts(bins: &Bins, work: &Path, runs: u32) -> anyhow::Result<Vec<BurstRu
         )?;
         c.wait_ok("tamalloc record -- tamalloc-bench burst")?;
         let elapsed_s = started.elapsed().as_secs_f64();
-        let text = tail(&summary, 64 << 10)?;
+        // The `drops:` line comes before the regions table: 300 processes' worth (200 KB).
+        let text = tail(&summary, 4 << 20)?;
         let _ = fs::remove_file(&file);
         let line = text
             .lines()

@@ -50,8 +50,9 @@ impl Report {
                     "tamalloc" => 0,
                     "tamalloc-events" => 1,
                     "tamalloc-unfollowed" => 2,
-                    "reference" => 3,
-                    _ => 4,
+                    "tamalloc-stacks" => 3,
+                    "reference" => 4,
+                    _ => 5,
                 },
                 !c.program.starts_with("page_fault"),
                 c.program.clone(),
@@ -119,6 +120,29 @@ impl Report {
                 },
                 self.cost("tamalloc", ours.last().map_or(0, |o| o.0), "page_fault")
                     .map_or(0.0, |c| c.counted),
+            );
+        }
+        let stacks = self.cost("tamalloc-stacks", 1, "page_fault");
+        let ustack = self
+            .bpf
+            .iter()
+            .find(|c| c.variant == "bpftrace-ustack")
+            .map(|c| c.ns_per_run);
+        let counting = self.cost("tamalloc", 1, "page_fault").map(|c| c.ns_per_run);
+        if let (Some(st), Some(bt), Some(count)) = (stacks, ustack, counting) {
+            let _ = writeln!(
+                s,
+                "`--stacks` (`tamalloc-stacks`, one region): {:.0} ns per fault in BPF, {:.2}× \
+                 counting alone ({count:.0} ns); bpftrace's `@[ustack] = count()` on the same \
+                 workload (`bpftrace-ustack`): {bt:.0} ns, so `--stacks` costs {:.2}× it. Both \
+                 walk the user stack by frame pointers in `bpf_get_stackid` and add to a hash \
+                 keyed by the stack; ours also classifies the fault, names its region and takes \
+                 the stack a second time with build IDs once per new (process, region, kind, \
+                 stack). The workload is Rust without frame pointers, so both walks stop after \
+                 a few frames: deeper stacks cost both tools alike, per frame.\n",
+                st.ns_per_run,
+                st.ns_per_run / count,
+                st.ns_per_run / bt,
             );
         }
         let short = self.cost("tamalloc-unfollowed", 1, "page_fault");
