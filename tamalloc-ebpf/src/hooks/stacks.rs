@@ -123,17 +123,29 @@ pub fn take<C: StackIdContext>(
         atomic_add(unsafe { &raw mut (*v).pages }, pages);
         return;
     }
-    // SAFETY: the context and the map definition are the program's own; the helper
-    // validates both.
-    let build =
-        unsafe { bpf_get_stackid(ctx.as_ptr(), BUILD_ID_STACKS.0.get().cast(), USER_STACK) };
+    // A new key: inserted before its build-ID stack is taken, so that a full map costs no
+    // walk (entries are never deleted: once full, every new key would pay it for nothing).
     let value = StackCount {
         pages,
-        build: if build < 0 { NO_STACK } else { build as i32 },
+        build: NO_STACK,
         _pad: 0,
     };
     match STACK_COUNTS.insert(&key, &value, BPF_NOEXIST) {
-        Ok(()) => {}
+        Ok(()) => {
+            // SAFETY: the context and the map definition are the program's own; the
+            // helper validates both.
+            let build = unsafe {
+                bpf_get_stackid(ctx.as_ptr(), BUILD_ID_STACKS.0.get().cast(), USER_STACK)
+            };
+            if build >= 0
+                && let Some(v) = STACK_COUNTS.get_ptr_mut(&key)
+            {
+                // SAFETY: a live map value; only its inserter writes `build`, and userspace
+                // reads a key's frames once, at a refresh (a refresh in between sees
+                // NO_STACK: the live maps still resolve it).
+                unsafe { (*v).build = build as i32 };
+            }
+        }
         // Another thread inserted it first.
         Err(e) if e == -EEXIST => {
             if let Some(v) = STACK_COUNTS.get_ptr_mut(&key) {
