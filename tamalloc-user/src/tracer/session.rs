@@ -329,15 +329,13 @@ impl Session {
             self.agg.apply(&ev);
             match ev {
                 TraceEvent::Exit { .. } => self.collect_exited()?,
-                TraceEvent::Region { pid, .. } | TraceEvent::Fork { child: pid, .. } => {
+                TraceEvent::Region { pid, .. }
+                | TraceEvent::Fork { child: pid, .. }
+                | TraceEvent::Exec { pid, .. } => {
                     fill_comm(&mut self.agg, pid);
+                    // A new image (its first region, a fork's copy, an exec) is learnt once.
                     if let Some(t) = &mut self.stacks {
                         t.learn_process(pid, self.probe.instance(pid)?);
-                    }
-                }
-                TraceEvent::Exec { pid, .. } => {
-                    if let Some(t) = &mut self.stacks {
-                        t.exec(pid, self.probe.instance(pid)?);
                     }
                 }
                 _ => {}

@@ -39,6 +39,18 @@ struct UserFrame {
     module: Option<PathBuf>,
     build_id: Option<Vec<u8>>,
     file_offset: Option<u64>,
+    /// A caller's frame: `addr` is a return address, the instruction after the call.
+    caller: bool,
+}
+
+impl UserFrame {
+    /// Where its symbol and line are looked up: a caller at the call itself, not the
+    /// instruction after it (which may be the next line, or the next function after a
+    /// call that does not return).
+    fn lookup(&self) -> Option<(&PathBuf, u64)> {
+        let off = self.file_offset?.saturating_sub(u64::from(self.caller));
+        Some((self.module.as_ref()?, off))
+    }
 }
 
 /// A stack as it will be written: kernel frames (leaf first), then user frames (leaf
@@ -66,8 +78,9 @@ pub struct StackTable {
     /// Build ID (zero-padded as the kernel writes it) → the object file that has it, from
     /// every normalized process.
     objects: HashMap<[u8; 20], (Vec<u8>, PathBuf)>,
-    /// Processes whose objects are learnt (until their next exec).
-    learnt: std::collections::HashSet<u32>,
+    /// Images (pid, instance) whose objects are learnt: an exec or a reused pid is a new
+    /// instance, learnt again.
+    learnt: std::collections::HashSet<(u32, u32)>,
     /// Their names, as last read.
     names: HashMap<u32, String>,
     /// The name of each image (pid, instance) while it ran: a pid that execs changes both.
@@ -121,8 +134,11 @@ impl StackTable {
         };
         let mut user: Vec<UserFrame> = addrs
             .iter()
-            .map(|&addr| UserFrame {
+            .enumerate()
+            .map(|(i, &addr)| UserFrame {
                 addr,
+                // The first is the faulting instruction itself.
+                caller: i > 0,
                 ..UserFrame::default()
             })
             .collect();
@@ -151,11 +167,16 @@ impl StackTable {
                 }
             }
         }
-        // Then the build IDs the programs took (the process may be gone).
+        // Then the build IDs the programs took at the fault (the process may be gone). They
+        // win over maps read since: a library unloaded and another mapped in its place
+        // since the fault keeps its own frames.
         if count.build != NO_STACK {
             for (f, b) in user.iter_mut().zip(probe.build_id_stack(count.build)?) {
-                if f.module.is_none() && b.status == BUILD_ID_VALID {
-                    let (id, module) = self.object_of(&b.build_id);
+                if b.status != BUILD_ID_VALID {
+                    continue;
+                }
+                let (id, module) = self.object_of(&b.build_id);
+                if f.build_id.as_deref().map(padded) != Some(b.build_id) {
                     f.module = module;
                     f.build_id = Some(id);
                     f.file_offset = Some(b.offset_or_ip);
@@ -165,12 +186,11 @@ impl StackTable {
         Ok(RawStack { kernel, user })
     }
 
-    /// Learns the objects process `pid` maps, and its name, once per exec: called when it
-    /// is first seen (its first region), so that its stacks resolve by build ID if it
-    /// exits before the next refresh.
-    /// `inst` is its instance now.
+    /// Learns the objects process `pid` maps, and its name, once per image (`inst`, its
+    /// instance now): called when it is first seen (its first region) and after each exec,
+    /// so that its stacks resolve by build ID if it exits before the next refresh.
     pub fn learn_process(&mut self, pid: u32, inst: u32) {
-        if !self.learnt.insert(pid) {
+        if !self.learnt.insert((pid, inst)) {
             return;
         }
         if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
@@ -197,12 +217,6 @@ impl StackTable {
             let name: String = name.to_string_lossy().chars().take(15).collect();
             self.names.insert(pid, name);
         }
-    }
-
-    /// `pid` runs a new program, as instance `inst`: learn it again.
-    pub fn exec(&mut self, pid: u32, inst: u32) {
-        self.learnt.remove(&pid);
-        self.learn_process(pid, inst);
     }
 
     /// The objects mapped by `pid` now, by build ID.
@@ -299,6 +313,8 @@ impl StackTable {
 /// Function names (and source lines) of every frame of the stacks, read per object file.
 struct Names {
     user: HashMap<(PathBuf, u64), Name>,
+    /// The build ID of each object file as opened here.
+    file_ids: HashMap<PathBuf, Option<[u8; 20]>>,
     kernel: HashMap<u64, Name>,
 }
 
@@ -311,21 +327,24 @@ struct Name {
 
 impl Names {
     fn resolve<'a>(stacks: impl Iterator<Item = &'a RawStack>) -> Self {
+        let mut names = Names {
+            user: HashMap::new(),
+            file_ids: HashMap::new(),
+            kernel: HashMap::new(),
+        };
         let mut by_object: BTreeMap<PathBuf, Vec<u64>> = BTreeMap::new();
         let mut kernel: Vec<u64> = Vec::new();
         for s in stacks {
             kernel.extend(&s.kernel);
             for f in &s.user {
-                if let (Some(m), Some(off)) = (&f.module, f.file_offset) {
+                if let Some((m, off)) = f.lookup()
+                    && names.same_file(f)
+                {
                     by_object.entry(m.clone()).or_default().push(off);
                 }
             }
         }
         let symbolizer = Symbolizer::builder().enable_code_info(true).build();
-        let mut names = Names {
-            user: HashMap::new(),
-            kernel: HashMap::new(),
-        };
         for (object, mut offsets) in by_object {
             offsets.sort_unstable();
             offsets.dedup();
@@ -353,11 +372,35 @@ impl Names {
         names
     }
 
+    /// Whether `f`'s object file, opened here, is the one its process mapped: a path can
+    /// name another file here (another mount namespace, a binary rebuilt since), whose
+    /// symbols would be wrong. Reads the file's build ID once. A frame without a build ID
+    /// is taken on trust.
+    fn same_file(&mut self, f: &UserFrame) -> bool {
+        if let (Some(m), Some(_)) = (&f.module, &f.build_id) {
+            self.file_ids.entry(m.clone()).or_insert_with(|| {
+                blazesym::helper::read_elf_build_id(m)
+                    .ok()
+                    .flatten()
+                    .map(|id| padded(&id))
+            });
+        }
+        self.was_same_file(f)
+    }
+
+    /// [`Self::same_file`]'s answer, as read.
+    fn was_same_file(&self, f: &UserFrame) -> bool {
+        match (&f.module, &f.build_id) {
+            (Some(m), Some(want)) => self.file_ids.get(m).copied().flatten() == Some(padded(want)),
+            _ => true,
+        }
+    }
+
     fn user_frame(&self, f: &UserFrame) -> StackFrame {
-        let name = match (&f.module, f.file_offset) {
-            (Some(m), Some(off)) => self.user.get(&(m.clone(), off)),
-            _ => None,
-        };
+        let name = f
+            .lookup()
+            .filter(|_| self.was_same_file(f))
+            .and_then(|(m, off)| self.user.get(&(m.clone(), off)));
         StackFrame {
             addr: f.addr,
             kernel: false,
@@ -441,6 +484,53 @@ mod tests {
         ));
         assert!(is_bpf_machinery("bpf_trace_run3"));
         assert!(!is_bpf_machinery("exc_page_fault"));
+    }
+
+    #[inline(never)]
+    fn marker() -> u64 {
+        std::hint::black_box(7)
+    }
+
+    /// This test binary's frame at `addr`, normalized as a live process's would be.
+    fn own_frame(addr: u64, caller: bool) -> UserFrame {
+        let normalizer = Normalizer::builder().enable_build_ids(true).build();
+        let out = normalizer
+            .normalize_user_addrs(Pid::Slf, &[addr])
+            .expect("normalize our own address");
+        let (offset, meta) = out.outputs[0];
+        let Some(UserMeta::Elf(elf)) = out.meta.get(meta) else {
+            panic!("our own code is in an ELF file: {:?}", out.meta);
+        };
+        UserFrame {
+            addr,
+            module: Some(elf.path.clone()),
+            build_id: elf.build_id.as_ref().map(|b| b.to_vec()),
+            file_offset: Some(offset),
+            caller,
+        }
+    }
+
+    #[test]
+    fn callers_resolve_at_the_call_and_other_files_not_at_all() {
+        assert_eq!(marker(), 7);
+        let start = marker as *const () as u64;
+        // A leaf at the function's first byte, and a caller whose return address is the
+        // byte after it (looked up one byte back, at the start).
+        let leaf = own_frame(start, false);
+        let caller = own_frame(start + 1, true);
+        // The same path with another build ID: a different file than the one mapped.
+        let mut stranger = own_frame(start, false);
+        stranger.build_id = Some(vec![0x5a; 20]);
+        let stack = RawStack {
+            kernel: Vec::new(),
+            user: vec![leaf.clone(), caller.clone(), stranger.clone()],
+        };
+        let names = Names::resolve(std::iter::once(&stack));
+        for f in [&leaf, &caller] {
+            let name = names.user_frame(f).function.unwrap_or_default();
+            assert!(name.contains("marker"), "{f:?} resolved as {name:?}");
+        }
+        assert_eq!(names.user_frame(&stranger).function, None);
     }
 
     #[test]
