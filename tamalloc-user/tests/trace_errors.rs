@@ -100,3 +100,37 @@ fn trace_errors_are_one_clear_line() {
     let err = trace_error(&[], &["--ring-size", "3000"]);
     assert!(err.contains("power of two"), "{err}");
 }
+
+/// `kernel.perf_event_max_stack`, set back to what it was however the test ends.
+struct MaxStack(String);
+
+const MAX_STACK: &str = "/proc/sys/kernel/perf_event_max_stack";
+
+impl MaxStack {
+    fn set(value: &str) -> Self {
+        let old = std::fs::read_to_string(MAX_STACK).expect("read perf_event_max_stack");
+        std::fs::write(MAX_STACK, value).expect("write perf_event_max_stack");
+        Self(old)
+    }
+}
+
+impl Drop for MaxStack {
+    fn drop(&mut self) {
+        let _ = std::fs::write(MAX_STACK, self.0.trim());
+    }
+}
+
+#[test]
+fn a_lowered_stack_depth_limit_is_one_clear_line() {
+    require_root();
+    // The kernel refuses stack maps deeper than this limit, with or without --stacks.
+    let _limit = MaxStack::set("64");
+    for args in [&["-d", "1s"][..], &["-d", "1s", "--stacks"]] {
+        let err = trace_error(&[], args);
+        assert!(
+            err.contains("kernel.perf_event_max_stack is 64")
+                && err.contains("sysctl -w kernel.perf_event_max_stack=127"),
+            "{err}"
+        );
+    }
+}

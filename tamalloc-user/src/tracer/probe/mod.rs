@@ -213,6 +213,7 @@ impl Probe {
         for (_, category, name, _) in ATTACHMENTS {
             tracefs::format(category, name)?;
         }
+        stacks::check_stack_depth()?;
         let fork_child_pid_offset = tracefs::fork_child_pid_offset()?;
         let exit_group_dead_offset = tracefs::exit_group_dead_offset()?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| TraceError::Io {

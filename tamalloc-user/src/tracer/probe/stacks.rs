@@ -21,6 +21,24 @@ struct LookupAttr {
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 
+/// The kernel refuses a stack map whose stacks are deeper than `kernel.perf_event_max_stack`,
+/// and the object holds two (empty without `--stacks`, but created all the same): say so,
+/// and how to raise it, before the loader's opaque refusal.
+pub(super) fn check_stack_depth() -> Result<(), TraceError> {
+    const PATH: &str = "/proc/sys/kernel/perf_event_max_stack";
+    let Ok(text) = std::fs::read_to_string(PATH) else {
+        // Older kernels have no such limit.
+        return Ok(());
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n) if n < STACK_DEPTH => Err(TraceError::Usage(format!(
+            "kernel.perf_event_max_stack is {n}, below the {STACK_DEPTH} frames tamalloc's \
+             stack maps hold; as root run: sysctl -w kernel.perf_event_max_stack={STACK_DEPTH}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl Probe {
     /// Whether `--stacks` programs were loaded.
     pub fn stacks(&self) -> bool {
