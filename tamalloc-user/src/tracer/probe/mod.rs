@@ -30,7 +30,7 @@ use aya::{
 };
 use tamalloc_common::maps::{
     self as name, CONFIG_FILTER_COMM, CONFIG_FILTER_PID, CONFIG_REGIONS_ANON, CONFIG_REGIONS_NAMED,
-    Config, KERNEL_HOOKS, MAX_CPUS, MAX_PROCS, TAIL_PROGRAMS, prog,
+    Config, EXIT_BRK, EXIT_PRCTL, KERNEL_HOOKS, MAX_CPUS, MAX_PROCS, TAIL_PROGRAMS, prog,
 };
 
 pub use self::{
@@ -309,7 +309,7 @@ impl Probe {
         }
         maps::write_config(&mut ebpf, cfg)?;
         maps::free_all_slots(&mut ebpf, opts.max_procs)?;
-        install_tail_programs(&mut ebpf)?;
+        install_tail_programs(&mut ebpf, &opts.regions)?;
         let (mode, btf) = match layout {
             Some((_, btf)) => (Mode::Kernel, Some(btf)),
             None => (Mode::Tracepoint, None),
@@ -493,10 +493,14 @@ impl Probe {
     }
 }
 
-/// Loads the programs `sys_enter`/`sys_exit` tail-call and puts them in their slots.
-fn install_tail_programs(ebpf: &mut Ebpf) -> Result<(), TraceError> {
+/// Loads the programs `sys_enter`/`sys_exit` tail-call that `regions` needs and puts them in
+/// their slots.
+fn install_tail_programs(ebpf: &mut Ebpf, regions: &Regions) -> Result<(), TraceError> {
     let mut fds = Vec::new();
-    for (slot, name) in TAIL_PROGRAMS {
+    for (slot, name) in TAIL_PROGRAMS
+        .into_iter()
+        .filter(|(s, _)| needed(*s, regions))
+    {
         let fd = loaded::<TracePoint>(ebpf, name)?
             .fd()
             .map_err(refused)?
@@ -515,11 +519,37 @@ fn install_tail_programs(ebpf: &mut Ebpf) -> Result<(), TraceError> {
     Ok(())
 }
 
+/// Whether the tail program in `slot` has work to do when following `regions`. The heap's
+/// and the names' programs have none outside their modes (`sys_enter` stashes no call for
+/// them; an empty slot's tail call falls through), and verifying them is over a third of
+/// start-up: they are not loaded.
+fn needed(slot: u32, regions: &Regions) -> bool {
+    match slot {
+        EXIT_BRK => matches!(regions, Regions::Anon),
+        EXIT_PRCTL => matches!(regions, Regions::Named(_)),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+
+    #[test]
+    fn the_heap_and_names_programs_load_only_in_their_modes() {
+        let skipped = |r: &Regions| -> Vec<u32> {
+            TAIL_PROGRAMS
+                .iter()
+                .map(|(s, _)| *s)
+                .filter(|s| !needed(*s, r))
+                .collect()
+        };
+        assert_eq!(skipped(&Regions::Tamalloc), vec![EXIT_BRK, EXIT_PRCTL]);
+        assert_eq!(skipped(&Regions::Anon), vec![EXIT_PRCTL]);
+        assert_eq!(skipped(&Regions::Named("x".into())), vec![EXIT_BRK]);
+    }
 
     /// The built object holds exactly the maps and programs `tamalloc_common::maps` names,
     /// so a map or program renamed on one side only fails here, not at load (no root: the
