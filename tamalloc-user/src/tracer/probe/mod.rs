@@ -496,11 +496,14 @@ impl Probe {
 /// Loads the programs `sys_enter`/`sys_exit` tail-call that `regions` needs and puts them in
 /// their slots.
 fn install_tail_programs(ebpf: &mut Ebpf, regions: &Regions) -> Result<(), TraceError> {
-    let mut fds = Vec::new();
-    for (slot, name) in TAIL_PROGRAMS
+    let wanted: Vec<(u32, &str)> = TAIL_PROGRAMS
         .into_iter()
         .filter(|(s, _)| needed(*s, regions))
-    {
+        .collect();
+    let names: Vec<&str> = wanted.iter().map(|(_, n)| *n).collect();
+    load_in_parallel(ebpf, &names)?;
+    let mut fds = Vec::new();
+    for (slot, name) in wanted {
         let fd = loaded::<TracePoint>(ebpf, name)?
             .fd()
             .map_err(refused)?
@@ -517,6 +520,41 @@ fn install_tail_programs(ebpf: &mut Ebpf, regions: &Regions) -> Result<(), Trace
         progs.set(*slot, fd, 0).map_err(refused)?;
     }
     Ok(())
+}
+
+/// Loads (verifies) tracepoint programs `names` of `ebpf`, one per CPU at a time. The
+/// verifier runs in the loading thread, and for a privileged loader under no lock; it is
+/// most of the tracer's start-up.
+fn load_in_parallel(ebpf: &mut Ebpf, names: &[&str]) -> Result<(), TraceError> {
+    let mut programs: Vec<(&str, &mut TracePoint)> = Vec::new();
+    for (name, program) in ebpf.programs_mut() {
+        if names.contains(&name) {
+            programs.push((name, program.try_into().map_err(refused)?));
+        }
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(programs.len());
+    let queue = std::sync::Mutex::new(programs.into_iter());
+    let next = || queue.lock().ok().and_then(|mut q| q.next());
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<(), TraceError> {
+                    while let Some((name, program)) = next() {
+                        program
+                            .load_once()
+                            .map_err(|e| TraceError::Verifier(name.to_owned(), Box::new(e)))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .map_err(|_| TraceError::Internal("a program-loading thread panicked".into()))?
+        })
+    })
 }
 
 /// Whether the tail program in `slot` has work to do when following `regions`. The heap's
