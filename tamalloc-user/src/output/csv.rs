@@ -161,7 +161,7 @@ mod tests {
     use super::*;
     use crate::tracer::{
         decode::{MadeBy, TraceEvent},
-        record::StackFrame,
+        record,
     };
 
     /// One record of every type, with every field set.
@@ -285,30 +285,7 @@ mod tests {
                 cow_zero: 3,
                 cow: 4,
                 other: 5,
-                frames: vec![
-                    StackFrame {
-                        addr: 0xffff_ffff_8100_0000,
-                        kernel: true,
-                        function: Some("clear_user".into()),
-                        ..StackFrame::default()
-                    },
-                    StackFrame {
-                        addr: 0x40_1010,
-                        function: Some("fill".into()),
-                        module: Some("/usr/bin/demo".into()),
-                        build_id: Some("abcd".into()),
-                        file_offset: Some(0x1010),
-                        file: Some("demo.c".into()),
-                        line: Some(7),
-                        ..StackFrame::default()
-                    },
-                    StackFrame {
-                        addr: 0x7f00_0000_2000,
-                        module: Some("/usr/lib/libc.so.6".into()),
-                        file_offset: Some(0x2000),
-                        ..StackFrame::default()
-                    },
-                ],
+                frames: record::sample_frames(),
             },
             Record::Drops {
                 count: 1,

@@ -350,6 +350,36 @@ pub fn stats_record(ts_ns: u64, s: &ProcStats, counters: &PidCounters, source: &
     }
 }
 
+/// Frames for tests of the formats: a kernel frame, a symbolized user frame and an
+/// unsymbolized one.
+#[cfg(test)]
+pub(crate) fn sample_frames() -> Vec<StackFrame> {
+    vec![
+        StackFrame {
+            addr: 0xffff_ffff_8100_0000,
+            kernel: true,
+            function: Some("clear_user".into()),
+            ..StackFrame::default()
+        },
+        StackFrame {
+            addr: 0x40_1010,
+            function: Some("fill".into()),
+            module: Some("/usr/bin/demo".into()),
+            build_id: Some("abcd".into()),
+            file_offset: Some(0x1010),
+            file: Some("demo.c".into()),
+            line: Some(7),
+            ..StackFrame::default()
+        },
+        StackFrame {
+            addr: 0x7f00_0000_2000,
+            module: Some("/usr/lib/libc.so.6".into()),
+            file_offset: Some(0x2000),
+            ..StackFrame::default()
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -398,24 +398,7 @@ mod tests {
             cow_zero: 3,
             cow: 4,
             other: 5,
-            frames: vec![
-                crate::tracer::record::StackFrame {
-                    addr: 0xffff_ffff_8100_0000,
-                    kernel: true,
-                    function: Some("clear_user".into()),
-                    ..Default::default()
-                },
-                crate::tracer::record::StackFrame {
-                    addr: 0x40_1010,
-                    function: Some("main".into()),
-                    module: Some("/usr/bin/demo".into()),
-                    build_id: Some("abcd".into()),
-                    file_offset: Some(0x1010),
-                    file: Some("demo.c".into()),
-                    line: Some(7),
-                    ..Default::default()
-                },
-            ],
+            frames: crate::tracer::record::sample_frames(),
         };
         let summary = Record::Summary {
             pid: 42,
